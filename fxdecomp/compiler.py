@@ -1,0 +1,94 @@
+"""``decompose(model)``: trace once, run the passes, return a decomposing module."""
+from __future__ import annotations
+
+import warnings
+from math import prod
+from typing import Iterable
+
+import torch
+
+from .errors import CollapseWarning, InputError
+from .module import DecomposedModel
+from .passes.affinity import analyse
+from .passes.axes import AxisAnalysis
+from .passes.codegen import GRANULARITIES, CodeGen, Group
+from .passes.dataflow import classify_values
+from .passes.expand import Expander
+from .passes.labels import label
+from .passes.shapes import propagate
+from .passes.stream import find_stream, output_node
+from .passes.trace import trace
+
+
+def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iterable[int] | None = None,
+              input_size: tuple[int, ...] | None = None, example: torch.Tensor | None = None,
+              plan_batch: int = 32) -> DecomposedModel:
+    """Compile ``model`` into a module that returns its output as a sum of components.
+
+    Args:
+        model: any image model in eval mode whose ``forward(images)`` returns one tensor
+            (e.g. a timm model with ``num_classes=0`` for pre-logits features, or with its
+            classifier for logits; an open_clip ``model.visual`` tower).
+        granularity: ``"block"`` (one component per residual branch), ``"head"``
+            (attention branches split per head) or ``"token"`` (per head and source token).
+        layers: if given, only these layers (see ``Component.layer``) are split finer than
+            ``"block"``.
+        input_size: (C, H, W) of the images; read from the model's config when omitted.
+        example: an example batch instead of random images of ``input_size``.
+        plan_batch: batch size assumed when choosing contraction orders.
+
+    Norm statistics, attention weights and activations are frozen at their actual values
+    for each batch, so the decomposition is exact: ``dm(x).total() == model(x)``.
+    """
+    if granularity not in GRANULARITIES:
+        raise InputError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    param = next(iter(model.parameters()), None)
+    dtype = param.dtype if param is not None else torch.get_default_dtype()
+    device = param.device if param is not None else torch.device("cpu")
+    if example is None:
+        if input_size is None:
+            from .models_registry.preprocess import input_size_of
+
+            input_size = input_size_of(model)
+        example = torch.randn(2, *input_size, dtype=dtype, device=device)
+    elif example.shape[0] < 2:
+        example = example.expand(2, *example.shape[1:]).clone()
+    name = type(model).__name__
+
+    gm, dynamic = trace(model, example)
+    propagate(gm, example)
+    kinds, inp = classify_values(gm)
+    table = AxisAnalysis(gm, kinds).run()
+    stream = find_stream(gm, kinds, inp)
+    aff = analyse(gm, kinds, stream)
+    terms, specs = Expander(gm, kinds, inp, stream, aff, table).run()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CollapseWarning)
+        labels = label(specs, stream)
+    notes = [str(w.message) for w in caught if issubclass(w.category, CollapseWarning)]
+    for n in notes:
+        warnings.warn(n, CollapseWarning, stacklevel=2)
+
+    known_layers = sorted({lab.layer for lab in labels if lab.layer is not None})
+    if layers is not None:
+        layers = set(int(i) for i in layers)
+        bad = layers - set(known_layers)
+        if bad:
+            raise InputError(f"no layer(s) {sorted(bad)} in {name}; its layers are "
+                             f"{known_layers[0]}..{known_layers[-1]}" if known_layers else
+                             f"{name} has no layers to split")
+    groups, start = [], 0
+    for spec in specs:
+        split = CodeGen.split_atoms(spec, labels[spec.id], granularity, layers)
+        count = prod(a.size for a in split) if split else 1
+        groups.append(Group(spec, labels[spec.id], split, start, count))
+        start += count
+    by_spec: dict = {}
+    for t in terms:
+        by_spec.setdefault(t.component.id, []).append(t)
+    cg = CodeGen(gm, inp, output_node(gm), table, dtype, nominal_batch=plan_batch)
+    components = cg.components_for(groups)
+    fwd = cg.build(groups, by_spec, start)
+    return DecomposedModel(fwd, components, input_shape=tuple(example.shape[1:]), dtype=dtype,
+                           granularity=granularity, layers=layers, dynamic_batch=dynamic,
+                           example_batch=example.shape[0], model_name=name, notes=notes)

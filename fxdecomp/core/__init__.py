@@ -1,0 +1,1 @@
+"""Data structures of the compiler: atoms (indices), terms (factor products), planning."""

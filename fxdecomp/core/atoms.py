@@ -1,0 +1,292 @@
+"""Index atoms: named, sized axes that tie the tensors of a graph together.
+
+Every axis of every tensor in a traced graph is described as a tuple of atoms in
+row-major order. Reshapes *refine* atoms (a 768-wide feature atom becomes
+(12 heads, 64 dims)); broadcasting ops *unify* them (the token axis of the
+residual stream and of ``pos_embed`` are one atom). Two axes that carry the same
+atom index the same thing, so a chain of linear maps reads as an einsum over
+atoms, and a token or head can be followed through reshapes, window partitions
+and concatenations without knowing the model.
+
+Roles say what an atom indexes: ``batch``, ``spatial`` (pixels, tokens, windows),
+``channel`` (features, heads) or ``other``. Origins record where an atom came
+from, so component labels can name the source token's (row, col).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from math import prod
+from typing import Iterable, Sequence
+
+ROLE_RANK = {"other": 0, "channel": 1, "spatial": 2, "batch": 3}
+# How informative an origin is when two atoms are unified; the richer one is kept.
+ORIGIN_RANK = {"opaque": 0, "param": 1, "broadcast": 1, "feature": 2, "image": 3,
+               "slice": 4, "roll": 4, "pad": 4, "grid": 5, "cat": 6, "batch": 7}
+
+Axis = tuple  # tuple[Atom, ...]
+
+
+class Atom:
+    """One index dimension. Union-find node; may be refined into parts."""
+
+    __slots__ = ("id", "size", "origin", "role", "_parent", "_parts", "alias_of", "__weakref__")
+
+    def __init__(self, id: int, size: int, origin: tuple, role: str, alias_of: "Atom | None" = None):
+        self.id = id
+        self.size = size
+        self.origin = origin
+        self.role = role
+        self._parent: Atom | None = None
+        self._parts: tuple[Atom, ...] | None = None
+        self.alias_of = alias_of
+
+    def __repr__(self) -> str:
+        tag = "~" if self.alias_of is not None else ""
+        return f"a{self.id}{tag}:{self.size}"
+
+
+class AtomTable:
+    """Creates, refines and unifies atoms for one graph."""
+
+    def __init__(self) -> None:
+        self._count = itertools.count()
+        self._aliases: dict[tuple, Atom] = {}
+        self.batch: Atom | None = None
+
+    # -- creation -----------------------------------------------------------------
+    def new(self, size: int, origin: tuple = ("opaque",), role: str = "other") -> Atom:
+        if size < 2:
+            raise ValueError("atoms are only made for axes of size >= 2")
+        return Atom(next(self._count), int(size), origin, role)
+
+    def axis(self, size: int, origin: tuple = ("opaque",), role: str = "other") -> Axis:
+        """A fresh axis: one atom, or no atom for a size-1 axis."""
+        return () if size == 1 else (self.new(size, origin, role),)
+
+    def alias(self, atom: Atom, tag) -> Atom:
+        """A stand-in for ``atom`` used where one term needs two copies of an index.
+
+        Deterministic per (atom, tag) so that terms built through the same node
+        share factors and their contractions can be reused.
+        """
+        key = (atom.id, tag)
+        hit = self._aliases.get(key)
+        if hit is None:
+            base = atom.alias_of or atom
+            hit = Atom(next(self._count), atom.size, atom.origin, atom.role, alias_of=base)
+            self._aliases[key] = hit
+        return hit
+
+    # -- union-find ---------------------------------------------------------------
+    def find(self, a: Atom) -> Atom:
+        root = a
+        while root._parent is not None:
+            root = root._parent
+        while a._parent is not None:  # path compression
+            a._parent, a = root, a._parent
+        return root
+
+    def leaves(self, a: Atom) -> tuple[Atom, ...]:
+        r = self.find(a)
+        if r._parts is None:
+            return (r,)
+        return tuple(x for p in r._parts for x in self.leaves(p))
+
+    def resolve(self, axis: Iterable[Atom]) -> Axis:
+        return tuple(x for a in axis for x in self.leaves(a))
+
+    def refine(self, a: Atom, sizes: Sequence[int]) -> tuple[Atom, ...]:
+        r = self.find(a)
+        if r._parts is not None:
+            raise AssertionError("refine() expects a leaf atom")
+        if prod(sizes) != r.size or any(s < 2 for s in sizes):
+            raise ValueError(f"cannot refine {r} into {tuple(sizes)}")
+        if r.role == "batch":
+            raise RefineError("the batch axis would be split; the model reshapes its batch axis")
+        r._parts = tuple(
+            Atom(next(self._count), s, ("part", r, i), r.role) for i, s in enumerate(sizes)
+        )
+        return r._parts
+
+    def _union(self, a: Atom, b: Atom) -> None:
+        a, b = self.find(a), self.find(b)
+        if a is b:
+            return
+        assert a._parts is None and b._parts is None and a.size == b.size
+        if ORIGIN_RANK.get(b.origin[0], 0) > ORIGIN_RANK.get(a.origin[0], 0):
+            a, b = b, a  # keep the richer origin on the root
+        b._parent = a
+        if ROLE_RANK[b.role] > ROLE_RANK[a.role]:
+            a.role = b.role
+
+    def promote(self, axis: Iterable[Atom], role: str) -> None:
+        for a in axis:
+            for leaf in self.leaves(a):
+                if ROLE_RANK[role] > ROLE_RANK[leaf.role]:
+                    leaf.role = role
+
+    def unify(self, xs: Axis, ys: Axis) -> bool:
+        """Make two descriptions of the same axis agree. False if impossible."""
+        while True:
+            lx, ly = list(self.resolve(xs)), list(self.resolve(ys))
+            if prod(a.size for a in lx) != prod(a.size for a in ly):
+                return False
+            changed = False
+            i = j = 0
+            while i < len(lx) and j < len(ly):
+                a, b = lx[i], ly[j]
+                if a is b or a.size == b.size:
+                    if a is not b:
+                        self._union(a, b)
+                    i, j = i + 1, j + 1
+                    continue
+                big, small = (a, b) if a.size > b.size else (b, a)
+                if big.size % small.size:
+                    return False
+                self.refine(big, [small.size, big.size // small.size])
+                changed = True
+                break
+            if not changed:
+                return True
+
+    # -- reshapes -------------------------------------------------------------------
+    def reshape(self, axes: Sequence[Axis], out_shape: Sequence[int]) -> list[Axis] | None:
+        """Atoms of a row-major reshape of ``axes`` into ``out_shape``; None if the
+        new axis boundaries cut atoms in a way no refinement can express."""
+        flat = list(self.resolve(a for axis in axes for a in axis))
+        out: list[Axis] = []
+        k = 0
+        for size in out_shape:
+            need = int(size)
+            got: list[Atom] = []
+            while need > 1:
+                if k >= len(flat):
+                    return None
+                leaf = flat[k]
+                if leaf.size <= need:
+                    if need % leaf.size:
+                        return None
+                    got.append(leaf)
+                    need //= leaf.size
+                    k += 1
+                else:
+                    if leaf.size % need:
+                        return None
+                    head, tail = self.refine(leaf, [need, leaf.size // need])
+                    flat[k:k + 1] = [head, tail]
+                    got.append(head)
+                    need = 1
+                    k += 1
+            out.append(tuple(got))
+        if k != len(flat):
+            return None
+        return out
+
+    # -- provenance ------------------------------------------------------------------
+    def coordinates(self, atoms: Sequence[Atom]) -> list[dict]:
+        """For every index of ``atoms`` (row-major), what it points at.
+
+        Keys that may appear: ``row``/``col`` (position on a token grid),
+        ``prefix`` (name of a learned token such as ``cls_token``), ``padding``.
+        Parts of a refined axis are put back together when all of them are
+        given (a window index and a within-window index give a grid row).
+        """
+        canon = [self.find(a.alias_of or a) for a in atoms]
+        ranges = [range(a.size) for a in canon]
+        return [self._describe(dict(zip(canon, combo))) for combo in itertools.product(*ranges)]
+
+    def _describe(self, idx: dict) -> dict:
+        idx = dict(idx)
+        changed = True
+        while changed:  # lift complete sets of parts into their parent
+            changed = False
+            for a in list(idx):
+                if a not in idx or a.origin[0] != "part":
+                    continue
+                parts = a.origin[1]._parts
+                if all(p in idx for p in parts):
+                    v = 0
+                    for p in parts:
+                        v = v * p.size + idx.pop(p)
+                    idx[a.origin[1]] = v
+                    changed = True
+        rec: dict = {}
+        for a, i in idx.items():
+            rec.update(self._record(a, i))
+        return rec
+
+    def _unravel(self, axis: Axis, flat: int) -> dict:
+        leaves = self.resolve(axis)
+        out = {}
+        for leaf in reversed(leaves):
+            out[self.find(leaf)] = flat % leaf.size
+            flat //= leaf.size
+        return out
+
+    def _grid_key(self, a: Atom) -> str | None:
+        o = a.origin
+        if o[0] in ("grid", "image") and o[1] in ("row", "col"):
+            return o[1]
+        if o[0] == "part" and o[2] == 0:
+            return self._grid_key(o[1])
+        return None
+
+    def _record(self, a: Atom, i: int) -> dict:
+        o = a.origin
+        kind = o[0]
+        if kind in ("grid", "image"):
+            return {o[1]: i} if o[1] in ("row", "col") else {}
+        if kind == "cat":
+            start = 0
+            for seg_axis, seg_size, name in o[1]:
+                if i < start + seg_size:
+                    if seg_axis:
+                        return self._describe(self._unravel(seg_axis, i - start))
+                    return {"prefix": name} if seg_size == 1 else {"prefix": f"{name}[{i - start}]"}
+                start += seg_size
+            return {}
+        if kind == "slice":
+            return self._describe(self._unravel(o[1], o[2] + i * o[3]))
+        if kind == "roll":
+            n = axis_size(o[1])
+            return self._describe(self._unravel(o[1], (i - o[2]) % n))
+        if kind == "pad":
+            j = i - o[2]
+            if 0 <= j < axis_size(o[1]):
+                return self._describe(self._unravel(o[1], j))
+            return {"padding": True}
+        if kind == "part":
+            key = self._grid_key(a)
+            return {key: i} if key else {}
+        return {}
+
+
+class RefineError(ValueError):
+    """An axis split that cannot be expressed (e.g. of the batch axis)."""
+
+
+@dataclass(frozen=True)
+class In:
+    """Marks the input side of an atom in a factor of a linear map (see expand pass)."""
+
+    atom: Atom
+
+
+def axis_size(axis: Axis) -> int:
+    return prod(a.size for a in axis)
+
+
+def flat_atoms(axes: Iterable[Axis]) -> tuple[Atom, ...]:
+    return tuple(a for axis in axes for a in axis)
+
+
+@dataclass
+class AxesInfo:
+    """Resolved atoms of one tensor value."""
+
+    axes: list[Axis] = field(default_factory=list)
+
+    @property
+    def atoms(self) -> tuple[Atom, ...]:
+        return flat_atoms(self.axes)

@@ -1,0 +1,159 @@
+"""Small tensor functions the generated decomposing code calls at run time."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def attention_weights(q, k, attn_mask=None, scale=None, is_causal=False, row=None):
+    """The softmax weights of ``scaled_dot_product_attention(q, k, v, ...)``.
+
+    With ``row`` set, only that query position is computed and the query axis
+    is dropped: a class-token readout never needs the full attention matrix.
+    """
+    L = q.shape[-2]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    qr = q if row is None else q.narrow(-2, row, 1)
+    scores = torch.matmul(qr, k.transpose(-2, -1)) * scale
+    if is_causal:
+        causal = torch.ones(L, k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        if row is not None:
+            causal = causal.narrow(0, row, 1)
+        scores = scores.masked_fill(~causal, float("-inf"))
+    if attn_mask is not None:
+        m = attn_mask
+        if row is not None and m.dim() >= 2 and m.shape[-2] == L:
+            m = m.narrow(-2, row, 1)
+        scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m
+    w = torch.softmax(scores, dim=-1)
+    return w if row is None else w.squeeze(-2)
+
+
+def bn_scale(weight, running_var, eps):
+    s = torch.rsqrt(running_var + eps)
+    return s if weight is None else s * weight
+
+
+def bn_shift(weight, bias, running_mean, running_var, eps):
+    shift = -running_mean * bn_scale(weight, running_var, eps)
+    return shift if bias is None else shift + bias
+
+
+def rms_inverse(x, ndim, eps):
+    dims = tuple(range(-ndim, 0))
+    eps = torch.finfo(x.dtype).eps if eps is None else eps
+    return torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps)
+
+
+def layer_norm_rstd(x, normalized_shape, eps):
+    """Reciprocal std of LayerNorm over the last dims (only used when a graph's
+    LayerNorm node cannot be swapped for ``native_layer_norm``)."""
+    return torch.ops.aten.native_layer_norm(x, normalized_shape, None, None, eps)[2]
+
+
+def _slot(out, start, count, view_shape):
+    """The slice of the component-major contributions a group owns, one dim per atom."""
+    shape = [out.shape[1] if d == -1 else d for d in view_shape]
+    return out.narrow(0, start, count).view(shape)
+
+
+def write_(out, start, count, view_shape, present, value, coef=1.0, accumulate=False):
+    """Copy (or add) a term into its group's slot of the component-major contributions.
+
+    ``value`` has one dim per wanted atom it carries (``present``); it is
+    broadcast over the others.
+    """
+    dst = _slot(out, start, count, view_shape)
+    for i, p in enumerate(present):
+        if not p:
+            value = value.unsqueeze(i)
+    if coef != 1.0:
+        value = value * coef
+    if accumulate:
+        dst.add_(value)
+    else:
+        dst.copy_(value)
+    return out
+
+
+def contract_into(out, start, count, view_shape, present, equation, x, y, coef=1.0, accumulate=False):
+    """``einsum(equation, x, y)`` written straight into the group's slot.
+
+    When the slot's layout is that of a batched matmul of x and y, ``torch.bmm``
+    writes into it directly (no temporary the size of the output); otherwise the
+    einsum result is copied in.
+    """
+    dst = _slot(out, start, count, view_shape)
+    if coef != 1.0:
+        if x.numel() <= y.numel():
+            x = x * coef
+        else:
+            y = y * coef
+    grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
+    if not accumulate and not grad and all(present) and dst.is_contiguous():
+        ins, res = equation.split("->")
+        sx, sy = ins.split(",")
+        for a, b, sa, sb in ((x, y, sx, sy), (y, x, sy, sx)):
+            plan = _bmm_plan(sa, sb, res, a, b)
+            if plan is not None:
+                pa, pb, (nb, m, k, n) = plan
+                lhs = a.permute(pa).reshape(nb, m, k)
+                rhs = b.permute(pb).reshape(nb, k, n)
+                torch.bmm(lhs, rhs, out=dst.view(nb, m, n))
+                return out
+    value = torch.einsum(equation, x, y)
+    for i, p in enumerate(present):
+        if not p:
+            value = value.unsqueeze(i)
+    if accumulate:
+        dst.add_(value)
+    else:
+        dst.copy_(value)
+    return out
+
+
+def _bmm_plan(sa: str, sb: str, res: str, a, b):
+    """Permutations making ``einsum(f"{sa},{sb}->{res}", a, b)`` one bmm with output order ``res``."""
+    if len(set(sa)) != len(sa) or len(set(sb)) != len(sb):
+        return None
+    batch = [c for c in res if c in sa and c in sb]
+    a_only = [c for c in res if c in sa and c not in sb]
+    b_only = [c for c in res if c in sb and c not in sa]
+    contracted = [c for c in sa if c in sb and c not in res]
+    if any(c not in res and c not in sb for c in sa) or any(c not in res and c not in sa for c in sb):
+        return None  # an index summed within one operand: leave it to einsum
+    if list(res) != batch + a_only + b_only:
+        return None
+    size = {c: a.shape[i] for i, c in enumerate(sa)}
+    size.update({c: b.shape[i] for i, c in enumerate(sb)})
+    if any(a.shape[sa.index(c)] != b.shape[sb.index(c)] for c in batch + contracted):
+        return None  # broadcasting: leave it to einsum
+    prod = lambda cs: math.prod(size[c] for c in cs)  # noqa: E731
+    pa = [sa.index(c) for c in batch + a_only + contracted]
+    pb = [sb.index(c) for c in batch + contracted + b_only]
+    return pa, pb, (prod(batch), prod(a_only), prod(contracted), prod(b_only))
+
+
+def as_dtype(x, dtype):
+    return x if x.dtype == dtype else x.to(dtype)
+
+
+def atomize(x, shape):
+    """View a factor with one axis per atom (``shape`` uses -1 for the batch)."""
+    return x.reshape(shape)
+
+
+def new_contributions(output, count):
+    """Uninitialised component-major [count, B, *output.shape[1:]] tensor; every slot is written.
+
+    Component-major storage makes each component group's slot contiguous, so
+    the last contraction of a term can write into it directly.
+    """
+    return output.new_empty((count,) + tuple(output.shape))
+
+
+def zero_(out, start, count):
+    """Zero a slot of the component-major contributions (a component that is identically zero)."""
+    out.narrow(0, start, count).zero_()
+    return out

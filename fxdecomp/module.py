@@ -1,0 +1,86 @@
+"""The compiled decomposing module users call on images."""
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+import torch.fx as fx
+
+from .components import ComponentTable
+from .decomposition import Decomposition
+from .errors import InputError
+
+
+class DecomposedModel(torch.nn.Module):
+    """Calling it on images returns a :class:`Decomposition` of the model's output.
+
+    It runs the model's own (traced) forward once and, alongside, the generated
+    code that splits the output into component contributions; ``print(dm.code)``
+    shows that code.
+    """
+
+    def __init__(self, forward_module: fx.GraphModule, components: ComponentTable, *, input_shape: tuple,
+                 dtype: torch.dtype, granularity: str, layers, dynamic_batch: bool, example_batch: int,
+                 model_name: str, notes: list[str]):
+        super().__init__()
+        self.graph_module = forward_module
+        self.components = components
+        self.input_shape = tuple(input_shape)
+        self.dtype = dtype
+        self.granularity = granularity
+        self.layers = layers
+        self.dynamic_batch = dynamic_batch
+        self.example_batch = example_batch
+        self.model_name = model_name
+        self.notes = notes
+
+    @property
+    def code(self) -> str:
+        """The generated Python of the decomposing forward."""
+        return self.graph_module.code
+
+    def forward(self, images: torch.Tensor) -> Decomposition:
+        self._check(images)
+        output, stored = self.graph_module(images)
+        return Decomposition(stored.transpose(0, 1), self.components, output)
+
+    def _check(self, images) -> None:
+        if not isinstance(images, torch.Tensor):
+            raise InputError(f"expected a tensor of images, got {type(images).__name__}")
+        want = self.input_shape
+        if images.dim() != len(want) + 1 or tuple(images.shape[1:]) != want:
+            raise InputError(
+                f"{self.model_name} was compiled for images of shape [B, {', '.join(map(str, want))}]; got "
+                f"{list(images.shape)}. Resize/crop them with the model's preprocessing "
+                f"(fxdecomp.models_registry.transform_for(model)) or compile for this size with "
+                f"fxdecomp.decompose(model, input_size={tuple(images.shape[1:])}).")
+        if images.dtype != self.dtype:
+            raise InputError(
+                f"images are {images.dtype} but {self.model_name} was compiled for {self.dtype}; convert them "
+                f"with images.to({self.dtype}) (or decompose a {images.dtype} copy of the model).")
+        dev = self._device()
+        if dev is not None and images.device != dev:
+            raise InputError(f"images are on {images.device} but the compiled module is on {dev}; move them "
+                             f"with images.to('{dev}').")
+        if not self.dynamic_batch and images.shape[0] != self.example_batch:
+            raise InputError(f"this model could only be compiled for batch size {self.example_batch}; got "
+                             f"{images.shape[0]} images.")
+
+    def _device(self):
+        for t in self.graph_module.parameters():
+            return t.device
+        for t in self.graph_module.buffers():
+            return t.device
+        return None
+
+    def summary(self) -> str:
+        counts = Counter(c.kind for c in self.components)
+        kinds = ", ".join(f"{k}: {v}" for k, v in counts.items())
+        lines = [f"{self.model_name} decomposed at {self.granularity} granularity"
+                 + (f" (fine only in layers {sorted(self.layers)})" if self.layers is not None else ""),
+                 f"{len(self.components)} components ({kinds}); input [B, {', '.join(map(str, self.input_shape))}]"]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def extra_repr(self) -> str:
+        return f"{self.model_name}, granularity={self.granularity!r}, components={len(self.components)}"

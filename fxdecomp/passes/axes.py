@@ -1,0 +1,140 @@
+"""Pass 6: label every axis of every tensor with atoms.
+
+Runs each op's rule forward over the graph. The image gives the batch atom and
+its pixel rows and columns; parameters get atoms of their own, tied to the
+activations they meet by unification. At the end every axis is resolved to its
+finest atoms (``node.meta['fxd_atoms']``).
+"""
+from __future__ import annotations
+
+import torch.fx as fx
+
+from ..core.atoms import AtomTable, RefineError, axis_size
+from ..rules.registry import rule_for
+from .dataflow import SHAPE
+from .shapes import item_shapes, shape_of
+
+_PASS_THROUGH = {"view", "reshape", "expand", "to", "_to_copy", "clone", "unsqueeze", "squeeze",
+                 "permute", "alias", "detach", "contiguous", "_unsafe_view", "lift_fresh_copy", "t"}
+
+
+def param_name(node) -> str | None:
+    """Qualified parameter name behind a value that only reshapes or casts a parameter."""
+    seen = 0
+    while isinstance(node, fx.Node) and seen < 16:
+        if node.op == "get_attr":
+            return str(node.target)
+        if node.op != "call_function" or not node.args:
+            return None
+        name = getattr(node.target, "__name__", "").split(".")[0]
+        if name not in _PASS_THROUGH:
+            return None
+        node = node.args[0]
+        seen += 1
+    return None
+
+
+class AxisAnalysis:
+    """Context handed to ``Rule.axes``."""
+
+    def __init__(self, gm: fx.GraphModule, kinds: dict):
+        self.gm = gm
+        self.kinds = kinds
+        self.table = AtomTable()
+        self.problems: list[str] = []
+
+    # helpers used by rules ---------------------------------------------------------
+    def shape(self, x):
+        return shape_of(x)
+
+    def axes(self, x):
+        return x.meta.get("fxd_axes") if isinstance(x, fx.Node) else None
+
+    def unify(self, a, b) -> bool:
+        try:
+            return self.table.unify(a, b)
+        except RefineError:
+            return False
+
+    def fresh(self, node: fx.Node):
+        shape = shape_of(node)
+        if shape is not None:
+            return [self.table.axis(s, ("opaque", node.name), "other") for s in shape]
+        items = item_shapes(node)
+        if items is not None:
+            return [[self.table.axis(s, ("opaque", node.name), "other") for s in sh] if sh is not None else None
+                    for sh in items]
+        return None
+
+    def fresh_like(self, node: fx.Node, i: int):
+        items = item_shapes(node)
+        sh = items[i] if items else None
+        return [self.table.axis(s, ("opaque", node.name), "other") for s in sh] if sh is not None else None
+
+    def param_name(self, x) -> str | None:
+        return param_name(x)
+
+    # the pass -------------------------------------------------------------------------
+    def run(self) -> AtomTable:
+        for node in self.gm.graph.nodes:
+            node.meta["fxd_axes"] = self._axes_of(node)
+        for node in self.gm.graph.nodes:
+            ax = node.meta.get("fxd_axes")
+            node.meta["fxd_atoms"] = self._resolve(ax)
+        return self.table
+
+    def _axes_of(self, node: fx.Node):
+        if node.op == "placeholder":
+            return self._input_axes(node)
+        if node.op == "get_attr":
+            shape = shape_of(node)
+            if shape is None:
+                return None
+            return [self.table.axis(s, ("param", str(node.target), i), "other") for i, s in enumerate(shape)]
+        if node.op != "call_function" or self.kinds.get(node) == SHAPE:
+            return None
+        rule = rule_for(node.target)
+        try:
+            out = rule.axes(node, self) if rule is not None else self.fresh(node)
+        except (RefineError, NotImplementedError, IndexError, TypeError, ValueError) as err:
+            self.problems.append(f"{node.name}: {err}")
+            out = self.fresh(node)
+        if not self._fits(node, out):
+            self.problems.append(f"{node.name}: rule gave axes that do not fit the shape")
+            out = self.fresh(node)
+        return out
+
+    def _input_axes(self, node):
+        shape = shape_of(node)
+        if shape is None:
+            return None
+        b = self.table.new(shape[0], ("batch",), "batch") if shape[0] > 1 else None
+        self.table.batch = b
+        axes = [(b,) if b is not None else ()]
+        names = {1: ("channel", "channel")}
+        if len(shape) == 4:
+            names.update({2: ("row", "spatial"), 3: ("col", "spatial")})
+        for i in range(1, len(shape)):
+            key, role = names.get(i, (f"dim{i}", "other"))
+            axes.append(self.table.axis(shape[i], ("image", key), role))
+        return axes
+
+    def _fits(self, node, out) -> bool:
+        shape = shape_of(node)
+        if shape is not None:
+            return isinstance(out, list) and len(out) == len(shape) and all(
+                isinstance(a, tuple) and axis_size(self.table.resolve(a)) == s for a, s in zip(out, shape))
+        items = item_shapes(node)
+        if items is not None:
+            if not isinstance(out, list) or len(out) != len(items):
+                return False
+            return all(sh is None or (isinstance(o, list) and len(o) == len(sh) and all(
+                axis_size(self.table.resolve(a)) == s for a, s in zip(o, sh))) for o, sh in zip(out, items))
+        return out is None
+
+    def _resolve(self, ax):
+        if ax is None:
+            return None
+        if ax and isinstance(ax[0], list) or (ax and ax[0] is None):
+            return [self._resolve(x) for x in ax]
+        return [self.table.resolve(a) for a in ax]

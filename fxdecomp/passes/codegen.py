@@ -1,0 +1,305 @@
+"""Pass 9: generate the decomposing GraphModule.
+
+The generated forward is the traced forward (so every frozen value is the
+actual one, computed once) followed by, for each component, the einsums that
+contract its terms' factors in the planned order, written into one
+[B, C, *out] tensor. LayerNorms whose statistics are needed are swapped for
+``native_layer_norm``, which returns them for free.
+"""
+from __future__ import annotations
+
+import operator
+import re
+import string
+from dataclasses import dataclass
+from math import prod
+
+import torch
+import torch.fx as fx
+
+from .. import kernels
+from ..components import Component, ComponentTable
+from ..core.planner import Leaf, Pair, leaves_of, plan, subset_key
+from ..core.terms import AttentionWeights, Constant, Derived, Factor, NodeValue, NormStats, Source
+from ..errors import UnsupportedOpError
+from .expand import ComponentSpec, OneHot
+from .labels import BaseLabel
+from .shapes import dtype_of
+
+aten = torch.ops.aten
+LETTERS = string.ascii_letters
+GRANULARITIES = ("block", "head", "token")
+
+
+@dataclass
+class Group:
+    spec: ComponentSpec
+    label: BaseLabel
+    split: tuple
+    start: int
+    count: int
+
+
+def _slug(text: str) -> str:
+    s = re.sub(r"[^0-9a-zA-Z]+", "_", text).strip("_")
+    return s[:40] or "c"
+
+
+class CodeGen:
+    def __init__(self, gm, inp, out_node, table, dtype, nominal_batch: int = 32):
+        self.gm, self.inp, self.out_node, self.table, self.dtype = gm, inp, out_node, table, dtype
+        self.nominal_batch = nominal_batch
+        self.graph = fx.Graph()
+        self.env: dict = {}
+        self.stats: dict = {}
+        self.sources: dict = {}
+        self.memo: dict = {}
+        self.buffers: dict = {}
+        self.selected: dict = {}
+
+    # -- splits and labels ---------------------------------------------------------------------
+    @staticmethod
+    def split_atoms(spec: ComponentSpec, lab: BaseLabel, granularity: str, layers) -> tuple:
+        if spec.role != "branch" or not spec.split:
+            return ()
+        g = granularity if (layers is None or lab.layer in layers) else "block"
+        if g == "head":
+            return tuple(spec.split.get("head", ()))
+        if g == "token":
+            return tuple(spec.split.get("head", ())) + tuple(spec.split.get("window", ())) + \
+                tuple(spec.split.get("token", ()))
+        return ()
+
+    def components_for(self, groups: list[Group]) -> ComponentTable:
+        comps: list[Component] = []
+        for grp in groups:
+            lab, spec = grp.label, grp.spec
+            if not grp.split:
+                comps.append(Component(len(comps), lab.name, lab.kind, lab.module, lab.module_type, lab.layer,
+                                       lab.branch))
+                continue
+            heads = tuple(a for a in grp.split if a in spec.split.get("head", ()))
+            where = tuple(a for a in grp.split if a not in heads)
+            n_where = prod(a.size for a in where) if where else 1
+            coords = self.table.coordinates(where) if where else [{}]
+            token_role = {self.table.find(a.alias_of or a).role for a in spec.split.get("token", ())}
+            meaning = ["head"] if heads else []
+            if where:
+                if spec.split.get("window") and any(a in spec.split["window"] for a in where):
+                    meaning.append("window")
+                meaning.append("channel" if token_role == {"channel"} else "token")
+            for i in range(grp.count):
+                h, t = divmod(i, n_where)
+                rec = coords[t] if where else {}
+                parts = []
+                if heads:
+                    parts.append(f"h{h}")
+                if where:
+                    parts.append(f"t{t}")
+                comps.append(Component(
+                    len(comps), f"{lab.name}[{','.join(parts)}]", lab.kind, lab.module, lab.module_type, lab.layer,
+                    lab.branch, head=h if heads else None, token=t if where else None,
+                    row=rec.get("row"), col=rec.get("col"), prefix=rec.get("prefix"),
+                    split="+".join(meaning)))
+        return ComponentTable(comps)
+
+    # -- graph -----------------------------------------------------------------------------------
+    def build(self, groups: list[Group], terms_by_spec: dict, n_components: int) -> fx.GraphModule:
+        needed_stats = self._needed_stats(terms_by_spec)
+        g = self.graph
+        for node in self.gm.graph.nodes:
+            if node.op == "output":
+                continue
+            if node in needed_stats:
+                args = [self.env[a] if isinstance(a, fx.Node) else a for a in node.args[:5]]
+                while len(args) < 5:
+                    args.append(None if len(args) < 4 else 1e-5)
+                nat = g.call_function(aten.native_layer_norm.default, tuple(args[:5]))
+                self.env[node] = g.call_function(operator.getitem, (nat, 0), name=node.name)
+                self.stats[node] = g.call_function(operator.getitem, (nat, 2), name=f"rstd_{node.name}")
+            else:
+                self.env[node] = g.node_copy(node, lambda n: self.env[n])
+        self.batch = g.call_function(aten.sym_size.int, (self.env[self.inp], 0), name="batch")
+        out_val = self.env[self.out_node]
+        buf = g.call_function(kernels.new_contributions, (out_val, n_components), name="contributions")
+        out_axes = self.out_node.meta["fxd_atoms"]
+        if not out_axes or not out_axes[0] or out_axes[0][0] is not self.table.batch:
+            raise UnsupportedOpError("the model's output does not have the batch as its first axis")
+        rest_atoms = tuple(a for axis in out_axes[1:] for a in axis)
+        for grp in groups:
+            terms = terms_by_spec.get(grp.spec.id, [])
+            want = tuple(grp.split) + (self.table.batch,) + rest_atoms
+            slot = (grp.start, grp.count, tuple(-1 if a is self.table.batch else a.size for a in want))
+            slug = _slug(grp.label.name)
+            written = False
+            for term in terms:
+                new = self._emit_term(term, want, buf, slot, written, slug)
+                if new is None:
+                    continue  # identically zero (e.g. patch tokens seen from the class token)
+                buf, written = new, True
+            if not written:
+                buf = g.call_function(kernels.zero_, (buf, grp.start, grp.count), name=f"zero_{slug}")
+        g.output((out_val, buf))
+        root = self.gm
+        for name, t in self.buffers.items():
+            root.register_buffer(name, t, persistent=False)
+        gm = fx.GraphModule(root, g, class_name="DecomposedForward")
+        return gm
+
+    def _needed_stats(self, terms_by_spec) -> set:
+        out = set()
+
+        def visit(src):
+            if isinstance(src, NormStats):
+                out.add(src.node)
+            elif isinstance(src, Derived):
+                for a in src.args:
+                    if isinstance(a, Source):
+                        visit(a)
+            elif isinstance(src, AttentionWeights):
+                for a in (src.q, src.k, src.mask):
+                    if a is not None:
+                        visit(a)
+
+        for terms in terms_by_spec.values():
+            for t in terms:
+                for f in t.factors:
+                    visit(f.source)
+        for n in out:
+            if n.target != aten.layer_norm.default:
+                raise UnsupportedOpError(f"frozen statistics of {n.target} ('{n.name}') are not available")
+        return out
+
+    # -- sources ------------------------------------------------------------------------------------
+    def materialize(self, src: Source) -> fx.Node:
+        hit = self.sources.get(src)
+        if hit is not None:
+            return hit
+        g = self.graph
+        if isinstance(src, NodeValue):
+            node = self.env[src.node]
+            dt = dtype_of(src.node)
+            if dt is not None and dt.is_floating_point and dt != self.dtype:
+                node = g.call_function(kernels.as_dtype, (node, self.dtype))
+        elif isinstance(src, Constant):
+            name = f"_fxd_{_slug(src.name)}_{len(self.buffers)}"
+            self.buffers[name] = src.tensor.to(self.dtype)
+            node = g.get_attr(name)
+        elif isinstance(src, NormStats):
+            node = self.stats[src.node]
+        elif isinstance(src, Derived):
+            args = tuple(self._arg(a) for a in src.args)
+            node = g.call_function(src.fn, args, name=_slug(src.name))
+        elif isinstance(src, AttentionWeights):
+            kw = {"attn_mask": self.materialize(src.mask) if src.mask is not None else None,
+                  "scale": src.scale, "is_causal": src.causal, "row": src.row}
+            node = g.call_function(kernels.attention_weights, (self.materialize(src.q), self.materialize(src.k)),
+                                   kw, name="attn_weights")
+        else:
+            raise TypeError(f"cannot materialise {src!r}")
+        self.sources[src] = node
+        return node
+
+    def _arg(self, a):
+        if isinstance(a, Source):
+            return self.materialize(a)
+        if isinstance(a, tuple):
+            return tuple(self._arg(x) for x in a)
+        return a
+
+    # -- terms ---------------------------------------------------------------------------------------
+    def _atomized(self, f: Factor) -> tuple[Source, tuple]:
+        """Return (source, atoms) with exactly one tensor dim per atom."""
+        atoms = f.atoms
+        if all(len(axis) == 1 for axis in f.axes):
+            return f.source, atoms
+        if isinstance(f.source, Constant):
+            t = f.source.tensor.reshape([a.size for a in atoms])
+            key = ("atomized", id(f.source), tuple(a.size for a in atoms))
+            c = self.selected.get(key)
+            if c is None:
+                c = Constant(t, f.source.name)
+                self.selected[key] = c
+            return c, atoms
+        shape = tuple(-1 if a is self.table.batch else a.size for a in atoms)
+        return Derived(kernels.atomize, (f.source, shape), name=f"{f.source.name}_atoms"), atoms
+
+    def _select(self, src: Source, atoms: tuple, atom, index: int) -> tuple[Source, tuple]:
+        dim = atoms.index(atom)
+        rest = atoms[:dim] + atoms[dim + 1:]
+        if isinstance(src, Constant):
+            key = ("select", id(src), dim, index)
+            c = self.selected.get(key)
+            if c is None:
+                c = Constant(src.tensor.select(dim, index), src.name)
+                self.selected[key] = c
+            return c, rest
+        if isinstance(src, AttentionWeights) and src.row is None and dim == len(atoms) - 2:
+            return AttentionWeights(src.q, src.k, src.mask, src.scale, src.causal, index), rest
+        return Derived(torch.select, (src, dim, index), name=f"{src.name}_at{index}"), rest
+
+    def _emit_term(self, term, want: tuple, buf, slot, accumulate: bool, slug: str):
+        """Emit one term into its slot of the contributions; None if it is identically zero."""
+        ops: list[tuple[Source, tuple]] = []
+        picks: list[tuple] = []
+        for f in term.factors:
+            if isinstance(f.source, OneHot):
+                picks.append((f.atoms[0], f.source.index))
+            else:
+                ops.append(self._atomized(f))
+        for atom, index in picks:
+            ops = [self._select(s, a, atom, index) if atom in a else (s, a) for s, a in ops]
+        for s, _ in ops:
+            if isinstance(s, Constant) and not bool(s.tensor.any()):
+                return None
+        sizes = {a: (self.nominal_batch if a is self.table.batch else a.size) for _, atoms in ops for a in atoms}
+        present = tuple(a for a in want if a in sizes)
+        mask = tuple(a in sizes for a in want)
+        keys = [(s, a) for s, a in ops]
+        tree = plan([(k, k[1]) for k in keys], present, sizes, set(self.memo))
+        start, count, view_shape = slot
+        head = (buf, start, count, view_shape, mask)
+        if isinstance(tree, Pair) and subset_key([keys[i] for i in leaves_of(tree)], tree.atoms) not in self.memo:
+            (lnode, latoms) = self._emit_tree(tree.left, keys, slug)
+            (rnode, ratoms) = self._emit_tree(tree.right, keys, slug)
+            eq = self._equation([latoms, ratoms], present)
+            return self.graph.call_function(kernels.contract_into, head + (eq, lnode, rnode),
+                                            {"coef": term.coef, "accumulate": accumulate}, name=f"into_{slug}")
+        node, atoms = self._emit_tree(tree, keys, slug)
+        if atoms != present:
+            node = self._einsum([(node, atoms)], present, slug)
+        return self.graph.call_function(kernels.write_, head + (node,),
+                                        {"coef": term.coef, "accumulate": accumulate}, name=f"write_{slug}")
+
+    def _emit_tree(self, tree, keys, slug: str):
+        if isinstance(tree, Leaf):
+            src, atoms = keys[tree.index]
+            return self.materialize(src), atoms
+        key = subset_key([keys[i] for i in leaves_of(tree)], tree.atoms)
+        hit = self.memo.get(key)
+        if hit is None:
+            left = self._emit_tree(tree.left, keys, slug)
+            right = self._emit_tree(tree.right, keys, slug)
+            hit = (self._einsum([left, right], tree.atoms, slug), tree.atoms)
+            self.memo[key] = hit
+        return hit
+
+    def _equation(self, operand_atoms, out_atoms) -> str:
+        letters: dict = {}
+
+        def sub(atoms):
+            out = ""
+            for a in atoms:
+                if a not in letters:
+                    if len(letters) >= len(LETTERS):
+                        raise UnsupportedOpError("a contraction needs more than 52 distinct indices")
+                    letters[a] = LETTERS[len(letters)]
+                out += letters[a]
+            return out
+
+        ins = ",".join(sub(a) for a in operand_atoms)
+        return f"{ins}->{sub(out_atoms)}"
+
+    def _einsum(self, operands, out_atoms, slug):
+        eq = self._equation([a for _, a in operands], out_atoms)
+        return self.graph.call_function(torch.einsum, (eq, *[n for n, _ in operands]), name=f"ein_{slug}")

@@ -1,0 +1,302 @@
+"""Pass 7: write the output as a sum of component terms.
+
+Walks back from the output. Linear ops pass every term through (adding their
+factors); a residual join is just an add, so the skip's terms and the branch's
+terms meet there. A walk into a branch stops at
+
+* the values of an attention-weighted sum (or any product of two varying
+  operands): the carried operand is the branch's *leaf*, the frozen operand
+  becomes a factor, and its contracted and shared atoms are where the branch
+  may be split into source tokens and heads;
+* a nonlinear op, whose output is the leaf;
+* a norm that starts the branch (its input is the stream, and its output feeds
+  nonlinear computation): the norm's output is the leaf.
+
+Norms on the stream, and norms after the nonlinearity inside a branch's tail,
+are frozen-affine. A nonlinear op *on* the stream makes everything before it one
+(collapsed) component. Constants met on the way become bias components.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+
+from ..core.atoms import AtomTable, In
+from ..core.terms import (Constant, Derived, Factor, NodeValue, NormStats, Piece, Term,
+                          resolve_in)
+from ..errors import UnsupportedOpError
+from ..rules.registry import rule_for
+from .affinity import Affinity
+from .axes import param_name
+from .dataflow import CONST, INPUT, PARAM, is_varying
+from .stream import Stream, output_node
+
+
+class OneHot(Constant):
+    """Selects index ``index`` of one atom; applied by indexing, never multiplied."""
+
+    def __init__(self, size: int, index: int):
+        t = torch.zeros(size, dtype=torch.float64)
+        t[index] = 1.0
+        super().__init__(t, f"onehot{index}")
+        self.index = index
+
+
+@dataclass
+class ComponentSpec:
+    """A component as found by the walk (labels are added by the labels pass)."""
+
+    id: int
+    role: str                       # embed | bias | branch | collapsed
+    node: fx.Node                   # where it was found (leaf, or op adding the constant)
+    leaf: fx.Node | None = None
+    mixing: fx.Node | None = None   # the attention-weighted sum that defines its split
+    split: dict = field(default_factory=dict)
+    label: str | None = None
+    order: int = 0
+
+
+def module_of(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = list(stack.values())[-1][0]
+    return "" if path.startswith("_empty") else path
+
+
+def module_type_of(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    t = list(stack.values())[-1][1]
+    t = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+    return t.rsplit(".", 1)[-1]
+
+
+class LinCtx:
+    """Context handed to ``Rule.linearize``."""
+
+    def __init__(self, owner: "Expander"):
+        self._o = owner
+        self.table: AtomTable = owner.table
+        self._carried: dict = {}
+        self._constants: dict = {}
+
+    def axes(self, x):
+        return x.meta["fxd_atoms"]
+
+    def atoms(self, x):
+        return tuple(a for axis in x.meta["fxd_atoms"] for a in axis)
+
+    def shape(self, x):
+        from .shapes import shape_of
+        return shape_of(x)
+
+    def resolve(self, axis):
+        return self.table.resolve(axis)
+
+    def varying(self, x) -> bool:
+        return is_varying(self._o.kinds, x)
+
+    def value(self, x) -> NodeValue:
+        return NodeValue(x)
+
+    def const_factor(self, x) -> Factor:
+        if isinstance(x, fx.Node):
+            return Factor(NodeValue(x), tuple(self.axes(x)))
+        return self.scalar(float(x))
+
+    def scalar(self, v: float) -> Factor:
+        return Factor(self.constant(("scalar", v), lambda: torch.tensor(v, dtype=torch.float64), "scalar"), ())
+
+    def constant(self, key, make, name: str) -> Constant:
+        c = self._constants.get(key)
+        if c is None:
+            c = Constant(make(), name)
+            self._constants[key] = c
+        return c
+
+    def onehots(self, axis, index: int) -> list:
+        out = []
+        for a in reversed(tuple(axis)):
+            i = index % a.size
+            index //= a.size
+            oh = self._constants.get(("onehot", a.size, i))
+            if oh is None:
+                oh = OneHot(a.size, i)
+                self._constants[("onehot", a.size, i)] = oh
+            out.append(Factor(oh, ((In(a),),)))
+        return out[::-1]
+
+    def ones(self, atom) -> Factor:
+        c = self.constant(("ones", atom.size), lambda: torch.ones(atom.size, dtype=torch.float64), "ones")
+        return Factor(c, ((In(atom),),))
+
+    def derived(self, fn, args: tuple, name: str) -> Derived:
+        return Derived(fn, tuple(args), name)
+
+    def derived_factor(self, fn, x, name: str) -> Factor:
+        return Factor(Derived(fn, (NodeValue(x),), name), tuple(self.axes(x)))
+
+    def stats(self, node) -> NormStats:
+        return NormStats(node)
+
+    def carried(self, node):
+        return self._carried[node]
+
+    def param_name(self, x):
+        return param_name(x)
+
+    def module_of(self, node):
+        return module_of(node)
+
+    def unsupported(self, node, why: str) -> UnsupportedOpError:
+        return self._o.unsupported(node, why)
+
+
+class Expander:
+    def __init__(self, gm: fx.GraphModule, kinds: dict, inp: fx.Node, stream: Stream, aff: Affinity,
+                 table: AtomTable):
+        self.gm, self.kinds, self.inp, self.stream, self.aff, self.table = gm, kinds, inp, stream, aff, table
+        self.ctx = LinCtx(self)
+        self.memo: dict = {}
+        self.components: list[ComponentSpec] = []
+        self.order = {n: i for i, n in enumerate(gm.graph.nodes)}
+
+    # -- public ------------------------------------------------------------------------
+    def run(self) -> tuple[list[Term], list[ComponentSpec]]:
+        out = output_node(self.gm)
+        terms = self.terms(out)
+        self.components.sort(key=lambda c: (c.order, c.id))
+        for i, c in enumerate(self.components):
+            c.id = i
+        return terms, self.components
+
+    def terms(self, node: fx.Node) -> list[Term]:
+        hit = self.memo.get(node)
+        if hit is None:
+            hit = self._expand(node)
+            self.memo[node] = hit
+        return hit
+
+    # -- the walk ------------------------------------------------------------------------
+    def _expand(self, node: fx.Node) -> list[Term]:
+        if node is self.inp:
+            comp = self._new("embed", node, leaf=node)
+            return [self._leaf_term(comp, node)]
+        if self.kinds.get(node) in (CONST, PARAM):
+            comp = self._new("bias", node, label=param_name(node) or module_of(node) or node.name)
+            return [self._leaf_term(comp, node)]
+        if node.op != "call_function":
+            raise self.unsupported(node, "it is not a function call")
+        rule = rule_for(node.target)
+        if rule is None:
+            raise self.unsupported(node, None)
+        kind = self.aff.kind.get(node) or rule.classify(node, lambda x: is_varying(self.kinds, x))
+        if kind == "linear":
+            return self._through(node, rule)
+        if kind == "norm":
+            if self._norm_passes(node, rule):
+                return self._through(node, rule)
+            return [self._leaf_term(self._new("branch", node, leaf=node), node)]
+        if kind == "mixing":
+            carried = self._choose_carried(node, rule)
+            self.ctx._carried[node] = carried
+            if node in self.stream:  # frozen product on the stream (explicit norm, gate)
+                return self._through(node, rule)
+            return self._leaf_mixing(node, rule, carried)
+        role = "collapsed" if node in self.stream else "branch"
+        return [self._leaf_term(self._new(role, node, leaf=node), node)]
+
+    def _norm_passes(self, node, rule) -> bool:
+        if node in self.stream:
+            return True
+        x = rule.carriable(node)[0]
+        entering = x in self.stream or self.aff.affine.get(x, False)
+        return not entering or self.aff.linear_reach.get(node, False)
+
+    def _choose_carried(self, node, rule):
+        options = [a for a in rule.carriable(node) if is_varying(self.kinds, a)]
+        if not options:
+            raise self.unsupported(node, "it is not linear in any of its varying operands")
+        if len(options) == 1:
+            return options[0]
+        best = min(self.aff.depth.get(a, 0) for a in options)
+        return [a for a in options if self.aff.depth.get(a, 0) == best][-1]
+
+    def _through(self, node, rule) -> list[Term]:
+        lin = rule.linearize(node, self.ctx)
+        out: list[Term] = []
+        for piece in lin.pieces:
+            if piece.arg is not None:
+                for t in self.terms(piece.arg):
+                    out.append(self._apply(t, piece, self.ctx.atoms(piece.arg), node)[0])
+            else:
+                comp = self._new("bias", node, label=piece.label or self._bias_label(node))
+                t = Term(comp, (piece.const,))
+                out.append(self._apply(t, piece, piece.const.atoms, node)[0])
+        return out
+
+    def _leaf_mixing(self, node, rule, carried) -> list[Term]:
+        lin = rule.linearize(node, self.ctx)
+        comp = self._new("branch", node, leaf=carried, mixing=node)
+        out: list[Term] = []
+        for piece in lin.pieces:
+            if piece.arg is carried:
+                term, rename = self._apply(self._leaf_term(comp, carried), piece, self.ctx.atoms(carried), node)
+                if piece.split:
+                    comp.split = {k: tuple(resolve_in((v,), rename)[0]) for k, v in piece.split.items()}
+                out.append(term)
+            elif piece.arg is None:
+                bias = self._new("bias", node, label=piece.label or self._bias_label(node))
+                out.append(self._apply(Term(bias, (piece.const,)), piece, piece.const.atoms, node)[0])
+            else:
+                raise self.unsupported(node, "it is linear in more than one varying operand at once")
+        return out
+
+    def _apply(self, term: Term, piece: Piece, in_atoms, node) -> tuple[Term, dict]:
+        """Apply one piece's linear map to a term, renaming atoms that would clash."""
+        out_atoms = set(self.ctx.atoms(node))
+        keep = set(piece.passthrough)
+        contracted = set(in_atoms) - keep
+        created = out_atoms - keep
+        need = (contracted & out_atoms) | (created & term.atom_set)
+        rename = {a: self.table.alias(a, node.name) for a in need}
+        factors = tuple(f.rename(rename) for f in term.factors)
+        factors += tuple(Factor(f.source, resolve_in(f.axes, rename)) for f in piece.factors)
+        return Term(term.component, factors, term.coef * piece.coef), rename
+
+    # -- components -------------------------------------------------------------------------
+    def _leaf_term(self, comp: ComponentSpec, node: fx.Node) -> Term:
+        return Term(comp, (Factor(NodeValue(node), tuple(self.ctx.axes(node))),))
+
+    def _new(self, role: str, node: fx.Node, leaf=None, mixing=None, label=None) -> ComponentSpec:
+        c = ComponentSpec(id=len(self.components), role=role, node=node, leaf=leaf, mixing=mixing, label=label,
+                          order=self.order[mixing or leaf or node])
+        self.components.append(c)
+        return c
+
+    def _bias_label(self, node) -> str:
+        mod = module_of(node)
+        op = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+        return f"{mod}.{op}" if mod else op
+
+    def unsupported(self, node: fx.Node, why: str | None) -> UnsupportedOpError:
+        where = "on the residual stream" if node in self.stream else "in the linear tail of a residual branch"
+        mod = module_of(node)
+        mtype = module_type_of(node)
+        loc = f" in module '{mod}' ({mtype})" if mod else ""
+        target = node.target
+        tname = f"torch.ops.{target}" if hasattr(target, "overloadpacket") else repr(target)
+        if why is None:
+            return UnsupportedOpError(
+                f"node '{node.name}' ({target}){loc} lies {where}, so the decomposition must pass through "
+                f"it, but no rule says how. If it is an elementwise nonlinearity, register it with "
+                f"fxdecomp.register_rule({tname}, kind='nonlinear'); if it returns its input unchanged, "
+                f"kind='identity'; otherwise subclass fxdecomp.rules.Rule and pass an instance.")
+        return UnsupportedOpError(
+            f"node '{node.name}' ({target}){loc} lies {where} and cannot be decomposed: {why}. "
+            f"Register a rule for {tname} with fxdecomp.register_rule(...) if it should be handled "
+            "differently.")

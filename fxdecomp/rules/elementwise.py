@@ -1,0 +1,161 @@
+"""Elementwise ops: copies and casts, sums and differences, products, and the
+pointwise nonlinearities (which are never linearised here)."""
+from __future__ import annotations
+
+import operator
+import numbers
+
+import torch
+import torch.fx as fx
+
+from ..core.terms import Linearization, Piece
+from .base import BILINEAR, LINEAR, NONLINEAR, Rule, broadcast_axes, tensor_args
+from .registry import rules_for
+
+aten = torch.ops.aten
+
+
+def _is_scalar(x) -> bool:
+    return isinstance(x, numbers.Number) and not isinstance(x, bool)
+
+
+def _piece(node: fx.Node, x, ctx, coef: float = 1.0) -> Piece:
+    """``x`` broadcast into ``node``'s shape, as a piece (varying input or constant)."""
+    if isinstance(x, fx.Node):
+        atoms = frozenset(ctx.atoms(x))
+        if not atoms <= set(ctx.atoms(node)):
+            raise ctx.unsupported(node, "its operands' axes could not be matched to its output's")
+        if ctx.varying(x):
+            return Piece(arg=x, passthrough=atoms, coef=coef)
+        return Piece(const=ctx.const_factor(x), passthrough=atoms, coef=coef, label=ctx.param_name(x))
+    if _is_scalar(x):
+        return Piece(const=ctx.scalar(float(x)), coef=coef)
+    raise ctx.unsupported(node, f"unexpected operand {x!r}")
+
+
+@rules_for(aten.clone, aten.contiguous, aten.alias, aten.detach, aten.lift_fresh_copy,
+           aten._to_copy, aten.to, aten.type_as, aten.dropout, aten.feature_dropout,
+           aten.alpha_dropout)
+class IdentityRule(Rule):
+    """Returns its first argument's values (possibly copied, cast or moved)."""
+
+    kind = LINEAR
+
+    def axes(self, node, ax):
+        return ax.axes(node.args[0])
+
+    def carriable(self, node):
+        return [node.args[0]]
+
+    def linearize(self, node, ctx):
+        x = node.args[0]
+        if node.target in (aten.dropout.default,) and len(node.args) > 2 and node.args[2]:
+            raise ctx.unsupported(node, "dropout is active (call model.eval() first)")
+        return Linearization([_piece(node, x, ctx)])
+
+
+@rules_for(aten.add.Tensor, aten.add.Scalar, aten.sub.Tensor, aten.sub.Scalar, aten.rsub.Tensor,
+           aten.rsub.Scalar, operator.add, operator.sub)
+class AddRule(Rule):
+    """``x + alpha*y`` (and ``x - alpha*y``): every operand is a summand."""
+
+    kind = LINEAR
+
+    def axes(self, node, ax):
+        return broadcast_axes(node, node.args[:2], ax)
+
+    def linearize(self, node, ctx):
+        x, y = node.args[0], node.args[1]
+        alpha = node.kwargs.get("alpha", node.args[2] if len(node.args) > 2 else 1)
+        name = getattr(node.target, "__name__", str(node.target))
+        sign = -1.0 if ("sub" in name) else 1.0
+        if "rsub" in name:  # y - alpha * x
+            return Linearization([_piece(node, y, ctx), _piece(node, x, ctx, -float(alpha))])
+        return Linearization([_piece(node, x, ctx), _piece(node, y, ctx, sign * float(alpha))])
+
+
+@rules_for(aten.neg)
+class NegRule(Rule):
+    kind = LINEAR
+
+    def axes(self, node, ax):
+        return ax.axes(node.args[0])
+
+    def linearize(self, node, ctx):
+        return Linearization([_piece(node, node.args[0], ctx, -1.0)])
+
+
+@rules_for(aten.mul.Tensor, aten.mul.Scalar, operator.mul)
+class MulRule(Rule):
+    """``x * y``: linear in either operand with the other frozen (gates, scales)."""
+
+    kind = BILINEAR
+
+    def axes(self, node, ax):
+        return broadcast_axes(node, node.args[:2], ax)
+
+    def linearize(self, node, ctx):
+        x, y = node.args[0], node.args[1]
+        if _is_scalar(y) or _is_scalar(x):
+            t, s = (x, y) if _is_scalar(y) else (y, x)
+            return Linearization([_piece(node, t, ctx, float(s))])
+        carried = ctx.carried(node) if (ctx.varying(x) and ctx.varying(y)) else (x if ctx.varying(x) else y)
+        other = y if carried is x else x
+        p = _piece(node, carried, ctx)
+        p.factors = [ctx.const_factor(other)]
+        return Linearization([p])
+
+
+@rules_for(aten.div.Tensor, aten.div.Scalar, operator.truediv)
+class DivRule(Rule):
+    """``x / y``: linear in ``x``; ``y`` frozen (its reciprocal becomes a factor)."""
+
+    kind = BILINEAR
+
+    def axes(self, node, ax):
+        return broadcast_axes(node, node.args[:2], ax)
+
+    def carriable(self, node):
+        return [node.args[0]] if isinstance(node.args[0], fx.Node) else []
+
+    def linearize(self, node, ctx):
+        x, y = node.args[0], node.args[1]
+        if node.kwargs.get("rounding_mode") is not None:
+            raise ctx.unsupported(node, "rounded division is not linear")
+        if _is_scalar(y):
+            return Linearization([_piece(node, x, ctx, 1.0 / float(y))])
+        p = _piece(node, x, ctx)
+        p.factors = [ctx.derived_factor(torch.reciprocal, y, name=f"inv_{y.name}")]
+        return Linearization([p])
+
+
+class UnaryNonlinear(Rule):
+    """Pointwise nonlinearity: output has the atoms of its (broadcast) inputs."""
+
+    kind = NONLINEAR
+
+    def axes(self, node, ax):
+        args = [a for a in tensor_args(node) if ax.shape(a) is not None]
+        shape = ax.shape(node)
+        if shape is None:
+            return None
+        if args and all(len(ax.shape(a)) <= len(shape) for a in args):
+            return broadcast_axes(node, args, ax)
+        return ax.fresh(node)
+
+
+_POINTWISE = [
+    "gelu", "relu", "relu6", "silu", "sigmoid", "tanh", "exp", "log", "sqrt", "rsqrt", "erf",
+    "abs", "hardswish", "hardsigmoid", "hardtanh", "leaky_relu", "elu", "mish", "softplus",
+    "sin", "cos", "pow", "clamp", "clamp_min", "clamp_max", "sign", "reciprocal", "softmax",
+    "_softmax", "log_softmax", "_log_softmax", "where", "masked_fill", "square", "exp2", "log1p",
+    "expm1", "sgn", "logical_not", "eq", "ne", "lt", "le", "gt", "ge", "floor", "ceil", "round",
+    "maximum", "minimum", "gelu_", "relu_", "silu_", "quick_gelu", "selu", "celu",
+    "threshold", "logit", "tan", "atan", "bitwise_not", "isnan", "nan_to_num", "fill",
+    "zeros_like", "ones_like", "full_like", "empty_like",
+]
+for _name in _POINTWISE:
+    _packet = getattr(aten, _name, None)
+    if _packet is not None:
+        rules_for(_packet)(UnaryNonlinear)
+rules_for(torch.sigmoid, torch.tanh)(UnaryNonlinear)

@@ -1,0 +1,532 @@
+"""Data movement: reshapes, permutations, selections, slices, concatenation,
+rolls and padding. All linear; most only relabel atoms, the rest are 0/1 maps."""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+
+from ..core.atoms import In, axis_size
+from ..core.terms import Factor, Linearization, Piece
+from .base import LINEAR, Rule, norm_dim
+from .registry import rule_for, rules_for
+
+aten = torch.ops.aten
+
+
+def _ins(axis) -> tuple:
+    return tuple(In(a) for a in axis)
+
+
+def _identity_piece(node, x, ctx) -> Piece:
+    atoms = frozenset(ctx.atoms(x))
+    if ctx.varying(x):
+        return Piece(arg=x, passthrough=atoms)
+    return Piece(const=ctx.const_factor(x), passthrough=atoms)
+
+
+def _relabel(node: fx.Node, ctx) -> Linearization:
+    x = node.args[0]
+    if sorted(a.id for a in ctx.atoms(x)) != sorted(a.id for a in ctx.atoms(node)):
+        raise ctx.unsupported(
+            node, "this reshape regroups elements across axis boundaries that do not line up")
+    return Linearization([_identity_piece(node, x, ctx)])
+
+
+@rules_for(aten.view, aten.reshape, aten._unsafe_view, aten.flatten, aten.unflatten,
+           aten.view_as, aten.reshape_as)
+class ReshapeRule(Rule):
+    kind = LINEAR
+
+    def axes(self, node, ax):
+        out = ax.table.reshape(ax.axes(node.args[0]), ax.shape(node))
+        return out if out is not None else ax.fresh(node)
+
+    def carriable(self, node):
+        return [node.args[0]]
+
+    def linearize(self, node, ctx):
+        return _relabel(node, ctx)
+
+
+@rules_for(aten.permute)
+class PermuteRule(Rule):
+    kind = LINEAR
+
+    def axes(self, node, ax):
+        src = ax.axes(node.args[0])
+        return [src[norm_dim(d, len(src))] for d in node.args[1]]
+
+    def carriable(self, node):
+        return [node.args[0]]
+
+    def linearize(self, node, ctx):
+        return _relabel(node, ctx)
+
+
+@rules_for(aten.transpose, aten.t, aten.swapaxes)
+class TransposeRule(Rule):
+    kind = LINEAR
+
+    def axes(self, node, ax):
+        src = list(ax.axes(node.args[0]))
+        if len(node.args) < 3:  # t()
+            return src[::-1]
+        i, j = norm_dim(node.args[1], len(src)), norm_dim(node.args[2], len(src))
+        src[i], src[j] = src[j], src[i]
+        return src
+
+    def carriable(self, node):
+        return [node.args[0]]
+
+    def linearize(self, node, ctx):
+        return _relabel(node, ctx)
+
+
+@rules_for(aten.squeeze, aten.unsqueeze)
+class SqueezeRule(Rule):
+    """Size-1 axes carry no atoms, so (un)squeezing only drops or adds empty axes."""
+
+    kind = LINEAR
+
+    def axes(self, node, ax):
+        src = [axis for axis, s in zip(ax.axes(node.args[0]), ax.shape(node.args[0])) if s != 1]
+        out, k = [], 0
+        for s in ax.shape(node):
+            if s == 1:
+                out.append(())
+            else:
+                out.append(src[k])
+                k += 1
+        return out
+
+    def carriable(self, node):
+        return [node.args[0]]
+
+    def linearize(self, node, ctx):
+        return _relabel(node, ctx)
+
+
+@rules_for(aten.expand, aten.expand_as, aten.broadcast_to)
+class ExpandRule(Rule):
+    """Broadcasting to a larger shape: new atoms, values constant along them."""
+
+    kind = LINEAR
+
+    def axes(self, node, ax):
+        src_axes, src_shape = ax.axes(node.args[0]), ax.shape(node.args[0])
+        out_shape = ax.shape(node)
+        off = len(out_shape) - len(src_shape)
+        out = []
+        for j, s in enumerate(out_shape):
+            i = j - off
+            if i >= 0 and src_shape[i] == s:
+                out.append(src_axes[i])
+            else:
+                out.append(ax.table.axis(s, ("broadcast", node.name), "other"))
+        return out
+
+    def carriable(self, node):
+        return [node.args[0]]
+
+    def linearize(self, node, ctx):
+        return Linearization([_identity_piece(node, node.args[0], ctx)])
+
+
+@rules_for(aten.select)
+class SelectRule(Rule):
+    """``x[..., i, ...]``: a one-hot factor, applied by indexing at code generation."""
+
+    kind = LINEAR
+
+    def axes(self, node, ax):
+        src = list(ax.axes(node.args[0]))
+        del src[norm_dim(node.args[1], len(src))]
+        return src
+
+    def carriable(self, node):
+        return [node.args[0]]
+
+    def linearize(self, node, ctx):
+        x, dim, idx = node.args[0], node.args[1], node.args[2]
+        shape = ctx.shape(x)
+        dim = norm_dim(dim, len(shape))
+        idx = idx + shape[dim] if idx < 0 else idx
+        piece = _identity_piece(node, x, ctx)
+        axis = ctx.axes(x)[dim]
+        piece.passthrough = frozenset(piece.passthrough) - set(axis)
+        piece.factors = ctx.onehots(axis, idx)
+        return Linearization([piece])
+
+
+def _slice_bounds(size: int, start, end, step) -> tuple[int, int, int]:
+    start, end, step = (0 if start is None else start), (size if end is None else end), step or 1
+    start = max(start + size, 0) if start < 0 else min(start, size)
+    end = max(end + size, 0) if end < 0 else min(end, size)
+    return start, max(end, start), step
+
+
+@rules_for(aten.slice)
+class SliceRule(Rule):
+    kind = LINEAR
+
+    def _bounds(self, node, shape):
+        dim = norm_dim(node.args[1] if len(node.args) > 1 else 0, len(shape))
+        start = node.args[2] if len(node.args) > 2 else None
+        end = node.args[3] if len(node.args) > 3 else None
+        step = node.args[4] if len(node.args) > 4 else 1
+        return (dim, *_slice_bounds(shape[dim], start, end, step))
+
+    def axes(self, node, ax):
+        src = list(ax.axes(node.args[0]))
+        shape = ax.shape(node.args[0])
+        dim, start, end, step = self._bounds(node, shape)
+        n = len(range(start, end, step))
+        if n == shape[dim]:
+            return src
+        src[dim] = ax.table.axis(n, ("slice", src[dim], start, step), "other")
+        ax.table.promote(src[dim], _role(ax.table, ax.axes(node.args[0])[dim]))
+        return src
+
+    def carriable(self, node):
+        return [node.args[0]]
+
+    def linearize(self, node, ctx):
+        x = node.args[0]
+        shape = ctx.shape(x)
+        dim, start, end, step = self._bounds(node, shape)
+        piece = _identity_piece(node, x, ctx)
+        n = len(range(start, end, step))
+        if n == shape[dim]:
+            return Linearization([piece])
+        in_axis, out_axis = ctx.axes(x)[dim], ctx.axes(node)[dim]
+        size = shape[dim]
+
+        def make():
+            m = torch.zeros(n, size, dtype=torch.float64)
+            m[torch.arange(n), torch.arange(start, end, step)] = 1
+            return m
+
+        mat = ctx.constant(("slice", size, start, end, step), make, f"slice{start}_{end}_{step}")
+        piece.passthrough = frozenset(piece.passthrough) - set(in_axis)
+        piece.factors = [Factor(mat, (out_axis, _ins(in_axis)))]
+        return Linearization([piece])
+
+
+def _role(table, axis) -> str:
+    roles = [table.find(a).role for a in axis]
+    for r in ("batch", "spatial", "channel"):
+        if r in roles:
+            return r
+    return "other"
+
+
+@rules_for(aten.cat, aten.concat, aten.concatenate)
+class CatRule(Rule):
+    """Concatenation: each input is embedded into its segment of a new axis."""
+
+    kind = LINEAR
+
+    def axes(self, node, ax):
+        tensors = [t for t in node.args[0]]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        out_shape = ax.shape(node)
+        dim = norm_dim(dim, len(out_shape))
+        out = None
+        segments = []
+        for t in tensors:
+            t_axes = list(ax.axes(t))
+            seg = t_axes[dim]
+            segments.append((seg, ax.shape(t)[dim], ax.param_name(t) or "token"))
+            if out is None:
+                out = t_axes
+            else:
+                for i, a in enumerate(t_axes):
+                    if i != dim and not ax.unify(out[i], a):
+                        return ax.fresh(node)
+        out = list(out)
+        if out_shape[dim] == 1:
+            out[dim] = ()
+        else:
+            out[dim] = (ax.table.new(out_shape[dim], ("cat", tuple(segments)), "other"),)
+            for seg, _, _ in segments:
+                ax.table.promote(out[dim], _role(ax.table, seg) if seg else "other")
+        return out
+
+    def carriable(self, node):
+        return [t for t in node.args[0] if isinstance(t, fx.Node)]
+
+    def linearize(self, node, ctx):
+        tensors = node.args[0]
+        shape = ctx.shape(node)
+        dim = norm_dim(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0), len(shape))
+        out_axis = ctx.axes(node)[dim]
+        total = shape[dim]
+        pieces, start = [], 0
+        for t in tensors:
+            n = ctx.shape(t)[dim]
+            piece = _identity_piece(node, t, ctx)
+            in_axis = ctx.axes(t)[dim]
+            s0 = start
+
+            def make(s0=s0, n=n):
+                m = torch.zeros(total, n, dtype=torch.float64)
+                m[torch.arange(s0, s0 + n), torch.arange(n)] = 1
+                return m
+
+            mat = ctx.constant(("embed", total, s0, n), make, f"segment{s0}_{s0 + n}")
+            piece.passthrough = frozenset(piece.passthrough) - set(in_axis)
+            piece.factors = [Factor(mat, (out_axis, _ins(in_axis)))]
+            if piece.const is not None:
+                piece.label = ctx.param_name(t)
+            pieces.append(piece)
+            start += n
+        return Linearization(pieces)
+
+
+@rules_for(aten.roll)
+class RollRule(Rule):
+    kind = LINEAR
+
+    def _spec(self, node, nd):
+        shifts = node.args[1]
+        dims = node.args[2] if len(node.args) > 2 else node.kwargs.get("dims", [])
+        shifts = [shifts] if isinstance(shifts, int) else list(shifts)
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        if not dims:
+            raise NotImplementedError("roll without dims (flattened roll)")
+        return [(norm_dim(d, nd), s) for d, s in zip(dims, shifts)]
+
+    def axes(self, node, ax):
+        src = list(ax.axes(node.args[0]))
+        shape = ax.shape(node.args[0])
+        try:
+            spec = self._spec(node, len(shape))
+        except NotImplementedError:
+            return ax.fresh(node)
+        for d, s in spec:
+            if shape[d] > 1 and s % shape[d]:
+                new = ax.table.axis(shape[d], ("roll", src[d], s % shape[d]), "other")
+                ax.table.promote(new, _role(ax.table, src[d]))
+                src[d] = new
+        return src
+
+    def carriable(self, node):
+        return [node.args[0]]
+
+    def linearize(self, node, ctx):
+        x = node.args[0]
+        shape = ctx.shape(x)
+        try:
+            spec = self._spec(node, len(shape))
+        except NotImplementedError:
+            raise ctx.unsupported(node, "roll over a flattened tensor")
+        piece = _identity_piece(node, x, ctx)
+        factors, dropped = [], set()
+        for d, s in spec:
+            n = shape[d]
+            if n == 1 or s % n == 0:
+                continue
+            s %= n
+            in_axis, out_axis = ctx.axes(x)[d], ctx.axes(node)[d]
+
+            def make(n=n, s=s):
+                m = torch.zeros(n, n, dtype=torch.float64)
+                m[(torch.arange(n) + s) % n, torch.arange(n)] = 1
+                return m
+
+            factors.append(Factor(ctx.constant(("roll", n, s), make, f"roll{s}"), (out_axis, _ins(in_axis))))
+            dropped |= set(in_axis)
+        piece.passthrough = frozenset(piece.passthrough) - dropped
+        piece.factors = factors
+        return Linearization([piece])
+
+
+@rules_for(aten.constant_pad_nd)
+class PadRule(Rule):
+    kind = LINEAR
+
+    def _spec(self, node, shape):
+        pad = list(node.args[1])
+        out = []
+        for i in range(len(pad) // 2):
+            d = len(shape) - 1 - i
+            out.append((d, pad[2 * i], pad[2 * i + 1]))
+        return out
+
+    def axes(self, node, ax):
+        src = list(ax.axes(node.args[0]))
+        shape = ax.shape(node.args[0])
+        for d, before, after in self._spec(node, shape):
+            if before or after:
+                if before < 0 or after < 0:
+                    return ax.fresh(node)
+                new = ax.table.axis(shape[d] + before + after, ("pad", src[d], before), "other")
+                ax.table.promote(new, _role(ax.table, src[d]))
+                src[d] = new
+        return src
+
+    def carriable(self, node):
+        return [node.args[0]]
+
+    def linearize(self, node, ctx):
+        x = node.args[0]
+        value = node.args[2] if len(node.args) > 2 else 0
+        if value:
+            raise ctx.unsupported(node, "padding with a non-zero value")
+        shape = ctx.shape(x)
+        piece = _identity_piece(node, x, ctx)
+        factors, dropped = [], set()
+        for d, before, after in self._spec(node, shape):
+            if not (before or after):
+                continue
+            if before < 0 or after < 0:
+                raise ctx.unsupported(node, "negative padding (cropping)")
+            n = shape[d]
+            in_axis, out_axis = ctx.axes(x)[d], ctx.axes(node)[d]
+
+            def make(n=n, before=before, after=after):
+                m = torch.zeros(n + before + after, n, dtype=torch.float64)
+                m[torch.arange(before, before + n), torch.arange(n)] = 1
+                return m
+
+            factors.append(Factor(ctx.constant(("pad", n, before, after), make, f"pad{before}_{after}"),
+                                  (out_axis, _ins(in_axis))))
+            dropped |= set(in_axis)
+        piece.passthrough = frozenset(piece.passthrough) - dropped
+        piece.factors = factors
+        return Linearization([piece])
+
+
+class TupleRule(Rule):
+    """An op returning several tensors; ``getitem`` nodes read them."""
+
+    kind = LINEAR
+
+    def item_axes(self, node, i, ax):
+        return self.axes(node, ax)[i]
+
+    def item_kind(self, node, i) -> str:
+        return self.kind
+
+    def item_linearize(self, node, i, item: fx.Node, ctx) -> Linearization:
+        raise NotImplementedError
+
+
+@rules_for(aten.unbind)
+class UnbindRule(TupleRule):
+    def axes(self, node, ax):
+        src = list(ax.axes(node.args[0]))
+        dim = norm_dim(node.args[1] if len(node.args) > 1 else 0, len(src))
+        rest = src[:dim] + src[dim + 1:]
+        return [list(rest) for _ in range(ax.shape(node.args[0])[dim])]
+
+    def carriable(self, node):
+        return [node.args[0]]
+
+    def item_linearize(self, node, i, item, ctx):
+        x = node.args[0]
+        dim = norm_dim(node.args[1] if len(node.args) > 1 else 0, len(ctx.shape(x)))
+        piece = _identity_piece(item, x, ctx)
+        axis = ctx.axes(x)[dim]
+        piece.passthrough = frozenset(piece.passthrough) - set(axis)
+        piece.factors = ctx.onehots(axis, i)
+        return Linearization([piece])
+
+
+@rules_for(aten.split, aten.split_with_sizes, aten.chunk, aten.tensor_split)
+class SplitRule(TupleRule):
+    def _bounds(self, node, shape):
+        dim_arg = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+        dim = norm_dim(dim_arg, len(shape))
+        size = shape[dim]
+        spec = node.args[1]
+        name = str(node.target)
+        if "chunk" in name:
+            step = -(-size // spec)
+            sizes = [min(step, size - s) for s in range(0, size, step)]
+        elif isinstance(spec, int):
+            sizes = [min(spec, size - s) for s in range(0, size, spec)]
+        else:
+            sizes = list(spec)
+        out, s0 = [], 0
+        for n in sizes:
+            out.append((s0, s0 + n))
+            s0 += n
+        return dim, out
+
+    def axes(self, node, ax):
+        src = list(ax.axes(node.args[0]))
+        shape = ax.shape(node.args[0])
+        dim, bounds = self._bounds(node, shape)
+        out = []
+        for start, end in bounds:
+            axes = list(src)
+            if end - start != shape[dim]:
+                axes[dim] = ax.table.axis(end - start, ("slice", src[dim], start, 1), "other")
+                ax.table.promote(axes[dim], _role(ax.table, src[dim]))
+            out.append(axes)
+        return out
+
+    def carriable(self, node):
+        return [node.args[0]]
+
+    def item_linearize(self, node, i, item, ctx):
+        x = node.args[0]
+        shape = ctx.shape(x)
+        dim, bounds = self._bounds(node, shape)
+        start, end = bounds[i]
+        piece = _identity_piece(item, x, ctx)
+        if end - start == shape[dim]:
+            return Linearization([piece])
+        in_axis, out_axis = ctx.axes(x)[dim], ctx.axes(item)[dim]
+        size = shape[dim]
+
+        def make():
+            m = torch.zeros(end - start, size, dtype=torch.float64)
+            m[torch.arange(end - start), torch.arange(start, end)] = 1
+            return m
+
+        mat = ctx.constant(("slice", size, start, end, 1), make, f"slice{start}_{end}_1")
+        piece.passthrough = frozenset(piece.passthrough) - set(in_axis)
+        piece.factors = [Factor(mat, (out_axis, _ins(in_axis)))]
+        return Linearization([piece])
+
+
+@rules_for(operator.getitem)
+class GetItemRule(Rule):
+    """Reads one output of a tuple-returning op; behaves as that op says."""
+
+    def _producer(self, node):
+        prod = node.args[0]
+        if not isinstance(prod, fx.Node):
+            return None, None
+        return prod, rule_for(prod.target)
+
+    @property
+    def kind(self):  # type: ignore[override]
+        return LINEAR
+
+    def axes(self, node, ax):
+        prod, _ = self._producer(node)
+        items = ax.axes(prod) if prod is not None else None
+        if isinstance(items, list) and items and isinstance(items[0], list):
+            return items[node.args[1]]
+        return ax.fresh(node)
+
+    def classify(self, node, varying):
+        prod, rule = self._producer(node)
+        if not isinstance(rule, TupleRule):
+            return "nonlinear"
+        return {"linear": "linear", "norm": "norm"}.get(rule.item_kind(prod, node.args[1]), "nonlinear")
+
+    def carriable(self, node):
+        prod, rule = self._producer(node)
+        return rule.carriable(prod) if isinstance(rule, TupleRule) else []
+
+    def linearize(self, node, ctx):
+        prod, rule = self._producer(node)
+        if not isinstance(rule, TupleRule):
+            raise ctx.unsupported(node, "it reads an output of an op with no rule")
+        return rule.item_linearize(prod, node.args[1], node, ctx)

@@ -1,0 +1,186 @@
+"""Normalisations. With their statistics frozen at the actual values they are
+affine: LayerNorm centres each component on its own and divides by the frozen
+scale; its bias, and BatchNorm's shift, become constants (bias components)."""
+from __future__ import annotations
+
+from math import prod
+
+import torch
+import torch.fx as fx
+
+from .. import kernels
+from ..core.atoms import In
+from ..core.terms import Factor, Linearization, Piece
+from .base import LINEAR, NORM, Rule
+from .movement import TupleRule
+from .registry import rules_for
+
+aten = torch.ops.aten
+
+
+def _unify_params(ax, axes, params):
+    for p in params:
+        if isinstance(p, fx.Node):
+            pa = ax.axes(p)
+            if len(pa) == len(axes):
+                for a, b in zip(pa, axes):
+                    if a or b:
+                        ax.unify(a, b)
+
+
+def _flat(axes):
+    return tuple(a for axis in axes for a in axis)
+
+
+@rules_for(aten.layer_norm)
+class LayerNormRule(Rule):
+    kind = NORM
+
+    def axes(self, node, ax):
+        x, shape = node.args[0], node.args[1]
+        xa = ax.axes(x)
+        _unify_params(ax, xa[-len(shape):], node.args[2:4])
+        return list(xa)
+
+    def carriable(self, node):
+        return [node.args[0]]
+
+    def linearize(self, node, ctx):
+        x, shape = node.args[0], list(node.args[1])
+        w = node.args[2] if len(node.args) > 2 else None
+        b = node.args[3] if len(node.args) > 3 else None
+        nd = len(shape)
+        xa = ctx.axes(x)
+        normed, lead = _flat(xa[-nd:]), xa[:-nd]
+        d = prod(shape)
+
+        def make():
+            return torch.eye(d, dtype=torch.float64) - 1.0 / d
+
+        centre = ctx.constant(("centre", d), make, f"centre{d}")
+        factors = [Factor(centre, (normed, tuple(In(a) for a in normed)))]
+        if isinstance(w, fx.Node):
+            factors.append(Factor(ctx.value(w), tuple(ctx.axes(w))))
+        factors.append(Factor(ctx.stats(node), tuple(lead) + ((),) * nd))
+        pieces = [Piece(arg=x, factors=factors, passthrough=frozenset(_flat(lead)))]
+        if isinstance(b, fx.Node):
+            pieces.append(Piece(const=Factor(ctx.value(b), tuple(ctx.axes(b))),
+                                passthrough=frozenset(ctx.atoms(b)), label=ctx.param_name(b)))
+        return Linearization(pieces)
+
+
+@rules_for(aten.rms_norm)
+class RMSNormRule(Rule):
+    kind = NORM
+
+    def axes(self, node, ax):
+        x, shape = node.args[0], node.args[1]
+        xa = ax.axes(x)
+        _unify_params(ax, xa[-len(shape):], node.args[2:3])
+        return list(xa)
+
+    def carriable(self, node):
+        return [node.args[0]]
+
+    def linearize(self, node, ctx):
+        x, shape = node.args[0], list(node.args[1])
+        w = node.args[2] if len(node.args) > 2 else None
+        eps = node.args[3] if len(node.args) > 3 else None
+        nd = len(shape)
+        xa = ctx.axes(x)
+        lead = xa[:-nd]
+        factors = []
+        if isinstance(w, fx.Node):
+            factors.append(Factor(ctx.value(w), tuple(ctx.axes(w))))
+        inv = ctx.derived(kernels.rms_inverse, (ctx.value(x), nd, eps), name=f"inv_rms_{node.name}")
+        factors.append(Factor(inv, tuple(lead) + ((),) * nd))
+        return Linearization([Piece(arg=x, factors=factors, passthrough=frozenset(_flat(lead)))])
+
+
+def _bn_linearize(node, x, w, b, rm, rv, eps, ctx):
+    ch = ctx.axes(x)[1]
+    src = lambda n: ctx.value(n) if isinstance(n, fx.Node) else None  # noqa: E731
+    scale = ctx.derived(kernels.bn_scale, (src(w), src(rv), float(eps)), name=f"bn_scale_{node.name}")
+    shift = ctx.derived(kernels.bn_shift, (src(w), src(b), src(rm), src(rv), float(eps)),
+                        name=f"bn_shift_{node.name}")
+    atoms = frozenset(ctx.atoms(x))
+    label = ctx.param_name(b) if isinstance(b, fx.Node) else f"{ctx.module_of(node)}.shift"
+    return Linearization([
+        Piece(arg=x, factors=[Factor(scale, (ch,))], passthrough=atoms),
+        Piece(const=Factor(shift, (ch,)), passthrough=frozenset(ch), label=label),
+    ])
+
+
+def _bn_axes(node, ax, params):
+    xa = ax.axes(node.args[0])
+    for p in params:
+        if isinstance(p, fx.Node):
+            ax.unify(ax.axes(p)[0], xa[1])
+    return list(xa)
+
+
+@rules_for(aten._native_batch_norm_legit_no_training)
+class BatchNormEvalRule(TupleRule):
+    """BatchNorm in eval mode: its statistics are constants, so it is plain affine."""
+
+    def axes(self, node, ax):
+        out = _bn_axes(node, ax, node.args[1:5])
+        return [out, ax.table.axis(1), ax.table.axis(1)]
+
+    def carriable(self, node):
+        return [node.args[0]]
+
+    def item_kind(self, node, i):
+        return LINEAR if i == 0 else "nonlinear"
+
+    def item_linearize(self, node, i, item, ctx):
+        if i != 0:
+            raise ctx.unsupported(item, "it reads BatchNorm's saved statistics")
+        x, w, b, rm, rv, _momentum, eps = node.args[:7]
+        return _bn_linearize(node, x, w, b, rm, rv, eps, ctx)
+
+
+@rules_for(aten.batch_norm)
+class BatchNormRule(Rule):
+    kind = LINEAR
+
+    def axes(self, node, ax):
+        return _bn_axes(node, ax, node.args[1:5])
+
+    def carriable(self, node):
+        return [node.args[0]]
+
+    def linearize(self, node, ctx):
+        x, w, b, rm, rv, training, _momentum, eps = node.args[:8]
+        if training or not isinstance(rm, fx.Node):
+            raise ctx.unsupported(node, "BatchNorm uses batch statistics (call model.eval() first)")
+        return _bn_linearize(node, x, w, b, rm, rv, eps, ctx)
+
+
+@rules_for(aten.native_layer_norm, aten.native_group_norm, aten.group_norm)
+class UnsupportedNormRule(TupleRule):
+    """Norms whose frozen form is not implemented yet: fine inside branches,
+    refused where the decomposition would have to pass through them."""
+
+    kind = NORM
+
+    def axes(self, node, ax):
+        xa = list(ax.axes(node.args[0]))
+        if "native" in str(node.target):
+            return [xa, ax.fresh_like(node, 1), ax.fresh_like(node, 2)]
+        return xa
+
+    def item_axes(self, node, i, ax):
+        return self.axes(node, ax)[i]
+
+    def item_kind(self, node, i):
+        return NORM if i == 0 else "nonlinear"
+
+    def carriable(self, node):
+        return [node.args[0]]
+
+    def item_linearize(self, node, i, item, ctx):
+        raise ctx.unsupported(node, f"decomposing through {node.target} is not implemented yet")
+
+    def linearize(self, node, ctx):
+        raise ctx.unsupported(node, f"decomposing through {node.target} is not implemented yet")

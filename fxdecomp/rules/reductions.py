@@ -1,0 +1,111 @@
+"""Reductions over axes: means and sums are linear (pooling), the rest are not."""
+from __future__ import annotations
+
+from math import prod
+
+import torch
+
+from ..core.atoms import In
+from ..core.terms import Factor, Linearization, Piece
+from .base import LINEAR, NONLINEAR, Rule, norm_dim
+from .registry import rules_for
+
+aten = torch.ops.aten
+
+
+def _reduce_spec(node, nd):
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
+        dims = list(range(nd))
+    elif isinstance(dims, int):
+        dims = [dims]
+    keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    return sorted(norm_dim(d, nd) for d in dims), bool(keep)
+
+
+class _Reduction(Rule):
+    def axes(self, node, ax):
+        src = list(ax.axes(node.args[0]))
+        dims, keep = _reduce_spec(node, len(src))
+        if isinstance(ax.shape(node), tuple) and len(ax.shape(node)) == len(src) and not keep:
+            keep = True  # reductions that keep dims implicitly
+        return [() if i in dims else a for i, a in enumerate(src)] if keep else \
+            [a for i, a in enumerate(src) if i not in dims]
+
+
+@rules_for(aten.mean, aten.sum)
+class MeanRule(_Reduction):
+    """Mean (or sum) over axes: a ones factor on the reduced atoms, scaled."""
+
+    kind = LINEAR
+
+    def carriable(self, node):
+        return [node.args[0]]
+
+    def linearize(self, node, ctx):
+        x = node.args[0]
+        shape = ctx.shape(x)
+        dims, _ = _reduce_spec(node, len(shape))
+        n = prod(shape[d] for d in dims)
+        coef = 1.0 / n if "mean" in str(node.target) else 1.0
+        reduced = [a for d in dims for a in ctx.axes(x)[d]]
+        factors = [ctx.ones(a) for a in reduced]
+        atoms = frozenset(ctx.atoms(x)) - set(reduced)
+        if ctx.varying(x):
+            return Linearization([Piece(arg=x, factors=factors, passthrough=atoms, coef=coef)])
+        return Linearization([Piece(const=ctx.const_factor(x), factors=factors, passthrough=atoms, coef=coef)])
+
+
+@rules_for(aten.amax, aten.amin, aten.var, aten.std, aten.linalg_vector_norm, aten.norm, aten.var_mean,
+           aten.logsumexp, aten.prod, aten.argmax, aten.argmin)
+class NonlinearReduction(_Reduction):
+    kind = NONLINEAR
+
+
+@rules_for(aten.adaptive_avg_pool2d, aten.adaptive_avg_pool1d, aten._adaptive_avg_pool2d)
+class AdaptiveAvgPoolRule(Rule):
+    """Adaptive average pooling: per spatial axis a fixed averaging matrix."""
+
+    kind = LINEAR
+
+    def _out(self, node, shape):
+        size = node.args[1]
+        size = [size] if isinstance(size, int) else list(size)
+        nsp = len(size)
+        return [(len(shape) - nsp + i, s if s is not None else shape[len(shape) - nsp + i])
+                for i, s in enumerate(size)]
+
+    def axes(self, node, ax):
+        src = list(ax.axes(node.args[0]))
+        shape = ax.shape(node.args[0])
+        for d, n in self._out(node, shape):
+            if n != shape[d]:
+                src[d] = ax.table.axis(n, ("grid", ("row", "col")[d - len(shape) + 2] if len(shape) >= 2 else "pos"),
+                                       "spatial")
+        return src
+
+    def carriable(self, node):
+        return [node.args[0]]
+
+    def linearize(self, node, ctx):
+        x = node.args[0]
+        shape = ctx.shape(x)
+        factors, dropped = [], set()
+        for d, n in self._out(node, shape):
+            size = shape[d]
+            if n == size:
+                continue
+            in_axis, out_axis = ctx.axes(x)[d], ctx.axes(node)[d]
+
+            def make(n=n, size=size):
+                m = torch.zeros(n, size, dtype=torch.float64)
+                for i in range(n):
+                    a, b = (i * size) // n, -((-(i + 1) * size) // n)
+                    m[i, a:b] = 1.0 / (b - a)
+                return m
+
+            factors.append(Factor(ctx.constant(("adaptive_avg", size, n), make, f"avgpool{size}to{n}"),
+                                  (out_axis, tuple(In(a) for a in in_axis))))
+            dropped |= set(in_axis)
+        atoms = frozenset(ctx.atoms(x)) - dropped
+        return Linearization([Piece(arg=x, factors=factors, passthrough=atoms)])
