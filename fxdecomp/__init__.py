@@ -1,5 +1,5 @@
 """fxdecomp: compile vision models into exact sums of component contributions."""
-from . import rules  # noqa: F401  (registers the op rules)
+from . import models_registry, rules  # noqa: F401  (rules: registers the op rules)
 from .compiler import decompose
 from .components import Component, ComponentTable
 from .decomposition import Decomposition

@@ -112,13 +112,13 @@ class Decomposition:
     # -- summaries ------------------------------------------------------------------------------
     def top(self, k: int = 10) -> list[tuple[Component, float]]:
         """The k components with the largest mean contribution norm."""
-        mean = self.norms().mean(0)
+        mean = self.norms().detach().mean(0)
         order = torch.argsort(mean, descending=True)[:k]
         return [(self.components[int(i)], float(mean[i])) for i in order]
 
     def table(self, k: int | None = None) -> str:
         """Components (the k largest, if given) with their mean norm."""
-        mean = self.norms().mean(0)
+        mean = self.norms().detach().mean(0)
         rows = range(len(self)) if k is None else [int(i) for i in torch.argsort(mean, descending=True)[:k]]
         return self.components.table(list(rows), extra={"mean_norm": [f"{float(v):.4g}" for v in mean]})
 

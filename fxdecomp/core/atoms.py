@@ -241,8 +241,9 @@ class AtomTable:
             start = 0
             for seg_axis, seg_size, name in o[1]:
                 if i < start + seg_size:
-                    if seg_axis:
-                        return self._describe(self._unravel(seg_axis, i - start))
+                    inner = self._describe(self._unravel(seg_axis, i - start)) if seg_axis else {}
+                    if inner or name is None:
+                        return inner
                     return {"prefix": name} if seg_size == 1 else {"prefix": f"{name}[{i - start}]"}
                 start += seg_size
             return {}

@@ -1,4 +1,6 @@
 """Named model presets, loading (library names, local checkpoints) and preprocessing."""
 from .preprocess import input_size_of, normalization_of, transform_for
+from .registry import DEFAULT, Preset, load, presets, register_preset
 
-__all__ = ["input_size_of", "normalization_of", "transform_for"]
+__all__ = ["load", "presets", "register_preset", "Preset", "DEFAULT", "input_size_of", "normalization_of",
+           "transform_for"]

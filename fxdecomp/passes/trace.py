@@ -4,8 +4,8 @@ torch.export covers more architectures than symbolic tracing (it runs the real
 Python, so shape-dependent code and helper functions are fine), its graphs are
 fx graphs, and every node keeps the ``nn_module_stack`` it came from. The batch
 axis is exported as dynamic so one compiled module serves any batch size.
-``run_decompositions({})`` makes the graph functional (no in-place ops) while
-keeping high-level ops such as ``linear``, ``layer_norm`` and
+When the graph has in-place ops, ``run_decompositions({})`` makes it functional
+while keeping high-level ops such as ``linear``, ``layer_norm`` and
 ``scaled_dot_product_attention`` intact.
 """
 from __future__ import annotations
@@ -56,13 +56,24 @@ def trace(model: torch.nn.Module, example: torch.Tensor) -> tuple[fx.GraphModule
             f"{type(model).__name__} could not be exported with a dynamic batch size "
             f"({str(first).splitlines()[0][:200]}); the compiled module accepts batch size "
             f"{example.shape[0]} only.", stacklevel=3)
-    try:
-        ep = ep.run_decompositions({})
-    except Exception as err:  # noqa: BLE001
-        raise TraceError(f"functionalising the exported graph of {type(model).__name__} failed: {err}") from err
+    if _mutates(ep.graph_module):
+        try:
+            ep = ep.run_decompositions({})
+        except Exception as err:  # noqa: BLE001
+            raise TraceError(f"functionalising the exported graph of {type(model).__name__} failed: {err}") from err
     gm = ep.module()
     _strip(gm)
     return gm, dynamic
+
+
+def _mutates(gm: fx.GraphModule) -> bool:
+    """Whether the graph has in-place ops (e.g. ``relu_``); only then is it functionalised,
+    which costs as much as the export itself."""
+    for node in gm.graph.nodes:
+        schema = getattr(node.target, "_schema", None)
+        if node.op == "call_function" and schema is not None and schema.is_mutable:
+            return True
+    return False
 
 
 def _strip(gm: fx.GraphModule) -> None:

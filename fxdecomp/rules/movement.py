@@ -238,7 +238,7 @@ class CatRule(Rule):
         for t in tensors:
             t_axes = list(ax.axes(t))
             seg = t_axes[dim]
-            segments.append((seg, ax.shape(t)[dim], ax.param_name(t) or "token"))
+            segments.append((seg, ax.shape(t)[dim], ax.param_name(t)))
             if out is None:
                 out = t_axes
             else:

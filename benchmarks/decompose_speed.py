@@ -1,0 +1,156 @@
+"""Speed and memory of a decomposing forward against the plain forward, measured in one run.
+
+    python benchmarks/decompose_speed.py                      # deit_base_patch16_224, CPU (+ GPU if present)
+    python benchmarks/decompose_speed.py --device cuda --batches 64
+
+For every (device, batch, granularity) it times the model's own forward and the
+decomposing forward alternately (median of --repeats), and reports the ratio,
+decomposed images/s, and peak memory of each (GPU: allocator peak; CPU: the
+process's peak RSS, reset before each measurement). Weights are random: speed
+does not depend on them. Targets (issue: compiler) are checked at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+TARGETS = {("cpu", "head"): 1.5, ("cuda", "head"): 1.3}
+
+
+def _rss_reset() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_peak_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Meter:
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def reset(self):
+        self.sync()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            _rss_reset()
+
+    def peak_mb(self) -> float:
+        self.sync()
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return _rss_peak_mb()
+
+
+def bench(model_name: str, device: torch.device, batch: int, granularity: str, repeats: int) -> dict:
+    import timm
+
+    import fxdecomp
+
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, pretrained=False, num_classes=0).eval().to(device)
+    t0 = time.perf_counter()
+    dm = fxdecomp.decompose(model, granularity)
+    compile_s = time.perf_counter() - t0
+    x = torch.randn(batch, *dm.input_shape, device=device)
+    meter = Meter(device)
+    with torch.inference_mode():
+        for _ in range(2):  # warm-up (allocator, kernels)
+            model(x)
+            dm(x)
+        plain, decomposed = [], []
+        for _ in range(repeats):
+            meter.sync()
+            t = time.perf_counter()
+            ref = model(x)
+            meter.sync()
+            plain.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            out = dm(x)
+            meter.sync()
+            decomposed.append(time.perf_counter() - t)
+            del out
+        meter.reset()
+        ref = model(x)
+        plain_peak = meter.peak_mb()
+        del ref
+        meter.reset()
+        out = dm(x)
+        dec_peak = meter.peak_mb()
+        err = out.error()
+        n_components = len(out)
+        del out
+    tp, td = statistics.median(plain), statistics.median(decomposed)
+    return dict(model=model_name, device=str(device), batch=batch, granularity=granularity,
+                components=n_components, compile_s=round(compile_s, 2), plain_s=tp, decomposed_s=td,
+                ratio=td / tp, images_per_s=batch / td, plain_peak_mb=plain_peak, decomposed_peak_mb=dec_peak,
+                rel_error=err)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="deit_base_patch16_224")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: CPU, and CUDA too when available")
+    p.add_argument("--batches", type=int, nargs="+", default=None,
+                   help="default: 8 32 on CPU, 8 32 64 on GPU")
+    p.add_argument("--granularities", nargs="+", default=["block", "head", "token"])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--json", type=Path, help="also write the rows here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = ["cpu", "cuda"] if args.device == "auto" else [args.device]
+    devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    if args.device == "cuda" and not devices:
+        print("no CUDA device available", file=sys.stderr)
+        return 1
+    rows = []
+    header = (f"{'device':6s} {'batch':>5s} {'granularity':11s} {'C':>6s} {'plain s':>8s} {'decomp s':>8s} "
+              f"{'ratio':>6s} {'img/s':>7s} {'plain MB':>9s} {'decomp MB':>9s} {'rel err':>8s}")
+    print(f"model: {args.model} (random weights); torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    print(header)
+    print("-" * len(header))
+    for dev in devices:
+        batches = args.batches or ([8, 32] if dev == "cpu" else [8, 32, 64])
+        for b in batches:
+            for g in args.granularities:
+                r = bench(args.model, torch.device(dev), b, g, args.repeats)
+                rows.append(r)
+                print(f"{dev:6s} {b:5d} {g:11s} {r['components']:6d} {r['plain_s']:8.4f} {r['decomposed_s']:8.4f} "
+                      f"{r['ratio']:6.2f} {r['images_per_s']:7.1f} {r['plain_peak_mb']:9.0f} "
+                      f"{r['decomposed_peak_mb']:9.0f} {r['rel_error']:8.1e}", flush=True)
+    print()
+    for (dev, g), target in TARGETS.items():
+        hits = [r for r in rows if r["device"].startswith(dev) and r["granularity"] == g]
+        if dev == "cuda":
+            hits = [r for r in hits if r["batch"] == 64] or hits
+        for r in hits:
+            verdict = "meets" if r["ratio"] <= target else "MISSES"
+            print(f"target {dev} {g} batch {r['batch']}: ratio {r['ratio']:.2f} {verdict} <= {target}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Models by name: built-in presets, timm and open_clip architectures, local checkpoints.
+
+``load("vit-small-random")`` builds a preset; ``load("timm:deit_base_patch16_224",
+pretrained=True)`` asks timm for hub weights (needs network);
+``load("timm:deit_base_patch16_224", checkpoint="deit.safetensors")`` loads a
+local file instead; ``load("open_clip:ViT-B-16", checkpoint="clip.bin")``
+returns the visual tower of an open_clip model. Every loaded model is in eval mode.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    build: Callable[[], torch.nn.Module]
+    description: str
+
+
+_PRESETS: dict[str, Preset] = {}
+DEFAULT = "vit-small-random"
+
+
+def register_preset(name: str, build: Callable[[], torch.nn.Module], description: str) -> None:
+    _PRESETS[name] = Preset(name, build, description)
+
+
+def presets() -> list[Preset]:
+    return list(_PRESETS.values())
+
+
+def _random_vit() -> torch.nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    return VisionTransformer(img_size=64, patch_size=8, embed_dim=192, depth=6, num_heads=3, num_classes=0)
+
+
+register_preset(DEFAULT, _random_vit,
+                "ViT with random weights (64x64 images, patch 8, width 192, 6 blocks, 3 heads); not trained")
+
+
+def load(name: str = DEFAULT, *, pretrained: bool = False, checkpoint: str | Path | None = None,
+         **kwargs) -> torch.nn.Module:
+    """Build a model by name (see module docstring) and put it in eval mode."""
+    if name in _PRESETS:
+        if pretrained:
+            raise InputError(f"preset {name!r} has no pretrained weights; pass checkpoint=... to load a file")
+        model = _PRESETS[name].build()
+        if checkpoint is not None:
+            _load_file(model, checkpoint)
+        return model.eval()
+    lib, _, arch = name.partition(":")
+    if not arch:
+        lib, arch = "timm", name
+    if lib == "timm":
+        return _timm(arch, pretrained, checkpoint, **kwargs)
+    if lib == "open_clip":
+        return _open_clip(arch, pretrained, checkpoint, **kwargs)
+    raise InputError(f"unknown model {name!r}: use a preset ({', '.join(_PRESETS)}), 'timm:<arch>' or "
+                     "'open_clip:<arch>[:<pretrained tag>]'")
+
+
+def _timm(arch: str, pretrained: bool, checkpoint, **kwargs) -> torch.nn.Module:
+    import timm
+
+    if not timm.is_model(arch.split(".")[0]):
+        close = timm.list_models(f"*{arch.split('.')[0][:12]}*")[:5]
+        raise InputError(f"timm has no model {arch!r}" + (f"; close: {close}" if close else ""))
+    kwargs.setdefault("num_classes", 0)
+    model = timm.create_model(arch, pretrained=pretrained and checkpoint is None, **kwargs)
+    if checkpoint is not None:
+        _load_file(model, checkpoint)
+    return model.eval()
+
+
+def _open_clip(arch: str, pretrained: bool, checkpoint, **kwargs) -> torch.nn.Module:
+    import open_clip
+
+    arch, _, tag = arch.partition(":")
+    source = str(checkpoint) if checkpoint is not None else (tag or None) if pretrained or tag else None
+    if pretrained and source is None:
+        raise InputError("open_clip models need a pretrained tag ('open_clip:ViT-B-16:laion2b_s34b_b88k') "
+                         "or checkpoint=...")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise InputError(f"checkpoint {checkpoint} does not exist")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No pretrained weights loaded")
+        model = open_clip.create_model(arch, pretrained=source, **kwargs)
+    return model.visual.eval()
+
+
+def _load_file(model: torch.nn.Module, path) -> None:
+    from timm.models import load_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist")
+    try:
+        load_checkpoint(model, str(path), strict=True)
+    except RuntimeError as err:
+        raise InputError(f"checkpoint {path} does not fit {type(model).__name__}: {str(err)[:400]}") from err

@@ -1,0 +1,61 @@
+"""Shared helpers: small random models, error measures, hypothesis settings."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import timm
+import torch
+from hypothesis import HealthCheck, settings
+
+warnings.filterwarnings("ignore", message="No pretrained weights loaded")
+
+settings.register_profile(
+    "fxdecomp", deadline=None, max_examples=int(os.environ.get("FXDECOMP_EXAMPLES", "10")),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], derandomize=True)
+settings.load_profile("fxdecomp")
+
+F32_BOUND = 1e-5
+F64_BOUND = 1e-10
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest per-sample relative error ‖a − b‖ / ‖b‖."""
+    n = b.shape[0]
+    d = (a - b).detach().reshape(n, -1).double().norm(dim=1)
+    r = b.detach().reshape(n, -1).double().norm(dim=1).clamp_min(1e-300)
+    return float((d / r).max())
+
+
+def bound(dtype: torch.dtype) -> float:
+    return F64_BOUND if dtype == torch.float64 else F32_BOUND
+
+
+def jitter_(model: torch.nn.Module, scale: float = 0.2, seed: int = 0) -> torch.nn.Module:
+    """Perturb every parameter (norm weights of 1, biases of 0 and zero-init tokens would hide
+    mistakes in how constants are split off)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
+    return model
+
+
+def small_vit(seed: int = 0, **kw) -> torch.nn.Module:
+    cfg = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=0)
+    cfg.update(kw)
+    torch.manual_seed(seed)
+    m = timm.models.vision_transformer.VisionTransformer(**cfg).eval()
+    return jitter_(m, seed=seed)
+
+
+def images(dm_or_shape, batch: int = 3, dtype=torch.float32, seed: int = 1) -> torch.Tensor:
+    shape = dm_or_shape.input_shape if hasattr(dm_or_shape, "input_shape") else tuple(dm_or_shape)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, *shape, generator=g, dtype=dtype)
+
+
+@pytest.fixture
+def tiny_vit():
+    return small_vit()

@@ -1,0 +1,102 @@
+"""The architectures the compiler must handle exactly, with random weights.
+
+Full configurations (depth, width, heads) with small images where the model
+allows it, every granularity, float32 and float64.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import open_clip
+import pytest
+import timm
+import torch
+
+import fxdecomp
+from conftest import bound, images, jitter_, rel_err
+
+
+def _timm(name, **kw):
+    def make():
+        torch.manual_seed(0)
+        return jitter_(timm.create_model(name, pretrained=False, num_classes=0, **kw).eval(), scale=0.02)
+    return make
+
+
+def _unfused():
+    m = _timm("vit_small_patch16_224", img_size=64)()
+    for blk in m.blocks:
+        blk.attn.fused_attn = False
+    return m
+
+
+def _open_clip():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        return jitter_(open_clip.create_model("ViT-B-16", pretrained=None).visual.eval(), scale=0.02)
+
+
+ARCHS = {
+    "vit_base_patch16_224": _timm("vit_base_patch16_224", img_size=64),
+    "deit_base_patch16_224": _timm("deit_base_patch16_224", img_size=64),
+    "deit3_small_patch16_224": _timm("deit3_small_patch16_224", img_size=64),
+    "vit_base_patch16_224.dino": _timm("vit_base_patch16_224.dino", img_size=64),
+    "vit_base_patch14_dinov2": _timm("vit_base_patch14_dinov2", img_size=56),
+    "vit_base_patch14_reg4_dinov2": _timm("vit_base_patch14_reg4_dinov2", img_size=56),
+    "vit_avgpool": _timm("vit_base_patch16_224", img_size=64, global_pool="avg", class_token=False),
+    "vit_unfused_attention": _unfused,
+    "open_clip_ViT-B-16": _open_clip,
+}
+
+_CACHE: dict = {}
+
+
+def model_for(name: str, dtype: torch.dtype):
+    if name not in _CACHE:
+        _CACHE.clear()
+        _CACHE[name] = ARCHS[name]()
+    return copy.deepcopy(_CACHE[name]).to(dtype)
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_exact_at_every_granularity(name, dtype):
+    model = model_for(name, dtype)
+    x = images(fxdecomp.models_registry.input_size_of(model), batch=2, dtype=dtype)
+    with torch.no_grad():
+        ref = model(x)
+        sizes = {}
+        for g in ("block", "head", "token"):
+            dm = fxdecomp.decompose(model, g)
+            out = dm(x)
+            err = rel_err(out.total(), ref)
+            assert err <= bound(dtype), f"{name} {g}: relative error {err:.3g}"
+            sizes[g] = len(dm.components)
+            kinds = {c.kind for c in dm.components}
+            assert {"embed", "attn", "mlp", "bias"} <= kinds
+            assert not dm.notes, dm.notes  # nothing collapsed
+    depth = len([c for c in dm.components if c.kind == "mlp"])
+    assert depth == 12
+    assert sizes["block"] < sizes["head"] < sizes["token"]
+
+
+def test_open_clip_heads_and_tokens_are_labelled():
+    model = model_for("open_clip_ViT-B-16", torch.float32)
+    dm = fxdecomp.decompose(model, "token", layers=[11])
+    attn = [c for c in dm.components if c.kind == "attn" and c.layer == 11]
+    grid = model.grid_size
+    assert len(attn) == 12 * (1 + grid[0] * grid[1])
+    cls = [c for c in attn if c.prefix is not None]
+    assert len(cls) == 12 and all(c.token == 0 and c.prefix == "class_embedding" for c in cls)
+    last = [c for c in attn if c.head == 11 and c.token == grid[0] * grid[1]][0]
+    assert (last.row, last.col) == (grid[0] - 1, grid[1] - 1)
+    assert all(c.module == "transformer.resblocks.11.attn" for c in attn)
+
+
+def test_registers_are_named():
+    model = model_for("vit_base_patch14_reg4_dinov2", torch.float32)
+    dm = fxdecomp.decompose(model, "token", layers=[0])
+    prefixes = {c.prefix for c in dm.components if c.layer == 0 and c.kind == "attn"}
+    assert prefixes == {None, "cls_token", "reg_token[0]", "reg_token[1]", "reg_token[2]", "reg_token[3]"}

@@ -1,0 +1,120 @@
+"""The compiler's building blocks: atoms, contraction planning, runtime kernels."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from fxdecomp import kernels
+from fxdecomp.core.atoms import AtomTable, RefineError
+from fxdecomp.core.planner import Leaf, leaves_of, plan
+
+
+def test_reshape_refines_and_unify_matches():
+    t = AtomTable()
+    b = t.new(2, ("batch",), "batch")
+    n = t.new(6, ("grid", "row"), "spatial")
+    d = t.new(12, ("feature",), "channel")
+    out = t.reshape([(b,), (n,), (d,)], [2, 6, 3, 4])
+    assert out is not None and [tuple(a.size for a in ax) for ax in out] == [(2,), (6,), (3,), (4,)]
+    assert [a.size for a in t.leaves(d)] == [3, 4]
+    merged = t.reshape([(b,), (n,), (d,)], [12, 12])  # (b, n) merged, d kept
+    assert [a.size for a in t.resolve(merged[0])] == [2, 6]
+    # a 4x3 view of a 3x4-refined axis cannot be expressed
+    assert t.reshape([(d,)], [4, 3]) is None
+    e = t.new(12, ("param", "w", 0), "other")
+    assert t.unify((e,), (d,))
+    assert [a.size for a in t.leaves(e)] == [3, 4]
+    assert t.resolve((e,)) == t.resolve((d,))
+
+
+def test_batch_axis_is_never_split():
+    t = AtomTable()
+    b = t.new(4, ("batch",), "batch")
+    with pytest.raises(RefineError):
+        t.reshape([(b,)], [2, 2])
+
+
+def test_coordinates_follow_concatenation_and_windows():
+    t = AtomTable()
+    rows, cols = t.new(4, ("grid", "row"), "spatial"), t.new(6, ("grid", "col"), "spatial")
+    tokens = t.new(1 + 24, ("cat", (((), 1, "cls_token"), ((rows, cols), 24, None))), "spatial")
+    recs = t.coordinates((tokens,))
+    assert recs[0] == {"prefix": "cls_token"} and recs[1] == {"row": 0, "col": 0} and recs[24] == {"row": 3, "col": 5}
+    # window partition: rows -> (2 windows, 2 inside), cols -> (3, 2)
+    wr, ir = t.refine(rows, [2, 2])
+    wc, ic = t.refine(cols, [3, 2])
+    recs = t.coordinates((wr, wc, ir, ic))
+    assert recs[0] == {"row": 0, "col": 0}
+    # window (1, 2), inside (1, 1) -> row 3, col 5
+    idx = ((1 * 3 + 2) * 2 + 1) * 2 + 1
+    assert recs[idx] == {"row": 3, "col": 5}
+    # a coarser grid seen alone (after patch merging) keeps its own coordinates
+    assert t.coordinates((wr,)) == [{"row": 0}, {"row": 1}]
+
+
+def _random_network(rng: random.Random):
+    atoms = [f"i{k}" for k in range(rng.randint(3, 7))]
+    size = {a: rng.randint(2, 4) for a in atoms}
+    ops = []
+    for _ in range(rng.randint(2, 6)):
+        ops.append(tuple(rng.sample(atoms, rng.randint(1, 3))))
+    used = sorted({a for o in ops for a in o})
+    out = tuple(a for a in used if rng.random() < 0.4)
+    return ops, out, size
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_planned_contraction_equals_einsum(seed):
+    rng = random.Random(seed)
+    ops, out, size = _random_network(rng)
+    letters = {a: chr(97 + i) for i, a in enumerate(sorted(size))}
+    tensors = [torch.randn(*[size[a] for a in o], dtype=torch.float64) for o in ops]
+    expect = torch.einsum(",".join("".join(letters[a] for a in o) for o in ops) + "->" +
+                          "".join(letters[a] for a in out), *tensors)
+    tree = plan([(i, o) for i, o in enumerate(ops)], out, size)
+    assert sorted(leaves_of(tree)) == list(range(len(ops)))
+
+    def run(node):
+        if isinstance(node, Leaf):
+            return tensors[node.index], ops[node.index]
+        (x, xa), (y, ya) = run(node.left), run(node.right)
+        res = tuple(node.atoms)
+        eq = f"{''.join(letters[a] for a in xa)},{''.join(letters[a] for a in ya)}->{''.join(letters[a] for a in res)}"
+        return torch.einsum(eq, x, y), res
+
+    got, atoms = run(tree)
+    got = torch.einsum("".join(letters[a] for a in atoms) + "->" + "".join(letters[a] for a in out), got)
+    torch.testing.assert_close(got, expect)
+
+
+def test_planner_selects_before_multiplying():
+    # readout row (size 1 after selection) x attention [b, h, i, j] x values [b, h, j, e] x weight [o, h, e]
+    size = {"b": 32, "h": 12, "j": 197, "e": 64, "o": 768}
+    ops = [("b", "h", "j"), ("b", "h", "j", "e"), ("o", "h", "e")]
+    tree = plan([(i, o) for i, o in enumerate(ops)], ("b", "h", "o"), size)
+    # the cheap order contracts attention with values first (no [b, h, j, o] intermediate)
+    first = tree.left if not isinstance(tree.left, Leaf) else tree.right
+    assert sorted(leaves_of(first)) == [0, 1]
+
+
+@pytest.mark.parametrize("eq,shapes", [
+    ("abc,dbce->bdea", [(5, 3, 4), (2, 3, 4, 6)]),
+    ("ab,cb->ac", [(4, 5), (3, 5)]),
+    ("abc,ac->bca", [(2, 3, 4), (2, 4)]),
+    ("ab,b->ab", [(3, 4), (4,)]),
+])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_contract_into_matches_einsum(eq, shapes, accumulate):
+    """Output letters read as (split..., batch, rest); the group sits between two foreign slots."""
+    x, y = (torch.randn(*sh, dtype=torch.float64) for sh in shapes)
+    value = torch.einsum(eq, x, y)
+    count, batch, rest = value[..., 0, 0].numel(), value.shape[-2], value.shape[-1]
+    out = torch.full((count + 2, batch, rest), 7.0, dtype=torch.float64)
+    view_shape = tuple(value.shape[:-2]) + (-1, rest)
+    present = (True,) * value.dim()
+    kernels.contract_into(out, 1, count, view_shape, present, eq, x, y, coef=0.5, accumulate=accumulate)
+    base = 7.0 if accumulate else 0.0
+    torch.testing.assert_close(out[1:1 + count], base + 0.5 * value.reshape(count, batch, rest))
+    assert (out[0] == 7).all() and (out[-1] == 7).all()
