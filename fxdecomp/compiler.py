@@ -86,7 +86,7 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
     by_spec: dict = {}
     for t in terms:
         by_spec.setdefault(t.component.id, []).append(t)
-    cg = CodeGen(gm, inp, output_node(gm), table, dtype, nominal_batch=plan_batch)
+    cg = CodeGen(gm, inp, output_node(gm), table, dtype, device, nominal_batch=plan_batch)
     components = cg.components_for(groups)
     fwd = cg.build(groups, by_spec, start)
     return DecomposedModel(fwd, components, input_shape=tuple(example.shape[1:]), dtype=dtype,

@@ -144,13 +144,13 @@ def atomize(x, shape):
     return x.reshape(shape)
 
 
-def new_contributions(output, count):
-    """Uninitialised component-major [count, B, *output.shape[1:]] tensor; every slot is written.
+def new_contributions(images, count, out_shape, dtype):
+    """Uninitialised component-major [count, B, *out_shape] tensor; every slot is written.
 
     Component-major storage makes each component group's slot contiguous, so
     the last contraction of a term can write into it directly.
     """
-    return output.new_empty((count,) + tuple(output.shape))
+    return images.new_empty((count, images.shape[0]) + tuple(out_shape), dtype=dtype)
 
 
 def zero_(out, start, count):

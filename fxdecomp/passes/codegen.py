@@ -46,8 +46,9 @@ def _slug(text: str) -> str:
 
 
 class CodeGen:
-    def __init__(self, gm, inp, out_node, table, dtype, nominal_batch: int = 32):
+    def __init__(self, gm, inp, out_node, table, dtype, device, nominal_batch: int = 32):
         self.gm, self.inp, self.out_node, self.table, self.dtype = gm, inp, out_node, table, dtype
+        self.device = device
         self.nominal_batch = nominal_batch
         self.graph = fx.Graph()
         self.env: dict = {}
@@ -119,9 +120,12 @@ class CodeGen:
                 self.stats[node] = g.call_function(operator.getitem, (nat, 2), name=f"rstd_{node.name}")
             else:
                 self.env[node] = g.node_copy(node, lambda n: self.env[n])
+        forward_nodes = set(g.nodes)
         self.batch = g.call_function(aten.sym_size.int, (self.env[self.inp], 0), name="batch")
         out_val = self.env[self.out_node]
-        buf = g.call_function(kernels.new_contributions, (out_val, n_components), name="contributions")
+        out_shape = tuple(self.out_node.meta["tensor_meta"].shape[1:])
+        buf = g.call_function(kernels.new_contributions, (self.env[self.inp], n_components, out_shape, self.dtype),
+                              name="contributions")
         out_axes = self.out_node.meta["fxd_atoms"]
         if not out_axes or not out_axes[0] or out_axes[0][0] is not self.table.batch:
             raise UnsupportedOpError("the model's output does not have the batch as its first axis")
@@ -140,6 +144,7 @@ class CodeGen:
             if not written:
                 buf = g.call_function(kernels.zero_, (buf, grp.start, grp.count), name=f"zero_{slug}")
         g.output((out_val, buf))
+        _schedule_early(g, forward_nodes)
         root = self.gm
         for name, t in self.buffers.items():
             root.register_buffer(name, t, persistent=False)
@@ -183,7 +188,7 @@ class CodeGen:
                 node = g.call_function(kernels.as_dtype, (node, self.dtype))
         elif isinstance(src, Constant):
             name = f"_fxd_{_slug(src.name)}_{len(self.buffers)}"
-            self.buffers[name] = src.tensor.to(self.dtype)
+            self.buffers[name] = src.tensor.to(device=self.device, dtype=self.dtype)
             node = g.get_attr(name)
         elif isinstance(src, NormStats):
             node = self.stats[src.node]
@@ -303,3 +308,29 @@ class CodeGen:
     def _einsum(self, operands, out_atoms, slug):
         eq = self._equation([a for _, a in operands], out_atoms)
         return self.graph.call_function(torch.einsum, (eq, *[n for n, _ in operands]), name=f"ein_{slug}")
+
+
+def _schedule_early(graph: fx.Graph, forward_nodes: set) -> None:
+    """Move every decomposition node to just after its last input.
+
+    Leaves such as an MLP's hidden activations are then reduced (e.g. to the
+    class-token row) while the forward is still running, so the generated code
+    frees them as early as the model's own forward does.
+    """
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    first = next(iter(graph.nodes))
+    root: dict = {}
+    tail: dict = {}
+    for node in list(graph.nodes):
+        if node in forward_nodes or node.op == "output":
+            continue
+        anchors = [root.get(a, a) for a in node.all_input_nodes]
+        if not anchors:
+            first.prepend(node)
+            order[node] = -1
+            continue
+        anchor = max(anchors, key=order.__getitem__)
+        tail.get(anchor, anchor).append(node)
+        tail[anchor] = node
+        root[node] = anchor
+    graph.lint()
