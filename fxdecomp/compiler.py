@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import warnings
-from math import prod
 from typing import Iterable
 
 import torch
@@ -11,9 +10,10 @@ from .errors import CollapseWarning, InputError
 from .module import DecomposedModel
 from .passes.affinity import analyse
 from .passes.axes import AxisAnalysis
-from .passes.codegen import GRANULARITIES, CodeGen, Group
+from .passes.codegen import CodeGen
 from .passes.dataflow import classify_values
 from .passes.expand import Expander
+from .passes.granularity import GRANULARITIES, component_table, plan_groups
 from .passes.labels import label
 from .passes.shapes import propagate
 from .passes.stream import find_stream, output_node
@@ -77,18 +77,14 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
             raise InputError(f"no layer(s) {sorted(bad)} in {name}; its layers are "
                              f"{known_layers[0]}..{known_layers[-1]}" if known_layers else
                              f"{name} has no layers to split")
-    groups, start = [], 0
-    for spec in specs:
-        split = CodeGen.split_atoms(spec, labels[spec.id], granularity, layers)
-        count = prod(a.size for a in split) if split else 1
-        groups.append(Group(spec, labels[spec.id], split, start, count))
-        start += count
+    groups = plan_groups(specs, labels, granularity, layers)
+    total = groups[-1].start + groups[-1].count if groups else 0
     by_spec: dict = {}
     for t in terms:
         by_spec.setdefault(t.component.id, []).append(t)
     cg = CodeGen(gm, inp, output_node(gm), table, dtype, device, nominal_batch=plan_batch)
-    components = cg.components_for(groups)
-    fwd = cg.build(groups, by_spec, start)
+    components = component_table(groups, table)
+    fwd = cg.build(groups, by_spec, total)
     return DecomposedModel(fwd, components, input_shape=tuple(example.shape[1:]), dtype=dtype,
                            granularity=granularity, layers=layers, dynamic_batch=dynamic,
                            example_batch=example.shape[0], model_name=name, notes=notes)

@@ -20,8 +20,8 @@ class Component:
     ``bias`` (a constant), ``collapsed`` (everything before a nonlinearity on the
     stream). ``branch`` numbers the residual branch (or constant) it belongs to,
     so finer components of one branch share it. ``split`` says what ``head`` and
-    ``token`` mean for this branch (``token`` may index channels in
-    channel-attention models; ``window`` is set for windowed attention).
+    ``token`` mean for this branch (e.g. ``head+token``; ``token`` indexes channels
+    in channel-attention models, ``head+window+token`` marks windowed attention).
     """
 
     index: int
@@ -33,7 +33,6 @@ class Component:
     branch: int = 0
     head: int | None = None
     token: int | None = None
-    window: int | None = None
     row: int | None = None
     col: int | None = None
     prefix: str | None = None

@@ -77,7 +77,7 @@ def test_selection_and_ranking():
     assert len(sub) == 4 and all(c.layer == 1 for c in sub.components)
     assert [c.index for c in sub.components] == [0, 1, 2, 3]
     top = out.top(3)
-    norms = out.norms().mean(0)
+    norms = out.norms().detach().mean(0)
     assert [round(v, 6) for _, v in top] == [round(float(v), 6) for v in norms.sort(descending=True).values[:3]]
     text = out.table(k=5)
     assert text.count("\n") == 6 and "mean_norm" in text

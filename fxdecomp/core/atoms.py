@@ -15,7 +15,7 @@ from, so component labels can name the source token's (row, col).
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from math import prod
 from typing import Iterable, Sequence
 
@@ -276,18 +276,3 @@ class In:
 
 def axis_size(axis: Axis) -> int:
     return prod(a.size for a in axis)
-
-
-def flat_atoms(axes: Iterable[Axis]) -> tuple[Atom, ...]:
-    return tuple(a for axis in axes for a in axis)
-
-
-@dataclass
-class AxesInfo:
-    """Resolved atoms of one tensor value."""
-
-    axes: list[Axis] = field(default_factory=list)
-
-    @property
-    def atoms(self) -> tuple[Atom, ...]:
-        return flat_atoms(self.axes)

@@ -1,4 +1,4 @@
-"""Pass 9: generate the decomposing GraphModule.
+"""Pass 10: generate the decomposing GraphModule.
 
 The generated forward is the traced forward (so every frozen value is the
 actual one, computed once) followed by, for each component, the einsums that
@@ -11,33 +11,20 @@ from __future__ import annotations
 import operator
 import re
 import string
-from dataclasses import dataclass
-from math import prod
 
 import torch
 import torch.fx as fx
 
 from .. import kernels
-from ..components import Component, ComponentTable
 from ..core.planner import Leaf, Pair, leaves_of, plan, subset_key
 from ..core.terms import AttentionWeights, Constant, Derived, Factor, NodeValue, NormStats, Source
 from ..errors import UnsupportedOpError
-from .expand import ComponentSpec, OneHot
-from .labels import BaseLabel
+from .expand import OneHot
+from .granularity import Group
 from .shapes import dtype_of
 
 aten = torch.ops.aten
 LETTERS = string.ascii_letters
-GRANULARITIES = ("block", "head", "token")
-
-
-@dataclass
-class Group:
-    spec: ComponentSpec
-    label: BaseLabel
-    split: tuple
-    start: int
-    count: int
 
 
 def _slug(text: str) -> str:
@@ -46,6 +33,8 @@ def _slug(text: str) -> str:
 
 
 class CodeGen:
+    """Builds the decomposing GraphModule for a list of component groups."""
+
     def __init__(self, gm, inp, out_node, table, dtype, device, nominal_batch: int = 32):
         self.gm, self.inp, self.out_node, self.table, self.dtype = gm, inp, out_node, table, dtype
         self.device = device
@@ -58,54 +47,9 @@ class CodeGen:
         self.buffers: dict = {}
         self.selected: dict = {}
 
-    # -- splits and labels ---------------------------------------------------------------------
-    @staticmethod
-    def split_atoms(spec: ComponentSpec, lab: BaseLabel, granularity: str, layers) -> tuple:
-        if spec.role != "branch" or not spec.split:
-            return ()
-        g = granularity if (layers is None or lab.layer in layers) else "block"
-        if g == "head":
-            return tuple(spec.split.get("head", ()))
-        if g == "token":
-            return tuple(spec.split.get("head", ())) + tuple(spec.split.get("window", ())) + \
-                tuple(spec.split.get("token", ()))
-        return ()
-
-    def components_for(self, groups: list[Group]) -> ComponentTable:
-        comps: list[Component] = []
-        for grp in groups:
-            lab, spec = grp.label, grp.spec
-            if not grp.split:
-                comps.append(Component(len(comps), lab.name, lab.kind, lab.module, lab.module_type, lab.layer,
-                                       lab.branch))
-                continue
-            heads = tuple(a for a in grp.split if a in spec.split.get("head", ()))
-            where = tuple(a for a in grp.split if a not in heads)
-            n_where = prod(a.size for a in where) if where else 1
-            coords = self.table.coordinates(where) if where else [{}]
-            token_role = {self.table.find(a.alias_of or a).role for a in spec.split.get("token", ())}
-            meaning = ["head"] if heads else []
-            if where:
-                if spec.split.get("window") and any(a in spec.split["window"] for a in where):
-                    meaning.append("window")
-                meaning.append("channel" if token_role == {"channel"} else "token")
-            for i in range(grp.count):
-                h, t = divmod(i, n_where)
-                rec = coords[t] if where else {}
-                parts = []
-                if heads:
-                    parts.append(f"h{h}")
-                if where:
-                    parts.append(f"t{t}")
-                comps.append(Component(
-                    len(comps), f"{lab.name}[{','.join(parts)}]", lab.kind, lab.module, lab.module_type, lab.layer,
-                    lab.branch, head=h if heads else None, token=t if where else None,
-                    row=rec.get("row"), col=rec.get("col"), prefix=rec.get("prefix"),
-                    split="+".join(meaning)))
-        return ComponentTable(comps)
-
     # -- graph -----------------------------------------------------------------------------------
     def build(self, groups: list[Group], terms_by_spec: dict, n_components: int) -> fx.GraphModule:
+        """The traced forward, then every group's terms written into the contributions."""
         needed_stats = self._needed_stats(terms_by_spec)
         g = self.graph
         for node in self.gm.graph.nodes:
@@ -319,6 +263,7 @@ def _schedule_early(graph: fx.Graph, forward_nodes: set) -> None:
     """
     order = {n: i for i, n in enumerate(graph.nodes)}
     first = next(iter(graph.nodes))
+    early = -(10**9)  # constants: increasing orders, all below the forward's
     root: dict = {}
     tail: dict = {}
     for node in list(graph.nodes):
@@ -326,8 +271,9 @@ def _schedule_early(graph: fx.Graph, forward_nodes: set) -> None:
             continue
         anchors = [root.get(a, a) for a in node.all_input_nodes]
         if not anchors:
-            first.prepend(node)
-            order[node] = -1
+            first.prepend(node)  # constants: before everything, in creation order
+            early += 1
+            order[node] = early
             continue
         anchor = max(anchors, key=order.__getitem__)
         tail.get(anchor, anchor).append(node)

@@ -30,7 +30,7 @@ from ..errors import UnsupportedOpError
 from ..rules.registry import rule_for
 from .affinity import Affinity
 from .axes import param_name
-from .dataflow import CONST, INPUT, PARAM, is_varying
+from .dataflow import CONST, PARAM, is_varying
 from .stream import Stream, output_node
 
 

@@ -12,7 +12,7 @@ import torch.fx as fx
 
 from ..core.atoms import In
 from ..core.terms import Factor, Linearization, Piece
-from .base import BILINEAR, Rule, norm_dim
+from .base import BILINEAR, Rule
 from .registry import rules_for
 
 aten = torch.ops.aten
@@ -154,7 +154,6 @@ class ConvRule(Rule):
         x, w, b, groups, dims = self._geometry(node, ctx.shape)
         if ctx.varying(w):
             raise ctx.unsupported(node, "its weight depends on the input")
-        wa = ctx.axes(w)
         xa = ctx.axes(x)
         out = ctx.axes(node)
         kernels = node.meta.get("fxd_conv_kernels") or [None] * len(dims)

@@ -7,7 +7,7 @@ import operator
 import torch
 import torch.fx as fx
 
-from ..core.atoms import In, axis_size
+from ..core.atoms import In
 from ..core.terms import Factor, Linearization, Piece
 from .base import LINEAR, Rule, norm_dim
 from .registry import rule_for, rules_for
@@ -321,7 +321,7 @@ class RollRule(Rule):
         try:
             spec = self._spec(node, len(shape))
         except NotImplementedError:
-            raise ctx.unsupported(node, "roll over a flattened tensor")
+            raise ctx.unsupported(node, "roll over a flattened tensor") from None
         piece = _identity_piece(node, x, ctx)
         factors, dropped = [], set()
         for d, s in spec:
