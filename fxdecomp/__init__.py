@@ -3,8 +3,14 @@ from . import models_registry, rules  # noqa: F401  (rules: registers the op rul
 from .compiler import decompose
 from .components import Component, ComponentTable
 from .decomposition import Decomposition
-from .errors import (CollapseWarning, FxDecompError, InputError, TraceError, UnknownComponentError,
-                     UnsupportedOpError)
+from .errors import (
+                     CollapseWarning,
+                     FxDecompError,
+                     InputError,
+                     TraceError,
+                     UnknownComponentError,
+                     UnsupportedOpError,
+)
 from .module import DecomposedModel
 from .rules import Rule, register_rule, unregister_rule
 

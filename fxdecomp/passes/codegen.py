@@ -17,7 +17,15 @@ import torch.fx as fx
 
 from .. import kernels
 from ..core.planner import Leaf, Pair, leaves_of, plan, subset_key
-from ..core.terms import AttentionWeights, Constant, Derived, Factor, NodeValue, NormStats, Source
+from ..core.terms import (
+    AttentionWeights,
+    Constant,
+    Derived,
+    Factor,
+    NodeValue,
+    NormStats,
+    Source,
+)
 from ..errors import UnsupportedOpError
 from .expand import OneHot
 from .granularity import Group

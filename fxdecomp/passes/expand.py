@@ -24,8 +24,16 @@ import torch
 import torch.fx as fx
 
 from ..core.atoms import AtomTable, In
-from ..core.terms import (Constant, Derived, Factor, NodeValue, NormStats, Piece, Term,
-                          resolve_in)
+from ..core.terms import (
+    Constant,
+    Derived,
+    Factor,
+    NodeValue,
+    NormStats,
+    Piece,
+    Term,
+    resolve_in,
+)
 from ..errors import UnsupportedOpError
 from ..rules.registry import rule_for
 from .affinity import Affinity

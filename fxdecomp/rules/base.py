@@ -55,6 +55,13 @@ class Rule:
         return "nonlinear"
 
 
+class UnaryRule(Rule):
+    """A rule for ops whose output is linear in their first argument only."""
+
+    def carriable(self, node: fx.Node) -> Sequence[fx.Node]:
+        return [node.args[0]]
+
+
 def tensor_args(node: fx.Node) -> list[fx.Node]:
     """Node-valued arguments (flattening lists such as cat's), in order, unique."""
     seen: list[fx.Node] = []

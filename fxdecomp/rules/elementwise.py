@@ -2,14 +2,22 @@
 pointwise nonlinearities (which are never linearised here)."""
 from __future__ import annotations
 
-import operator
 import numbers
+import operator
 
 import torch
 import torch.fx as fx
 
 from ..core.terms import Linearization, Piece
-from .base import BILINEAR, LINEAR, NONLINEAR, Rule, broadcast_axes, tensor_args
+from .base import (
+    BILINEAR,
+    LINEAR,
+    NONLINEAR,
+    Rule,
+    UnaryRule,
+    broadcast_axes,
+    tensor_args,
+)
 from .registry import rules_for
 
 aten = torch.ops.aten
@@ -36,7 +44,7 @@ def _piece(node: fx.Node, x, ctx, coef: float = 1.0) -> Piece:
 @rules_for(aten.clone, aten.contiguous, aten.alias, aten.detach, aten.lift_fresh_copy,
            aten._to_copy, aten.to, aten.type_as, aten.dropout, aten.feature_dropout,
            aten.alpha_dropout)
-class IdentityRule(Rule):
+class IdentityRule(UnaryRule):
     """Returns its first argument's values (possibly copied, cast or moved)."""
 
     kind = LINEAR
@@ -44,8 +52,6 @@ class IdentityRule(Rule):
     def axes(self, node, ax):
         return ax.axes(node.args[0])
 
-    def carriable(self, node):
-        return [node.args[0]]
 
     def linearize(self, node, ctx):
         x = node.args[0]

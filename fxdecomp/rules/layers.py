@@ -12,7 +12,7 @@ import torch.fx as fx
 
 from ..core.atoms import In
 from ..core.terms import Factor, Linearization, Piece
-from .base import BILINEAR, Rule
+from .base import BILINEAR, Rule, UnaryRule
 from .registry import rules_for
 
 aten = torch.ops.aten
@@ -34,7 +34,7 @@ def split_info(shared_batch: list, contracted: tuple, table) -> dict:
 
 
 @rules_for(aten.linear)
-class LinearRule(Rule):
+class LinearRule(UnaryRule):
     kind = BILINEAR
 
     def axes(self, node, ax):
@@ -47,8 +47,6 @@ class LinearRule(Rule):
             ax.unify(ax.axes(b)[0], ws[0])
         return list(xs[:-1]) + [ws[0]]
 
-    def carriable(self, node):
-        return [node.args[0]]
 
     def linearize(self, node, ctx):
         x, w = node.args[0], node.args[1]
@@ -90,7 +88,7 @@ def _per_dim(v, n):
 
 
 @rules_for(aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution)
-class ConvRule(Rule):
+class ConvRule(UnaryRule):
     """Convolution as factors: the kernel, and per spatial axis a 0/1 tensor S[out, tap, in]."""
 
     kind = BILINEAR
@@ -147,8 +145,6 @@ class ConvRule(Rule):
         node.meta["fxd_conv_kernels"] = kernels
         return out
 
-    def carriable(self, node):
-        return [node.args[0]]
 
     def linearize(self, node, ctx):
         x, w, b, groups, dims = self._geometry(node, ctx.shape)

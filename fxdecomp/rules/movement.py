@@ -9,7 +9,7 @@ import torch.fx as fx
 
 from ..core.atoms import In
 from ..core.terms import Factor, Linearization, Piece
-from .base import LINEAR, Rule, norm_dim
+from .base import LINEAR, Rule, UnaryRule, norm_dim
 from .registry import rule_for, rules_for
 
 aten = torch.ops.aten
@@ -26,49 +26,37 @@ def _identity_piece(node, x, ctx) -> Piece:
     return Piece(const=ctx.const_factor(x), passthrough=atoms)
 
 
-def _relabel(node: fx.Node, ctx) -> Linearization:
-    x = node.args[0]
-    if sorted(a.id for a in ctx.atoms(x)) != sorted(a.id for a in ctx.atoms(node)):
-        raise ctx.unsupported(
-            node, "this reshape regroups elements across axis boundaries that do not line up")
-    return Linearization([_identity_piece(node, x, ctx)])
+class RelabelRule(UnaryRule):
+    """Ops that only rearrange axes: the output's atoms are the input's."""
+
+    kind = LINEAR
+
+    def linearize(self, node, ctx):
+        x = node.args[0]
+        if sorted(a.id for a in ctx.atoms(x)) != sorted(a.id for a in ctx.atoms(node)):
+            raise ctx.unsupported(
+                node, "this reshape regroups elements across axis boundaries that do not line up")
+        return Linearization([_identity_piece(node, x, ctx)])
 
 
 @rules_for(aten.view, aten.reshape, aten._unsafe_view, aten.flatten, aten.unflatten,
            aten.view_as, aten.reshape_as)
-class ReshapeRule(Rule):
-    kind = LINEAR
-
+class ReshapeRule(RelabelRule):
     def axes(self, node, ax):
         out = ax.table.reshape(ax.axes(node.args[0]), ax.shape(node))
         return out if out is not None else ax.fresh(node)
 
-    def carriable(self, node):
-        return [node.args[0]]
-
-    def linearize(self, node, ctx):
-        return _relabel(node, ctx)
-
 
 @rules_for(aten.permute)
-class PermuteRule(Rule):
-    kind = LINEAR
-
+class PermuteRule(RelabelRule):
     def axes(self, node, ax):
         src = ax.axes(node.args[0])
         return [src[norm_dim(d, len(src))] for d in node.args[1]]
 
-    def carriable(self, node):
-        return [node.args[0]]
-
-    def linearize(self, node, ctx):
-        return _relabel(node, ctx)
 
 
 @rules_for(aten.transpose, aten.t, aten.swapaxes)
-class TransposeRule(Rule):
-    kind = LINEAR
-
+class TransposeRule(RelabelRule):
     def axes(self, node, ax):
         src = list(ax.axes(node.args[0]))
         if len(node.args) < 3:  # t()
@@ -77,11 +65,6 @@ class TransposeRule(Rule):
         src[i], src[j] = src[j], src[i]
         return src
 
-    def carriable(self, node):
-        return [node.args[0]]
-
-    def linearize(self, node, ctx):
-        return _relabel(node, ctx)
 
 
 @rules_for(aten.squeeze, aten.unsqueeze)
@@ -101,15 +84,10 @@ class SqueezeRule(Rule):
                 k += 1
         return out
 
-    def carriable(self, node):
-        return [node.args[0]]
-
-    def linearize(self, node, ctx):
-        return _relabel(node, ctx)
 
 
 @rules_for(aten.expand, aten.expand_as, aten.broadcast_to)
-class ExpandRule(Rule):
+class ExpandRule(UnaryRule):
     """Broadcasting to a larger shape: new atoms, values constant along them."""
 
     kind = LINEAR
@@ -127,15 +105,12 @@ class ExpandRule(Rule):
                 out.append(ax.table.axis(s, ("broadcast", node.name), "other"))
         return out
 
-    def carriable(self, node):
-        return [node.args[0]]
-
     def linearize(self, node, ctx):
         return Linearization([_identity_piece(node, node.args[0], ctx)])
 
 
 @rules_for(aten.select)
-class SelectRule(Rule):
+class SelectRule(UnaryRule):
     """``x[..., i, ...]``: a one-hot factor, applied by indexing at code generation."""
 
     kind = LINEAR
@@ -144,9 +119,6 @@ class SelectRule(Rule):
         src = list(ax.axes(node.args[0]))
         del src[norm_dim(node.args[1], len(src))]
         return src
-
-    def carriable(self, node):
-        return [node.args[0]]
 
     def linearize(self, node, ctx):
         x, dim, idx = node.args[0], node.args[1], node.args[2]
@@ -160,6 +132,19 @@ class SelectRule(Rule):
         return Linearization([piece])
 
 
+def _slice_factor(ctx, in_axis, out_axis, size: int, start: int, stop: int, step: int) -> Factor:
+    """0/1 map from an axis of ``size`` to its elements start:stop:step."""
+    n = len(range(start, stop, step))
+
+    def make():
+        m = torch.zeros(n, size, dtype=torch.float64)
+        m[torch.arange(n), torch.arange(start, stop, step)] = 1
+        return m
+
+    mat = ctx.constant(("slice", size, start, stop, step), make, f"slice{start}_{stop}_{step}")
+    return Factor(mat, (out_axis, _ins(in_axis)))
+
+
 def _slice_bounds(size: int, start, end, step) -> tuple[int, int, int]:
     start, end, step = (0 if start is None else start), (size if end is None else end), step or 1
     start = max(start + size, 0) if start < 0 else min(start, size)
@@ -168,7 +153,7 @@ def _slice_bounds(size: int, start, end, step) -> tuple[int, int, int]:
 
 
 @rules_for(aten.slice)
-class SliceRule(Rule):
+class SliceRule(UnaryRule):
     kind = LINEAR
 
     def _bounds(self, node, shape):
@@ -189,9 +174,6 @@ class SliceRule(Rule):
         ax.table.promote(src[dim], _role(ax.table, ax.axes(node.args[0])[dim]))
         return src
 
-    def carriable(self, node):
-        return [node.args[0]]
-
     def linearize(self, node, ctx):
         x = node.args[0]
         shape = ctx.shape(x)
@@ -200,17 +182,9 @@ class SliceRule(Rule):
         n = len(range(start, end, step))
         if n == shape[dim]:
             return Linearization([piece])
-        in_axis, out_axis = ctx.axes(x)[dim], ctx.axes(node)[dim]
-        size = shape[dim]
-
-        def make():
-            m = torch.zeros(n, size, dtype=torch.float64)
-            m[torch.arange(n), torch.arange(start, end, step)] = 1
-            return m
-
-        mat = ctx.constant(("slice", size, start, end, step), make, f"slice{start}_{end}_{step}")
+        in_axis = ctx.axes(x)[dim]
         piece.passthrough = frozenset(piece.passthrough) - set(in_axis)
-        piece.factors = [Factor(mat, (out_axis, _ins(in_axis)))]
+        piece.factors = [_slice_factor(ctx, in_axis, ctx.axes(node)[dim], shape[dim], start, end, step)]
         return Linearization([piece])
 
 
@@ -286,7 +260,7 @@ class CatRule(Rule):
 
 
 @rules_for(aten.roll)
-class RollRule(Rule):
+class RollRule(UnaryRule):
     kind = LINEAR
 
     def _spec(self, node, nd):
@@ -311,9 +285,6 @@ class RollRule(Rule):
                 ax.table.promote(new, _role(ax.table, src[d]))
                 src[d] = new
         return src
-
-    def carriable(self, node):
-        return [node.args[0]]
 
     def linearize(self, node, ctx):
         x = node.args[0]
@@ -344,7 +315,7 @@ class RollRule(Rule):
 
 
 @rules_for(aten.constant_pad_nd)
-class PadRule(Rule):
+class PadRule(UnaryRule):
     kind = LINEAR
 
     def _spec(self, node, shape):
@@ -366,9 +337,6 @@ class PadRule(Rule):
                 ax.table.promote(new, _role(ax.table, src[d]))
                 src[d] = new
         return src
-
-    def carriable(self, node):
-        return [node.args[0]]
 
     def linearize(self, node, ctx):
         x = node.args[0]
@@ -399,7 +367,7 @@ class PadRule(Rule):
         return Linearization([piece])
 
 
-class TupleRule(Rule):
+class TupleRule(UnaryRule):
     """An op returning several tensors; ``getitem`` nodes read them."""
 
     kind = LINEAR
@@ -421,9 +389,6 @@ class UnbindRule(TupleRule):
         dim = norm_dim(node.args[1] if len(node.args) > 1 else 0, len(src))
         rest = src[:dim] + src[dim + 1:]
         return [list(rest) for _ in range(ax.shape(node.args[0])[dim])]
-
-    def carriable(self, node):
-        return [node.args[0]]
 
     def item_linearize(self, node, i, item, ctx):
         x = node.args[0]
@@ -469,9 +434,6 @@ class SplitRule(TupleRule):
             out.append(axes)
         return out
 
-    def carriable(self, node):
-        return [node.args[0]]
-
     def item_linearize(self, node, i, item, ctx):
         x = node.args[0]
         shape = ctx.shape(x)
@@ -480,17 +442,9 @@ class SplitRule(TupleRule):
         piece = _identity_piece(item, x, ctx)
         if end - start == shape[dim]:
             return Linearization([piece])
-        in_axis, out_axis = ctx.axes(x)[dim], ctx.axes(item)[dim]
-        size = shape[dim]
-
-        def make():
-            m = torch.zeros(end - start, size, dtype=torch.float64)
-            m[torch.arange(end - start), torch.arange(start, end)] = 1
-            return m
-
-        mat = ctx.constant(("slice", size, start, end, 1), make, f"slice{start}_{end}_1")
+        in_axis = ctx.axes(x)[dim]
         piece.passthrough = frozenset(piece.passthrough) - set(in_axis)
-        piece.factors = [Factor(mat, (out_axis, _ins(in_axis)))]
+        piece.factors = [_slice_factor(ctx, in_axis, ctx.axes(item)[dim], shape[dim], start, end, 1)]
         return Linearization([piece])
 
 

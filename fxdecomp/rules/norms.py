@@ -11,7 +11,7 @@ import torch.fx as fx
 from .. import kernels
 from ..core.atoms import In
 from ..core.terms import Factor, Linearization, Piece
-from .base import LINEAR, NORM, Rule
+from .base import LINEAR, NORM, UnaryRule
 from .movement import TupleRule
 from .registry import rules_for
 
@@ -32,18 +32,21 @@ def _flat(axes):
     return tuple(a for axis in axes for a in axis)
 
 
-@rules_for(aten.layer_norm)
-class LayerNormRule(Rule):
+class _LastDimsNorm(UnaryRule):
+    """A norm over the trailing ``normalized_shape`` dims with affine parameters after it."""
+
     kind = NORM
+    n_params = 2
 
     def axes(self, node, ax):
         x, shape = node.args[0], node.args[1]
         xa = ax.axes(x)
-        _unify_params(ax, xa[-len(shape):], node.args[2:4])
+        _unify_params(ax, xa[-len(shape):], node.args[2:2 + self.n_params])
         return list(xa)
 
-    def carriable(self, node):
-        return [node.args[0]]
+
+@rules_for(aten.layer_norm)
+class LayerNormRule(_LastDimsNorm):
 
     def linearize(self, node, ctx):
         x, shape = node.args[0], list(node.args[1])
@@ -70,17 +73,8 @@ class LayerNormRule(Rule):
 
 
 @rules_for(aten.rms_norm)
-class RMSNormRule(Rule):
-    kind = NORM
-
-    def axes(self, node, ax):
-        x, shape = node.args[0], node.args[1]
-        xa = ax.axes(x)
-        _unify_params(ax, xa[-len(shape):], node.args[2:3])
-        return list(xa)
-
-    def carriable(self, node):
-        return [node.args[0]]
+class RMSNormRule(_LastDimsNorm):
+    n_params = 1
 
     def linearize(self, node, ctx):
         x, shape = node.args[0], list(node.args[1])
@@ -125,10 +119,7 @@ class BatchNormEvalRule(TupleRule):
 
     def axes(self, node, ax):
         out = _bn_axes(node, ax, node.args[1:5])
-        return [out, ax.table.axis(1), ax.table.axis(1)]
-
-    def carriable(self, node):
-        return [node.args[0]]
+        return [out, ax.fresh_like(node, 1), ax.fresh_like(node, 2)]
 
     def item_kind(self, node, i):
         return LINEAR if i == 0 else "nonlinear"
@@ -141,14 +132,11 @@ class BatchNormEvalRule(TupleRule):
 
 
 @rules_for(aten.batch_norm)
-class BatchNormRule(Rule):
+class BatchNormRule(UnaryRule):
     kind = LINEAR
 
     def axes(self, node, ax):
         return _bn_axes(node, ax, node.args[1:5])
-
-    def carriable(self, node):
-        return [node.args[0]]
 
     def linearize(self, node, ctx):
         x, w, b, rm, rv, training, _momentum, eps = node.args[:8]
@@ -175,9 +163,6 @@ class UnsupportedNormRule(TupleRule):
 
     def item_kind(self, node, i):
         return NORM if i == 0 else "nonlinear"
-
-    def carriable(self, node):
-        return [node.args[0]]
 
     def item_linearize(self, node, i, item, ctx):
         raise ctx.unsupported(node, f"decomposing through {node.target} is not implemented yet")

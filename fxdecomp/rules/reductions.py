@@ -7,7 +7,7 @@ import torch
 
 from ..core.atoms import In
 from ..core.terms import Factor, Linearization, Piece
-from .base import LINEAR, NONLINEAR, Rule, norm_dim
+from .base import LINEAR, NONLINEAR, UnaryRule, norm_dim
 from .registry import rules_for
 
 aten = torch.ops.aten
@@ -23,7 +23,7 @@ def _reduce_spec(node, nd):
     return sorted(norm_dim(d, nd) for d in dims), bool(keep)
 
 
-class _Reduction(Rule):
+class _Reduction(UnaryRule):
     def axes(self, node, ax):
         src = list(ax.axes(node.args[0]))
         dims, keep = _reduce_spec(node, len(src))
@@ -39,8 +39,6 @@ class MeanRule(_Reduction):
 
     kind = LINEAR
 
-    def carriable(self, node):
-        return [node.args[0]]
 
     def linearize(self, node, ctx):
         x = node.args[0]
@@ -63,7 +61,7 @@ class NonlinearReduction(_Reduction):
 
 
 @rules_for(aten.adaptive_avg_pool2d, aten.adaptive_avg_pool1d, aten._adaptive_avg_pool2d)
-class AdaptiveAvgPoolRule(Rule):
+class AdaptiveAvgPoolRule(UnaryRule):
     """Adaptive average pooling: per spatial axis a fixed averaging matrix."""
 
     kind = LINEAR
@@ -84,8 +82,6 @@ class AdaptiveAvgPoolRule(Rule):
                                        "spatial")
         return src
 
-    def carriable(self, node):
-        return [node.args[0]]
 
     def linearize(self, node, ctx):
         x = node.args[0]
