@@ -6,24 +6,16 @@ import time
 import torch
 
 from .compiler import decompose
-from .models_registry import DEFAULT, input_size_of, load
+from .models_registry import DEFAULT, load, transform_for
+from .world import EVAL_SEED, World
 
 
-def demo_images(shape: tuple[int, ...], n: int, seed: int = 0) -> torch.Tensor:
-    """Deterministic images: smooth colour gradients with a bright square each."""
-    g = torch.Generator().manual_seed(seed)
-    c, h, w = shape
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
-    out = []
-    for _ in range(n):
-        a = torch.rand(c, 3, generator=g)
-        img = a[:, :1, None] * yy + a[:, 1:2, None] * xx + a[:, 2:, None] * 0.5
-        s = int(torch.randint(h // 4, h // 2, (1,), generator=g))
-        top, left = (int(torch.randint(0, h - s, (1,), generator=g)), int(torch.randint(0, w - s, (1,), generator=g)))
-        img[:, top:top + s, left:left + s] = torch.rand(c, 1, 1, generator=g)
-        out.append(img)
-    x = torch.stack(out)
-    return (x - x.mean()) / x.std()
+def demo_images(model: torch.nn.Module, n: int) -> tuple[torch.Tensor, list[str]]:
+    """The first ``n`` images of the world's evaluation split, prepared for ``model``, and their captions."""
+    world = World(n, EVAL_SEED)
+    raw = [world.raw(i) for i in range(n)]
+    images = torch.stack([torch.from_numpy(img).permute(2, 0, 1) for _, img, _, _ in raw])
+    return transform_for(model)(images), [text for *_, text in raw]
 
 
 def run(model_name: str = DEFAULT, granularity: str = "head", batch: int = 4, top: int = 12,
@@ -36,12 +28,15 @@ def run(model_name: str = DEFAULT, granularity: str = "head", batch: int = 4, to
     t0 = time.perf_counter()
     dm = decompose(model, granularity)
     print(f"compiled in {time.perf_counter() - t0:.1f} s: {dm.summary()}")
-    x = demo_images(input_size_of(model), batch).to(dtype)
+    x, captions = demo_images(model, batch)
+    x = x.to(dtype)
+    print(f"images: the first {batch} of the synthetic world's evaluation split, e.g. " +
+          "; ".join(f"'{c}'" for c in captions[:3]))
     with torch.inference_mode():
         out = dm(x)
         ref = model(x)
     err = float(((out.total() - ref).flatten(1).double().norm(dim=1) / ref.flatten(1).double().norm(dim=1)).max())
-    print(f"\n{top} largest components (mean norm over {batch} generated images):")
+    print(f"\n{top} largest components (mean norm over the {batch} images):")
     print(out.table(k=top))
     print(f"\nreconstruction: sum of {len(dm.components)} components vs model output, "
           f"max relative error {err:.2e} ({str(dtype).removeprefix('torch.')})")

@@ -26,7 +26,7 @@ class Preset:
 
 
 _PRESETS: dict[str, Preset] = {}
-DEFAULT = "vit-small-random"
+DEFAULT = "world-vit"
 
 
 def register_preset(name: str, build: Callable[[], torch.nn.Module], description: str) -> None:
@@ -44,8 +44,27 @@ def _random_vit() -> torch.nn.Module:
     return VisionTransformer(img_size=64, patch_size=8, embed_dim=192, depth=6, num_heads=3, num_classes=0)
 
 
-register_preset(DEFAULT, _random_vit,
+register_preset("vit-small-random", _random_vit,
                 "ViT with random weights (64x64 images, patch 8, width 192, 6 blocks, 3 heads); not trained")
+
+
+def _world(name: str):
+    def build():
+        from ..world import shipped
+
+        return shipped.load(name)
+
+    return build
+
+
+def _register_world() -> None:
+    from ..world.shipped import DESCRIPTIONS
+
+    for name, text in DESCRIPTIONS.items():
+        register_preset(name, _world(name), f"shipped, trained on the synthetic world: {text}")
+
+
+_register_world()
 
 
 def load(name: str = DEFAULT, *, pretrained: bool = False, checkpoint: str | Path | None = None,

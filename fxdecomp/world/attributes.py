@@ -25,7 +25,7 @@ LOCATIONS = ("sea", "lake", "marsh", "forest", "desert", "city")
 LOCATION_FAMILY = {"sea": "water", "lake": "water", "marsh": "water",
                    "forest": "land", "desert": "land", "city": "land"}
 BACKGROUNDS = ("water", "land")
-SIZES = {"small": (7, 10), "medium": (11, 14), "large": (15, 19)}  # object radius in pixels at 64x64
+SIZES = {"small": (9, 12), "medium": (13, 16), "large": (17, 21)}  # object radius in pixels at 64x64
 
 #: Attributes with a finite set of values, in the order classifier heads use them.
 CATEGORICAL = {
