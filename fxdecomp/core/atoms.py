@@ -114,7 +114,7 @@ class AtomTable:
         if a is b:
             return
         assert a._parts is None and b._parts is None and a.size == b.size
-        if ORIGIN_RANK.get(b.origin[0], 0) > ORIGIN_RANK.get(a.origin[0], 0):
+        if _origin_rank(b) > _origin_rank(a):
             a, b = b, a  # keep the richer origin on the root
         b._parent = a
         if ROLE_RANK[b.role] > ROLE_RANK[a.role]:
@@ -197,23 +197,28 @@ class AtomTable:
         return [self._describe(dict(zip(canon, combo))) for combo in itertools.product(*ranges)]
 
     def _describe(self, idx: dict) -> dict:
-        idx = dict(idx)
-        changed = True
-        while changed:  # lift complete sets of parts into their parent
-            changed = False
-            for a in list(idx):
-                if a not in idx or a.origin[0] != "part":
-                    continue
-                parts = a.origin[1]._parts
-                if all(p in idx for p in parts):
-                    v = 0
-                    for p in parts:
-                        v = v * p.size + idx.pop(p)
-                    idx[a.origin[1]] = v
-                    changed = True
+        """Merge what each index points at. Leaves of one refined axis are put back
+        together; if only its leading leaves are given (the rest were summed, as by a
+        patch merging), they index a coarser grid."""
+        groups: dict = {}
+        for leaf, i in idx.items():
+            top = leaf
+            while top.origin[0] == "part":
+                top = self.find(top.origin[1])
+            groups.setdefault(top, {})[leaf] = i
         rec: dict = {}
-        for a, i in idx.items():
-            rec.update(self._record(a, i))
+        for top, given in groups.items():
+            leaves = [self.find(x) for x in self.leaves(top)]
+            k = len(given)
+            if set(leaves[:k]) != set(given):
+                continue  # not a leading run of the axis: nothing to say
+            v = 0
+            for leaf in leaves[:k]:
+                v = v * leaf.size + given[leaf]
+            if k == len(leaves):
+                rec.update(self._record(top, v))
+            elif self._grid_key(top):
+                rec[self._grid_key(top)] = v
         return rec
 
     def _unravel(self, axis: Axis, flat: int) -> dict:
@@ -228,8 +233,6 @@ class AtomTable:
         o = a.origin
         if o[0] in ("grid", "image") and o[1] in ("row", "col"):
             return o[1]
-        if o[0] == "part" and o[2] == 0:
-            return self._grid_key(o[1])
         return None
 
     def _record(self, a: Atom, i: int) -> dict:
@@ -257,10 +260,14 @@ class AtomTable:
             if 0 <= j < axis_size(o[1]):
                 return self._describe(self._unravel(o[1], j))
             return {"padding": True}
-        if kind == "part":
-            key = self._grid_key(a)
-            return {key: i} if key else {}
         return {}
+
+
+def _origin_rank(a: Atom) -> int:
+    """How informative an atom's origin is; a part of a refined atom ranks as its parent."""
+    while a.origin[0] == "part":
+        a = a.origin[1]
+    return ORIGIN_RANK.get(a.origin[0], 0)
 
 
 class RefineError(ValueError):

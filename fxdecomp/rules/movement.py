@@ -314,9 +314,19 @@ class RollRule(UnaryRule):
         return Linearization([piece])
 
 
-@rules_for(aten.constant_pad_nd)
+@rules_for(aten.constant_pad_nd, aten.pad)
 class PadRule(UnaryRule):
+    """Zero padding (``constant_pad_nd``, and ``pad`` in constant mode): an embedding per padded axis."""
+
     kind = LINEAR
+
+    @staticmethod
+    def _mode_value(node):
+        if "constant_pad_nd" in str(node.target):
+            return "constant", (node.args[2] if len(node.args) > 2 else 0)
+        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
+        return mode, value or 0
 
     def _spec(self, node, shape):
         pad = list(node.args[1])
@@ -340,7 +350,9 @@ class PadRule(UnaryRule):
 
     def linearize(self, node, ctx):
         x = node.args[0]
-        value = node.args[2] if len(node.args) > 2 else 0
+        mode, value = self._mode_value(node)
+        if mode != "constant":
+            raise ctx.unsupported(node, f"{mode} padding is not implemented")
         if value:
             raise ctx.unsupported(node, "padding with a non-zero value")
         shape = ctx.shape(x)
