@@ -7,6 +7,7 @@ from typing import Iterable
 import torch
 
 from .errors import CollapseWarning, InputError
+from .models_registry.preprocess import input_size_of
 from .module import DecomposedModel
 from .passes.affinity import analyse
 from .passes.axes import AxisAnalysis
@@ -47,8 +48,6 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
     device = param.device if param is not None else torch.device("cpu")
     if example is None:
         if input_size is None:
-            from .models_registry.preprocess import input_size_of
-
             input_size = input_size_of(model)
         example = torch.randn(2, *input_size, dtype=dtype, device=device)
     elif example.shape[0] < 2:

@@ -46,12 +46,6 @@ def rms_inverse(x, ndim, eps):
     return torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps)
 
 
-def layer_norm_rstd(x, normalized_shape, eps):
-    """Reciprocal std of LayerNorm over the last dims (only used when a graph's
-    LayerNorm node cannot be swapped for ``native_layer_norm``)."""
-    return torch.ops.aten.native_layer_norm(x, normalized_shape, None, None, eps)[2]
-
-
 def _slot(out, start, count, view_shape):
     """The slice of the component-major contributions a group owns, one dim per atom."""
     shape = [out.shape[1] if d == -1 else d for d in view_shape]
