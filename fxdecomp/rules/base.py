@@ -27,6 +27,9 @@ KINDS = (LINEAR, BILINEAR, NORM, NONLINEAR)
 
 
 class Rule:
+    """What one op does; subclass it (and ``fxdecomp.register_rule(op, MyRule())``) to teach
+    the compiler an op. The defaults describe an opaque nonlinear op."""
+
     kind: str = NONLINEAR
 
     def axes(self, node: fx.Node, ax) -> Any:
