@@ -189,8 +189,7 @@ class AtomTable:
 
         Keys that may appear: ``row``/``col`` (position on a token grid),
         ``prefix`` (name of a learned token such as ``cls_token``), ``padding``.
-        Parts of a refined axis are put back together when all of them are
-        given (a window index and a within-window index give a grid row).
+        See ``_describe`` for how parts of refined axes are put back together.
         """
         canon = [self.find(a.alias_of or a) for a in atoms]
         ranges = [range(a.size) for a in canon]
@@ -239,7 +238,8 @@ class AtomTable:
         o = a.origin
         kind = o[0]
         if kind in ("grid", "image"):
-            return {o[1]: i} if o[1] in ("row", "col") else {}
+            key = self._grid_key(a)
+            return {key: i} if key else {}
         if kind == "cat":
             start = 0
             for seg_axis, seg_size, name in o[1]:

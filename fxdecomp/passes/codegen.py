@@ -53,11 +53,15 @@ class CodeGen:
         self.sources: dict = {}
         self.memo: dict = {}
         self.buffers: dict = {}
-        self.selected: dict = {}
+        self.folded: dict = {}  # constants reshaped/indexed at compile time
 
     # -- graph -----------------------------------------------------------------------------------
     def build(self, groups: list[Group], terms_by_spec: dict, n_components: int) -> fx.GraphModule:
         """The traced forward, then every group's terms written into the contributions."""
+        out_axes = self.out_node.meta["fxd_atoms"]
+        if not out_axes or not out_axes[0] or out_axes[0][0] is not self.table.batch:
+            raise UnsupportedOpError("the model's output does not have the batch as its first axis")
+        rest_atoms = tuple(a for axis in out_axes[1:] for a in axis)
         needed_stats = self._needed_stats(terms_by_spec)
         g = self.graph
         for node in self.gm.graph.nodes:
@@ -73,15 +77,10 @@ class CodeGen:
             else:
                 self.env[node] = g.node_copy(node, lambda n: self.env[n])
         forward_nodes = set(g.nodes)
-        self.batch = g.call_function(aten.sym_size.int, (self.env[self.inp], 0), name="batch")
         out_val = self.env[self.out_node]
         out_shape = tuple(self.out_node.meta["tensor_meta"].shape[1:])
         buf = g.call_function(kernels.new_contributions, (self.env[self.inp], n_components, out_shape, self.dtype),
                               name="contributions")
-        out_axes = self.out_node.meta["fxd_atoms"]
-        if not out_axes or not out_axes[0] or out_axes[0][0] is not self.table.batch:
-            raise UnsupportedOpError("the model's output does not have the batch as its first axis")
-        rest_atoms = tuple(a for axis in out_axes[1:] for a in axis)
         for grp in groups:
             terms = terms_by_spec.get(grp.spec.id, [])
             want = tuple(grp.split) + (self.table.batch,) + rest_atoms
@@ -171,26 +170,24 @@ class CodeGen:
         if all(len(axis) == 1 for axis in f.axes):
             return f.source, atoms
         if isinstance(f.source, Constant):
-            t = f.source.tensor.reshape([a.size for a in atoms])
-            key = ("atomized", id(f.source), tuple(a.size for a in atoms))
-            c = self.selected.get(key)
-            if c is None:
-                c = Constant(t, f.source.name)
-                self.selected[key] = c
-            return c, atoms
+            sizes = [a.size for a in atoms]
+            return self._fold(f.source, ("atomized", tuple(sizes)), lambda t: t.reshape(sizes)), atoms
         shape = tuple(-1 if a is self.table.batch else a.size for a in atoms)
         return Derived(kernels.atomize, (f.source, shape), name=f"{f.source.name}_atoms"), atoms
+
+    def _fold(self, const: Constant, how: tuple, fn) -> Constant:
+        """``fn`` applied to a structural constant at compile time (shared between terms)."""
+        key = (id(const),) + how
+        hit = self.folded.get(key)
+        if hit is None:
+            hit = self.folded[key] = Constant(fn(const.tensor), const.name)
+        return hit
 
     def _select(self, src: Source, atoms: tuple, atom, index: int) -> tuple[Source, tuple]:
         dim = atoms.index(atom)
         rest = atoms[:dim] + atoms[dim + 1:]
         if isinstance(src, Constant):
-            key = ("select", id(src), dim, index)
-            c = self.selected.get(key)
-            if c is None:
-                c = Constant(src.tensor.select(dim, index), src.name)
-                self.selected[key] = c
-            return c, rest
+            return self._fold(src, ("select", dim, index), lambda t: t.select(dim, index)), rest
         if isinstance(src, AttentionWeights) and src.row is None and dim == len(atoms) - 2:
             return AttentionWeights(src.q, src.k, src.mask, src.scale, src.causal, index), rest
         return Derived(torch.select, (src, dim, index), name=f"{src.name}_at{index}"), rest

@@ -39,6 +39,7 @@ from ..rules.registry import rule_for
 from .affinity import Affinity
 from .axes import param_name
 from .dataflow import CONST, PARAM, is_varying
+from .shapes import shape_of
 from .stream import Stream, output_node
 
 
@@ -99,7 +100,6 @@ class LinCtx:
         return tuple(a for axis in x.meta["fxd_atoms"] for a in axis)
 
     def shape(self, x):
-        from .shapes import shape_of
         return shape_of(x)
 
     def resolve(self, axis):
@@ -152,7 +152,11 @@ class LinCtx:
         return NormStats(node)
 
     def carried(self, node):
+        """The operand a product is linear in (chosen by the expand pass)."""
         return self._carried[node]
+
+    def set_carried(self, node, arg) -> None:
+        self._carried[node] = arg
 
     def param_name(self, x):
         return param_name(x)
@@ -211,7 +215,7 @@ class Expander:
             return [self._leaf_term(self._new("branch", node, leaf=node), node)]
         if kind == "mixing":
             carried = self._choose_carried(node, rule)
-            self.ctx._carried[node] = carried
+            self.ctx.set_carried(node, carried)
             if node in self.stream:  # frozen product on the stream (explicit norm, gate)
                 return self._through(node, rule)
             return self._leaf_mixing(node, rule, carried)
