@@ -23,7 +23,7 @@ from .passes.trace import trace
 
 def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iterable[int] | None = None,
               input_size: tuple[int, ...] | None = None, example: torch.Tensor | None = None,
-              plan_batch: int = 32) -> DecomposedModel:
+              plan_batch: int = 32, linearize: bool = False) -> DecomposedModel:
     """Compile ``model`` into a module that returns its output as a sum of components.
 
     Args:
@@ -37,6 +37,13 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
         input_size: (C, H, W) of the images; read from the model's config when omitted.
         example: an example batch instead of random images of ``input_size``.
         plan_batch: batch size assumed when choosing contraction orders.
+        linearize: write elementwise nonlinearities that lie *on* the residual stream (a
+            ResNet's ReLU after each join, a tanh pre-logits layer, an activation after a
+            final conv) as ``f(x) = x · (f(x)/x)`` with the gate frozen at its actual value,
+            as softmax weights are frozen, instead of collapsing everything before them into
+            one component. ``dm.linearised`` lists the ops so treated. Without it such an op
+            raises a :class:`CollapseWarning` (also in ``dm.notes``); a nonlinear stem before
+            any branch is just the embedding and never warns.
 
     Norm statistics, attention weights and activations are frozen at their actual values
     for each batch, so the decomposition is exact: ``dm(x).total() == model(x)``.
@@ -60,11 +67,14 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
     table = AxisAnalysis(gm, kinds).run()
     stream = find_stream(gm, kinds, inp)
     aff = analyse(gm, kinds, stream)
-    terms, specs = Expander(gm, kinds, inp, stream, aff, table).run()
+    expander = Expander(gm, kinds, inp, stream, aff, table, linearize=linearize)
+    terms, specs = expander.run()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CollapseWarning)
         labels = label(specs, stream)
     notes = [str(w.message) for w in caught if issubclass(w.category, CollapseWarning)]
+    if notes and not linearize:
+        notes = [n + " Pass linearize=True to decompose through it with its gate frozen." for n in notes]
     for n in notes:
         warnings.warn(n, CollapseWarning, stacklevel=2)
 
@@ -86,4 +96,5 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
     fwd = cg.build(groups, by_spec, total)
     return DecomposedModel(fwd, components, input_shape=tuple(example.shape[1:]), dtype=dtype,
                            granularity=granularity, layers=layers, dynamic_batch=dynamic,
-                           example_batch=example.shape[0], model_name=name, notes=notes)
+                           example_batch=example.shape[0], model_name=name, notes=notes,
+                           linearised=expander.linearised)

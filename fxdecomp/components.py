@@ -7,19 +7,20 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from .errors import UnknownComponentError
 
-KINDS = ("embed", "attn", "mlp", "conv", "gate", "bias", "collapsed")
+KINDS = ("embed", "attn", "mlp", "conv", "bias", "collapsed")
 
 
 @dataclass(frozen=True)
 class Component:
     """One direct contribution to the model's output.
 
-    ``kind``: ``embed`` (the image through the stream's linear ops), ``attn``
-    (an attention branch), ``mlp`` (a per-token branch), ``conv`` (a branch with
-    spatial convolutions), ``gate`` (a branch ending in a data-dependent product),
-    ``bias`` (a constant), ``collapsed`` (everything before a nonlinearity on the
-    stream). ``branch`` numbers the residual branch (or constant) it belongs to,
-    so finer components of one branch share it. ``split`` says what ``head`` and
+    ``kind``: ``embed`` (the image through the stream's linear ops, or the
+    output of a nonlinear stem), ``attn`` (an attention branch), ``mlp`` (a
+    per-token branch, gated or not), ``conv`` (a branch with spatial
+    convolutions), ``bias`` (a constant, or the value at 0 of a linearised
+    nonlinearity), ``collapsed`` (everything before a nonlinearity on the
+    stream). ``branch`` numbers the residual branch (or constant) it belongs
+    to, so finer components of one branch share it. ``split`` says what ``head`` and
     ``token`` mean for this branch (e.g. ``head+token``; ``token`` indexes channels
     in channel-attention models, ``head+window+token`` marks windowed attention).
     """

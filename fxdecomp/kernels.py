@@ -30,6 +30,20 @@ def attention_weights(q, k, attn_mask=None, scale=None, is_causal=False, row=Non
     return w if row is None else w.squeeze(-2)
 
 
+def gate(y, x):
+    """``y / x`` where ``x`` is not tiny, else 0: with it, ``y == x * gate(y, x)`` elementwise
+    (a linearised nonlinearity ``y = f(x)``, its gate frozen at the actual input). The threshold
+    keeps the quotient finite; elements below it go to :func:`gate_offset`."""
+    tiny = torch.finfo(x.dtype).tiny ** 0.5
+    ok = x.abs() > tiny
+    return torch.where(ok, y / torch.where(ok, x, torch.ones_like(x)), torch.zeros_like(x))
+
+
+def gate_offset(y, x):
+    """What ``x * gate(y, x)`` leaves of ``y``: ``f(x)`` where ``x`` is (nearly) zero."""
+    return y - x * gate(y, x)
+
+
 def bn_scale(weight, running_var, eps):
     s = torch.rsqrt(running_var + eps)
     return s if weight is None else s * weight

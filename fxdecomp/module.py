@@ -21,7 +21,7 @@ class DecomposedModel(torch.nn.Module):
 
     def __init__(self, forward_module: fx.GraphModule, components: ComponentTable, *, input_shape: tuple,
                  dtype: torch.dtype, granularity: str, layers, dynamic_batch: bool, example_batch: int,
-                 model_name: str, notes: list[str]):
+                 model_name: str, notes: list[str], linearised: list[str] = ()):
         super().__init__()
         self.graph_module = forward_module
         self.components = components
@@ -33,6 +33,13 @@ class DecomposedModel(torch.nn.Module):
         self.example_batch = example_batch
         self.model_name = model_name
         self.notes = notes
+        #: Stream nonlinearities written as frozen gates (``decompose(..., linearize=True)``).
+        self.linearised = list(linearised)
+
+    @property
+    def collapsed(self) -> bool:
+        """Whether a nonlinearity on the stream merged earlier components into one."""
+        return any(c.kind == "collapsed" for c in self.components)
 
     @property
     def code(self) -> str:
@@ -79,6 +86,8 @@ class DecomposedModel(torch.nn.Module):
         lines = [f"{self.model_name} decomposed at {self.granularity} granularity"
                  + (f" (fine only in layers {sorted(self.layers)})" if self.layers is not None else ""),
                  f"{len(self.components)} components ({kinds}); input [B, {', '.join(map(str, self.input_shape))}]"]
+        if self.linearised:
+            lines.append(f"linearised (gate frozen): {', '.join(self.linearised)}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 

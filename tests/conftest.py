@@ -9,6 +9,8 @@ import timm
 import torch
 from hypothesis import HealthCheck, settings
 
+from fxdecomp.models_registry import perturb_
+
 warnings.filterwarnings("ignore", message="No pretrained weights loaded")
 
 settings.register_profile(
@@ -33,13 +35,18 @@ def bound(dtype: torch.dtype) -> float:
 
 
 def jitter_(model: torch.nn.Module, scale: float = 0.2, seed: int = 0) -> torch.nn.Module:
-    """Perturb every parameter (norm weights of 1, biases of 0 and zero-init tokens would hide
-    mistakes in how constants are split off)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
-    return model
+    """Perturb every parameter and BatchNorm statistic (norm weights of 1, biases of 0 and
+    zero-init tokens would hide mistakes in how constants are split off)."""
+    return perturb_(model, scale=scale, seed=seed)
+
+
+def assert_regroups(outs: dict, ref: torch.Tensor, dtype: torch.dtype) -> None:
+    """Token components sum to head components, head components to branches."""
+    tol = dict(rtol=0, atol=bound(dtype) * float(ref.abs().max()) * 10)
+    for fine, coarse, how in (("token", "head", "head"), ("head", "block", "branch")):
+        grouped = outs[fine].group(how)
+        assert grouped.components.names == outs[coarse].components.names
+        torch.testing.assert_close(grouped.contributions, outs[coarse].contributions, **tol)
 
 
 def small_vit(seed: int = 0, **kw) -> torch.nn.Module:

@@ -30,8 +30,8 @@ class StreamWithCustomOp(nn.Module):
 
     def forward(self, x):
         x = self.embed(x).flatten(2).transpose(1, 2)
-        x = sharpen(x)
         x = x + self.mix(x)
+        x = sharpen(x)
         return self.head(x.mean(1))
 
 
@@ -58,8 +58,8 @@ def test_registered_rule_is_used_and_collapse_is_reported():
         out = dm(x)
         assert rel_err(out.total(), model(x)) < 1e-5
     kinds = [c.kind for c in dm.components]
-    assert kinds.count("collapsed") == 1 and "embed" not in kinds
-    assert dm.notes and "collapsed" in dm.notes[0]
+    assert kinds.count("collapsed") == 1 and "embed" not in kinds and "mlp" not in kinds
+    assert dm.collapsed and dm.notes and "collapsed" in dm.notes[0] and "linearize=True" in dm.notes[0]
 
 
 def test_register_rule_rejects_unknown_kind():

@@ -93,7 +93,8 @@ def test_expand_finds_branches_leaves_and_biases():
     _, gm, kinds, inp, table, stream, aff = _run(depth=2)
     terms, specs = Expander(gm, kinds, inp, stream, aff, table).run()
     roles = [s.role for s in specs]
-    assert roles.count("branch") == 4 and roles.count("embed") == 1
+    # a class-token readout: the patch embedding reaches the output only through attention
+    assert roles.count("branch") == 4 and roles.count("embed") == 0
     sdpas = _nodes(gm, aten.scaled_dot_product_attention.default)
     attn = [s for s in specs if s.mixing is not None]
     assert [s.mixing for s in attn] == sdpas and [s.leaf for s in attn] == [n.args[2] for n in sdpas]
@@ -102,6 +103,7 @@ def test_expand_finds_branches_leaves_and_biases():
     assert [s.leaf for s in specs if s.role == "branch" and s.mixing is None] == gelus
     biases = {s.label for s in specs if s.role == "bias"}
     assert {"cls_token", "pos_embed", "norm.bias", "blocks.1.mlp.fc2.bias"} <= biases
+    assert "patch_embed.proj.bias" not in biases
     assert {t.component.id for t in terms} <= {s.id for s in specs}
 
 

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fxdecomp
-from conftest import bound, images, rel_err, small_vit
+from conftest import assert_regroups, bound, images, rel_err, small_vit
 
 
 @st.composite
@@ -63,13 +63,7 @@ def test_reconstruction_and_regrouping(drawn):
         for g, out in outs.items():
             err = rel_err(out.total(), ref)
             assert err <= bound(dtype), f"{g} {dtype}: relative error {err:.3g} ({cfg}, fused={fused})"
-        tol = dict(rtol=0, atol=bound(dtype) * float(ref.abs().max()) * 10)
-        token_as_head = outs["token"].group("head")
-        assert token_as_head.components.names == outs["head"].components.names
-        torch.testing.assert_close(token_as_head.contributions, outs["head"].contributions, **tol)
-        head_as_block = outs["head"].group("branch")
-        assert head_as_block.components.names == outs["block"].components.names
-        torch.testing.assert_close(head_as_block.contributions, outs["block"].contributions, **tol)
+        assert_regroups(outs, ref, dtype)
 
 
 @given(vit_configs(), st.sampled_from(["head", "token"]))

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from math import prod
 from typing import Iterable, Sequence
 
+import torch
+
 ROLE_RANK = {"other": 0, "channel": 1, "spatial": 2, "batch": 3}
 # How informative an origin is when two atoms are unified; the richer one is kept.
 ORIGIN_RANK = {"opaque": 0, "param": 1, "broadcast": 1, "feature": 2, "image": 3,
-               "slice": 4, "roll": 4, "pad": 4, "grid": 5, "cat": 6, "batch": 7}
+               "slice": 4, "roll": 4, "pad": 4, "regroup": 4, "grid": 5, "cat": 6, "batch": 7}
 
 Axis = tuple  # tuple[Atom, ...]
 
@@ -53,6 +55,7 @@ class AtomTable:
         self._count = itertools.count()
         self._aliases: dict[tuple, Atom] = {}
         self.batch: Atom | None = None
+        self._describing: set = set()
 
     # -- creation -----------------------------------------------------------------
     def new(self, size: int, origin: tuple = ("opaque",), role: str = "other") -> Atom:
@@ -61,8 +64,8 @@ class AtomTable:
         return Atom(next(self._count), int(size), origin, role)
 
     def axis(self, size: int, origin: tuple = ("opaque",), role: str = "other") -> Axis:
-        """A fresh axis: one atom, or no atom for a size-1 axis."""
-        return () if size == 1 else (self.new(size, origin, role),)
+        """A fresh axis: one atom, or no atom for a size-1 (or empty) axis."""
+        return () if size <= 1 else (self.new(size, origin, role),)
 
     def alias(self, atom: Atom, tag) -> Atom:
         """A stand-in for ``atom`` used where one term needs two copies of an index.
@@ -183,6 +186,24 @@ class AtomTable:
             return None
         return out
 
+    def regroup(self, axes: Sequence[Axis], out_shape: Sequence[int]) -> list[Axis]:
+        """Fresh atoms for a reshape whose axis boundaries cut the input's atoms across
+        (a 14-long axis already split 2 x 7 by window partitioning, now viewed as 7 x 2
+        by a patch merging or a grid partition). The new atoms are the row-major parts of
+        one atom that remembers the input axis, so token provenance survives; the linear
+        map between the two is the identity on the flat index (see ``regroup_matrix``)."""
+        flat = self.resolve(a for axis in axes for a in axis)
+        if any(a.role == "batch" for a in flat):
+            raise RefineError("the batch axis would be regrouped; the model reshapes its batch axis")
+        n = prod(out_shape)
+        if n < 2:
+            return [() for _ in out_shape]
+        role = max((a.role for a in flat), key=lambda r: ROLE_RANK[r], default="other")
+        top = self.new(n, ("regroup", tuple(flat)), role)
+        out = self.reshape([(top,)], out_shape)
+        assert out is not None
+        return out
+
     # -- provenance ------------------------------------------------------------------
     def coordinates(self, atoms: Sequence[Atom]) -> list[dict]:
         """For every index of ``atoms`` (row-major), what it points at.
@@ -207,6 +228,8 @@ class AtomTable:
             groups.setdefault(top, {})[leaf] = i
         rec: dict = {}
         for top, given in groups.items():
+            if top in self._describing:
+                continue  # provenance that leads back to itself (a cat of slices of one axis)
             leaves = [self.find(x) for x in self.leaves(top)]
             k = len(given)
             if set(leaves[:k]) != set(given):
@@ -215,7 +238,11 @@ class AtomTable:
             for leaf in leaves[:k]:
                 v = v * leaf.size + given[leaf]
             if k == len(leaves):
-                rec.update(self._record(top, v))
+                self._describing.add(top)
+                try:
+                    rec.update(self._record(top, v))
+                finally:
+                    self._describing.discard(top)
             elif self._grid_key(top):
                 rec[self._grid_key(top)] = v
         return rec
@@ -232,6 +259,11 @@ class AtomTable:
         o = a.origin
         if o[0] in ("grid", "image") and o[1] in ("row", "col"):
             return o[1]
+        if o[0] in ("regroup", "roll", "pad", "slice") and o[1]:  # look through to the axis it came from
+            top = self.find(o[1][0])
+            while top.origin[0] == "part":
+                top = self.find(top.origin[1])
+            return self._grid_key(top)
         return None
 
     def _record(self, a: Atom, i: int) -> dict:
@@ -252,6 +284,8 @@ class AtomTable:
             return {}
         if kind == "slice":
             return self._describe(self._unravel(o[1], o[2] + i * o[3]))
+        if kind == "regroup":
+            return self._describe(self._unravel(o[1], i))
         if kind == "roll":
             n = axis_size(o[1])
             return self._describe(self._unravel(o[1], (i - o[2]) % n))
@@ -283,3 +317,12 @@ class In:
 
 def axis_size(axis: Axis) -> int:
     return prod(a.size for a in axis)
+
+
+def regroup_matrix(out_axis: Axis, in_axis: Axis) -> torch.Tensor:
+    """The identity on a flat index, seen from two different splits of it into atoms:
+    shape [*out sizes, *in sizes], 1 where both name the same element."""
+    n = axis_size(out_axis)
+    if n != axis_size(in_axis):
+        raise ValueError("regrouped axes differ in size")
+    return torch.eye(n, dtype=torch.float64).reshape(*(a.size for a in out_axis), *(a.size for a in in_axis))

@@ -1,6 +1,6 @@
 """Input size and eval preprocessing of a model, read from the conventions of
 the libraries that build them (timm's pretrained config, open_clip's
-``image_size``, a conv patch embedding's ``img_size``)."""
+``image_size``, a model's or its conv patch embedding's ``img_size``)."""
 from __future__ import annotations
 
 import torch
@@ -24,11 +24,13 @@ def input_size_of(model: torch.nn.Module) -> tuple[int, int, int]:
         if isinstance(w, torch.Tensor) and w.dim() == 4:
             chans = w.shape[1]
             break
-    pe = getattr(model, "patch_embed", None)
-    if pe is not None and getattr(pe, "img_size", None) is not None:
-        return (chans, *_pair(pe.img_size))
-    if getattr(model, "image_size", None) is not None:
-        return (chans, *_pair(model.image_size))
+    for attr in ("patch_embed", "stem"):
+        pe = getattr(model, attr, None)
+        if pe is not None and getattr(pe, "img_size", None) is not None:
+            return (chans, *_pair(pe.img_size))
+    for attr in ("image_size", "img_size"):
+        if getattr(model, attr, None) is not None:
+            return (chans, *_pair(getattr(model, attr)))
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
     if isinstance(cfg, dict) and cfg.get("input_size"):
         return tuple(cfg["input_size"])

@@ -123,14 +123,18 @@ class AxisAnalysis:
         shape = shape_of(node)
         if shape is not None:
             return isinstance(out, list) and len(out) == len(shape) and all(
-                isinstance(a, tuple) and axis_size(self.table.resolve(a)) == s for a, s in zip(out, shape))
+                isinstance(a, tuple) and self._size_ok(a, s) for a, s in zip(out, shape))
         items = item_shapes(node)
         if items is not None:
             if not isinstance(out, list) or len(out) != len(items):
                 return False
             return all(sh is None or (isinstance(o, list) and len(o) == len(sh) and all(
-                axis_size(self.table.resolve(a)) == s for a, s in zip(o, sh))) for o, sh in zip(out, items))
+                self._size_ok(a, s) for a, s in zip(o, sh))) for o, sh in zip(out, items))
         return out is None
+
+    def _size_ok(self, axis, size: int) -> bool:
+        """An axis fits a dimension of ``size`` (an empty dimension has no atoms, like size 1)."""
+        return axis_size(self.table.resolve(axis)) == size or (size == 0 and not axis)
 
     def _resolve(self, ax):
         if ax is None:

@@ -88,7 +88,8 @@ class CodeGen:
             slug = _slug(grp.label.name)
             written = False
             for term in terms:
-                new = self._emit_term(term, want, buf, slot, written, slug)
+                own = tuple(term.renamed.get(a, a) for a in grp.split) + want[len(grp.split):]
+                new = self._emit_term(term, own, buf, slot, written, slug)
                 if new is None:
                     continue  # identically zero (e.g. patch tokens seen from the class token)
                 buf, written = new, True

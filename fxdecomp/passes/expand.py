@@ -7,19 +7,25 @@ terms meet there. A walk into a branch stops at
 * the values of an attention-weighted sum (or any product of two varying
   operands): the carried operand is the branch's *leaf*, the frozen operand
   becomes a factor, and its contracted and shared atoms are where the branch
-  may be split into source tokens and heads;
+  may be split into source tokens and heads (unless the carried operand is
+  affine in the stream, as in an attention pooling: then the product is a
+  frozen linear readout and the walk goes through it);
 * a nonlinear op, whose output is the leaf;
 * a norm that starts the branch (its input is the stream, and its output feeds
   nonlinear computation): the norm's output is the leaf.
 
 Norms on the stream, and norms after the nonlinearity inside a branch's tail,
 are frozen-affine. A nonlinear op *on* the stream makes everything before it one
-(collapsed) component. Constants met on the way become bias components.
+(collapsed) component — unless nothing but the stream's own ops lies before it
+(a CNN stem), where that is simply the embedding; with ``linearize`` an
+elementwise one is written ``f(x) = x · (f(x)/x)`` with its gate frozen instead.
+Constants met on the way become bias components.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import networkx as nx
 import torch
 import torch.fx as fx
 
@@ -34,13 +40,28 @@ from ..core.terms import (
     Term,
     resolve_in,
 )
+from .. import kernels
 from ..errors import UnsupportedOpError
+from ..rules.movement import TupleRule
 from ..rules.registry import rule_for
 from .affinity import Affinity
 from .axes import param_name
 from .dataflow import CONST, PARAM, is_varying
+from .demand import Demand, analyse_demand
 from .shapes import shape_of
 from .stream import Stream, output_node
+
+
+def _nonzero_at_zero(node: fx.Node) -> bool:
+    """Whether the op gives something other than 0 for an input of 0 (True when unsure)."""
+    args = [torch.zeros(1, dtype=torch.float64) if isinstance(a, fx.Node) else a for a in node.args]
+    if any(isinstance(a, (fx.Node, list, tuple)) for a in node.kwargs.values()):
+        return True
+    try:
+        value = node.target(*args, **node.kwargs)
+    except Exception:  # an op that cannot run on a stand-in: keep the offset
+        return True
+    return not isinstance(value, torch.Tensor) or bool((value != 0).any())
 
 
 class OneHot(Constant):
@@ -170,8 +191,12 @@ class LinCtx:
 
 class Expander:
     def __init__(self, gm: fx.GraphModule, kinds: dict, inp: fx.Node, stream: Stream, aff: Affinity,
-                 table: AtomTable):
+                 table: AtomTable, linearize: bool = False):
         self.gm, self.kinds, self.inp, self.stream, self.aff, self.table = gm, kinds, inp, stream, aff, table
+        self.demand: Demand | None = None
+        self.linearize = linearize
+        self.linearised: list[str] = []
+        self._stem: dict = {}
         self.ctx = LinCtx(self)
         self.memo: dict = {}
         self.components: list[ComponentSpec] = []
@@ -180,6 +205,7 @@ class Expander:
     # -- public ------------------------------------------------------------------------
     def run(self) -> tuple[list[Term], list[ComponentSpec]]:
         out = output_node(self.gm)
+        self.demand = analyse_demand(self.gm, self.stream, out, self._walks)
         terms = self.terms(out)
         self.components.sort(key=lambda c: (c.order, c.id))
         for i, c in enumerate(self.components):
@@ -189,7 +215,7 @@ class Expander:
     def terms(self, node: fx.Node) -> list[Term]:
         hit = self.memo.get(node)
         if hit is None:
-            hit = self._expand(node)
+            hit = [] if self.demand is not None and self.demand.dead(node) else self._expand(node)
             self.memo[node] = hit
         return hit
 
@@ -208,6 +234,7 @@ class Expander:
             raise self.unsupported(node, None)
         kind = self.aff.kind.get(node) or rule.classify(node, lambda x: is_varying(self.kinds, x))
         if kind == "linear":
+            self._linear_branches_are_leaves(node)
             return self._through(node, rule)
         if kind == "norm":
             if self._norm_passes(node, rule):
@@ -216,11 +243,84 @@ class Expander:
         if kind == "mixing":
             carried = self._choose_carried(node, rule)
             self.ctx.set_carried(node, carried)
-            if node in self.stream:  # frozen product on the stream (explicit norm, gate)
+            if self._mixing_passes(node, carried):
                 return self._through(node, rule)
             return self._leaf_mixing(node, rule, carried)
-        role = "collapsed" if node in self.stream else "branch"
-        return [self._leaf_term(self._new(role, node, leaf=node), node)]
+        if node not in self.stream:
+            return [self._leaf_term(self._new("branch", node, leaf=node), node)]
+        if self._only_stream_before(node):
+            return [self._leaf_term(self._new("embed", node, leaf=node), node)]
+        if self.linearize and self._gateable(node):
+            return self._gated(node)
+        return [self._leaf_term(self._new("collapsed", node, leaf=node), node)]
+
+    def _linear_branches_are_leaves(self, node) -> None:
+        """At a residual join ``x + b(x)`` whose branch ``b`` is affine in the stream (ResMLP's
+        token mixing is one linear layer), the branch is still a component of its own: its
+        output is the leaf. Walking through it would double every earlier component's terms
+        at each such block."""
+        if node not in self.stream:
+            return
+        moving = [a for a in node.all_input_nodes if is_varying(self.kinds, a)]
+        if len(moving) < 2 or not any(a in self.stream for a in moving):
+            return
+        for a in moving:
+            if a not in self.stream and a not in self.memo and self.aff.affine.get(a, False):
+                self.memo[a] = [self._leaf_term(self._new("branch", a, leaf=a), a)]
+
+    def _only_stream_before(self, node) -> bool:
+        """Nothing but a chain of stream ops (a stem) computes ``node``'s input."""
+        hit = self._stem.get(node)
+        if hit is None:
+            hit = self._stem[node] = all(a in self.stream for a in nx.ancestors(self.stream.graph, node))
+        return hit
+
+    def _gateable(self, node) -> bool:
+        """An op with one varying operand whose output has that operand's shape and atoms."""
+        moving = [a for a in node.all_input_nodes if is_varying(self.kinds, a)]
+        if len(moving) != 1:
+            return False
+        x = moving[0]
+        return shape_of(x) == shape_of(node) and self.ctx.atoms(x) == self.ctx.atoms(node)
+
+    def _gated(self, node) -> list[Term]:
+        """``f(x) = x · g`` with ``g = f(x)/x`` frozen (plus ``f`` at x = 0 when that is not 0)."""
+        x = next(a for a in node.all_input_nodes if is_varying(self.kinds, a))
+        atoms = frozenset(self.ctx.atoms(x))
+        axes = tuple(self.ctx.axes(node))
+        g = Factor(Derived(kernels.gate, (NodeValue(node), NodeValue(x)), f"gate_{node.name}"), axes)
+        out = [self._apply(t, Piece(arg=x, factors=[g], passthrough=atoms), atoms, node)[0] for t in self.terms(x)]
+        op = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+        mod = module_of(node)
+        self.linearised.append(f"{mod or node.name} ({op})")
+        if _nonzero_at_zero(node):
+            off = Factor(Derived(kernels.gate_offset, (NodeValue(node), NodeValue(x)), f"offset_{node.name}"), axes)
+            comp = self._new("bias", node, label=f"{mod or node.name}.{op}(0)")
+            out.append(self._apply(Term(comp, (off,)), Piece(const=off, passthrough=atoms), atoms, node)[0])
+        return out
+
+    def _walks(self, user: fx.Node, arg: fx.Node) -> bool:
+        """Whether the walk takes ``arg``'s terms through ``user`` (a superset is safe)."""
+        if user.op != "call_function":
+            return True
+        rule = rule_for(user.target)
+        if rule is None or isinstance(rule, TupleRule):
+            return True  # unknown (the walk will refuse it), or a split whose items are walked
+        kind = self.aff.kind.get(user) or rule.classify(user, lambda x: is_varying(self.kinds, x))
+        if kind == "linear":
+            return True
+        if kind == "norm":
+            return self._norm_passes(user, rule)
+        if kind == "mixing":
+            return self._mixing_passes(user, self._choose_carried(user, rule))
+        return (user in self.stream and self.linearize and self._gateable(user)
+                and not self._only_stream_before(user))
+
+    def _mixing_passes(self, node, carried) -> bool:
+        """A frozen product the walk passes through: on the stream (an explicit norm, a
+        gate), or reading the stream through linear ops only (an attention pooling with a
+        learned query reads the stream directly: a readout, not a branch)."""
+        return node in self.stream or self.aff.affine.get(carried, False)
 
     def _norm_passes(self, node, rule) -> bool:
         if node in self.stream:
@@ -243,6 +343,8 @@ class Expander:
         out: list[Term] = []
         for piece in lin.pieces:
             if piece.arg is not None:
+                if self.demand is not None and self.demand.dead_edge(node, piece.arg):
+                    continue  # the output never reads this operand's part of the result
                 for t in self.terms(piece.arg):
                     out.append(self._apply(t, piece, self.ctx.atoms(piece.arg), node)[0])
             else:
@@ -260,6 +362,7 @@ class Expander:
                 term, rename = self._apply(self._leaf_term(comp, carried), piece, self.ctx.atoms(carried), node)
                 if piece.split:
                     comp.split = {k: tuple(resolve_in((v,), rename)[0]) for k, v in piece.split.items()}
+                term.renamed = {}  # the split is named after this rename
                 out.append(term)
             elif piece.arg is None:
                 bias = self._new("bias", node, label=piece.label or self._bias_label(node))
@@ -278,7 +381,11 @@ class Expander:
         rename = {a: self.table.alias(a, node.name) for a in need}
         factors = tuple(f.rename(rename) for f in term.factors)
         factors += tuple(Factor(f.source, resolve_in(f.axes, rename)) for f in piece.factors)
-        return Term(term.component, factors, term.coef * piece.coef), rename
+        renamed = {a: rename.get(b, b) for a, b in term.renamed.items()}
+        for a, b in rename.items():
+            if a not in term.renamed.values():
+                renamed.setdefault(a, b)
+        return Term(term.component, factors, term.coef * piece.coef, renamed), rename
 
     # -- components -------------------------------------------------------------------------
     def _leaf_term(self, comp: ComponentSpec, node: fx.Node) -> Term:

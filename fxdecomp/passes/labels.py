@@ -4,8 +4,8 @@ A branch is named after the deepest module that holds most of its ops (the
 attention module, not the block around it, nor the norm in front of it); its
 layer is the position of that module's parent among all branch parents, in
 forward order. Kinds come from structure: an attention-weighted sum over
-tokens makes ``attn``, a data-dependent product without a contraction makes
-``gate``, a spatial convolution ``conv``, anything else per-position ``mlp``.
+tokens makes ``attn``, a spatial convolution ``conv``, anything else
+per-position ``mlp`` (gated MLPs such as SwiGLU, squeeze-excitation included).
 """
 from __future__ import annotations
 
@@ -115,8 +115,8 @@ def label(specs: list[ComponentSpec], stream: Stream) -> list[BaseLabel]:
 def _kind(spec: ComponentSpec, nodes) -> str:
     if spec.role == "collapsed":
         return "collapsed"
-    if spec.mixing is not None:
-        return "attn" if spec.split.get("token") else "gate"
+    if spec.mixing is not None and spec.split.get("token"):
+        return "attn"
     for n in nodes:
         kernels = n.meta.get("fxd_conv_kernels")
         if kernels and any(k for k in kernels):

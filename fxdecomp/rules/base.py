@@ -102,7 +102,7 @@ def broadcast_axes(node: fx.Node, args: Sequence[Any], ax) -> list[Axis]:
             if out[j] is None:
                 out[j] = t_axes[i]
             elif not ax.unify(out[j], t_axes[i]):
-                out[j] = ax.table.axis(out_shape[j], ("opaque", node.name), "other")
+                pass  # the same elements split differently: the operand is regrouped (see elementwise)
     return [o if o is not None else ax.table.axis(out_shape[j], ("broadcast", node.name), "other")
             for j, o in enumerate(out)]
 

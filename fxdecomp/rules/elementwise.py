@@ -8,6 +8,7 @@ import operator
 import torch
 import torch.fx as fx
 
+from ..core.atoms import axis_size
 from ..core.terms import Linearization, Piece
 from .base import (
     BILINEAR,
@@ -18,6 +19,7 @@ from .base import (
     broadcast_axes,
     tensor_args,
 )
+from .movement import regroup_factor
 from .registry import rules_for
 
 aten = torch.ops.aten
@@ -31,14 +33,36 @@ def _piece(node: fx.Node, x, ctx, coef: float = 1.0) -> Piece:
     """``x`` broadcast into ``node``'s shape, as a piece (varying input or constant)."""
     if isinstance(x, fx.Node):
         atoms = frozenset(ctx.atoms(x))
+        factors = []
         if not atoms <= set(ctx.atoms(node)):
-            raise ctx.unsupported(node, "its operands' axes could not be matched to its output's")
+            factors, atoms = _realign(node, x, ctx)
         if ctx.varying(x):
-            return Piece(arg=x, passthrough=atoms, coef=coef)
-        return Piece(const=ctx.const_factor(x), passthrough=atoms, coef=coef, label=ctx.param_name(x))
+            return Piece(arg=x, factors=factors, passthrough=atoms, coef=coef)
+        return Piece(const=ctx.const_factor(x), factors=factors, passthrough=atoms, coef=coef,
+                     label=ctx.param_name(x))
     if _is_scalar(x):
         return Piece(const=ctx.scalar(float(x)), coef=coef)
     raise ctx.unsupported(node, f"unexpected operand {x!r}")
+
+
+def _realign(node: fx.Node, x: fx.Node, ctx):
+    """Operand axes that hold the output's elements under a different split into atoms
+    (one path partitioned a grid into windows, the other into strided grids): a 0/1
+    regrouping factor per such axis. Returns (factors, atoms passed through)."""
+    x_axes, out_axes = ctx.axes(x), ctx.axes(node)
+    off = len(out_axes) - len(x_axes)
+    out_atoms = set(ctx.atoms(node))
+    factors, keep = [], set()
+    for i, axis in enumerate(x_axes):
+        axis = tuple(ctx.resolve(axis))
+        if set(axis) <= out_atoms:
+            keep |= set(axis)
+            continue
+        target = tuple(ctx.resolve(out_axes[off + i])) if off + i >= 0 else ()
+        if axis_size(target) != axis_size(axis):
+            raise ctx.unsupported(node, "its operands' axes could not be matched to its output's")
+        factors.append(regroup_factor(ctx, node, target, axis))
+    return factors, frozenset(keep)
 
 
 @rules_for(aten.clone, aten.contiguous, aten.alias, aten.detach, aten.lift_fresh_copy,
@@ -165,3 +189,38 @@ for _name in _POINTWISE:
     if _packet is not None:
         rules_for(_packet)(UnaryNonlinear)
 rules_for(torch.sigmoid, torch.tanh)(UnaryNonlinear)
+
+
+@rules_for(aten.addcmul)
+class AddcmulRule(Rule):
+    """``x + value * t1 * t2`` (an affine layer written as one op): linear in ``x`` and in
+    whichever product operand varies; with both varying, linear in the carried one."""
+
+    kind = BILINEAR
+
+    def axes(self, node, ax):
+        return broadcast_axes(node, node.args[:3], ax)
+
+    def carriable(self, node):
+        return [a for a in node.args[1:3] if isinstance(a, fx.Node)]
+
+    def classify(self, node, varying):
+        if sum(bool(varying(a)) for a in node.args[1:3]) > 1:
+            return "mixing"
+        return "linear"
+
+    def linearize(self, node, ctx):
+        x, t1, t2 = node.args[:3]
+        value = float(node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 1))
+        pieces = [_piece(node, x, ctx)]
+        moving = [t for t in (t1, t2) if isinstance(t, fx.Node) and ctx.varying(t)]
+        if not moving:
+            prod = _piece(node, t1, ctx, value)
+            prod.factors = list(prod.factors) + [ctx.const_factor(t2)]
+        else:
+            carried = ctx.carried(node) if len(moving) > 1 else moving[0]
+            other = t2 if carried is t1 else t1
+            prod = _piece(node, carried, ctx, value)
+            prod.factors = list(prod.factors) + [ctx.const_factor(other)]
+        pieces.append(prod)
+        return Linearization(pieces)

@@ -7,7 +7,7 @@ import operator
 import torch
 import torch.fx as fx
 
-from ..core.atoms import In
+from ..core.atoms import In, axis_size, regroup_matrix
 from ..core.terms import Factor, Linearization, Piece
 from .base import LINEAR, Rule, UnaryRule, norm_dim
 from .registry import rule_for, rules_for
@@ -39,12 +39,79 @@ class RelabelRule(UnaryRule):
         return Linearization([_identity_piece(node, x, ctx)])
 
 
+def reshape_groups(in_shape, out_shape) -> list[tuple[range, range]]:
+    """The smallest runs of input and output dims that hold the same elements."""
+    groups, i, j = [], 0, 0
+    while i < len(in_shape) or j < len(out_shape):
+        i0, j0 = i, j
+        a = in_shape[i] if i < len(in_shape) else 1
+        b = out_shape[j] if j < len(out_shape) else 1
+        i, j = min(i + 1, len(in_shape)), min(j + 1, len(out_shape))
+        while a != b:
+            if a < b:
+                a *= in_shape[i]
+                i += 1
+            else:
+                b *= out_shape[j]
+                j += 1
+        while i < len(in_shape) and in_shape[i] == 1 and (j >= len(out_shape) or out_shape[j] != 1):
+            i += 1
+        while j < len(out_shape) and out_shape[j] == 1 and (i >= len(in_shape) or in_shape[i] != 1):
+            j += 1
+        groups.append((range(i0, i), range(j0, j)))
+    return groups
+
+
 @rules_for(aten.view, aten.reshape, aten._unsafe_view, aten.flatten, aten.unflatten,
            aten.view_as, aten.reshape_as)
 class ReshapeRule(RelabelRule):
+    """A reshape only relabels atoms, except where its axis boundaries cut the input's
+    atoms across: there the output gets fresh atoms and the map is a 0/1 regrouping."""
+
     def axes(self, node, ax):
-        out = ax.table.reshape(ax.axes(node.args[0]), ax.shape(node))
-        return out if out is not None else ax.fresh(node)
+        src, in_shape, out_shape = ax.axes(node.args[0]), ax.shape(node.args[0]), ax.shape(node)
+        out = ax.table.reshape(src, out_shape)
+        if out is not None:
+            return out
+        out, regroups = [], []
+        for ins, outs in reshape_groups(in_shape, out_shape):
+            part = ax.table.reshape([src[i] for i in ins], [out_shape[j] for j in outs])
+            if part is None:
+                part = ax.table.regroup([src[i] for i in ins], [out_shape[j] for j in outs])
+                regroups.append((tuple(a for i in ins for a in src[i]), tuple(a for p in part for a in p)))
+            out.extend(part)
+        node.meta["fxd_regroups"] = regroups
+        return out
+
+    def linearize(self, node, ctx):
+        regroups = node.meta.get("fxd_regroups")
+        if not regroups:
+            return super().linearize(node, ctx)
+        x = node.args[0]
+        factors, moved = [], set()
+        for in_axis, out_axis in regroups:
+            i, o = tuple(ctx.resolve(in_axis)), tuple(ctx.resolve(out_axis))
+            factors.append(regroup_factor(ctx, node, o, i))
+            moved |= set(i)
+        atoms = frozenset(ctx.atoms(x)) - moved
+        if ctx.varying(x):
+            return Linearization([Piece(arg=x, factors=factors, passthrough=atoms)])
+        return Linearization([Piece(const=ctx.const_factor(x), factors=factors, passthrough=atoms)])
+
+
+#: Largest flat size regrouped by an explicit 0/1 matrix (its square is materialised).
+MAX_REGROUP = 4096
+
+
+def regroup_factor(ctx, node, out_axis: tuple, in_axis: tuple) -> Factor:
+    """The 0/1 factor taking ``in_axis``'s atoms to ``out_axis``'s (same elements)."""
+    n = axis_size(in_axis)
+    if n > MAX_REGROUP:
+        raise ctx.unsupported(node, f"its axes regroup {n} elements across atom boundaries (at most "
+                                    f"{MAX_REGROUP} are regrouped explicitly)")
+    key = ("regroup", tuple(a.size for a in out_axis), tuple(a.size for a in in_axis))
+    m = ctx.constant(key, lambda: regroup_matrix(out_axis, in_axis), "regroup")
+    return Factor(m, tuple((a,) for a in out_axis) + tuple((In(a),) for a in in_axis))
 
 
 @rules_for(aten.permute)
@@ -68,10 +135,8 @@ class TransposeRule(RelabelRule):
 
 
 @rules_for(aten.squeeze, aten.unsqueeze)
-class SqueezeRule(Rule):
+class SqueezeRule(RelabelRule):
     """Size-1 axes carry no atoms, so (un)squeezing only drops or adds empty axes."""
-
-    kind = LINEAR
 
     def axes(self, node, ax):
         src = [axis for axis, s in zip(ax.axes(node.args[0]), ax.shape(node.args[0])) if s != 1]

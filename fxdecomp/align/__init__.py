@@ -1,0 +1,21 @@
+"""Components in CLIP space: CompAlign, text descriptions and property scores.
+
+``collect`` decomposes images and embeds them with CLIP in one pass;
+``CompAlign`` maps every component into CLIP space; ``describe``/``textspan``
+put a component into words; ``property_scores`` ranks components by a
+property and ``clip_scores`` is the baseline it is checked against. See docs/ALIGN.md.
+"""
+from .aligned import Aligned
+from .clip_space import ClipSpace, open_clip_templates, world_templates
+from .compalign import VARIANTS, CompAlign, train_aligner
+from .describe import describe, textspan
+from .features import Features, Stream, collect
+from .probes import auc, probe_accuracy, value_aucs
+from .representation import representation
+from .scores import clip_scores, correlation, property_scores, rankdata, spearman
+
+__all__ = [
+    "VARIANTS", "Aligned", "ClipSpace", "CompAlign", "Features", "Stream", "auc", "clip_scores", "collect",
+    "correlation", "describe", "open_clip_templates", "probe_accuracy", "property_scores", "rankdata",
+    "representation", "spearman", "textspan", "train_aligner", "value_aucs", "world_templates",
+]

@@ -1,0 +1,188 @@
+"""The target space of the alignment: a CLIP-like pair of image and text towers.
+
+``ClipSpace`` hides what differs between CLIP implementations (tokenizer,
+preprocessing, prompt templates) behind three things the rest of
+``fxdecomp.align`` needs: image embeddings, text embeddings and their width.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from .images import as_batch, to_unit_float
+
+Template = str | Callable[[str], str]
+
+
+def world_templates() -> tuple[str, ...]:
+    """The world CLIP's zero-shot phrasings (its captions' own words), each used once."""
+    from ..world.captions import ATTRIBUTE_PROMPTS
+
+    return tuple(dict.fromkeys(ATTRIBUTE_PROMPTS.values()))
+
+
+def open_clip_templates() -> tuple[Template, ...]:
+    """The 80 ImageNet prompt templates that open_clip ships."""
+    try:
+        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+    except ImportError:  # older layouts
+        from open_clip import OPENAI_IMAGENET_TEMPLATES  # type: ignore[no-redef]
+    return tuple(OPENAI_IMAGENET_TEMPLATES)
+
+
+def tensor_preprocess(size: tuple[int, int], mean: Sequence[float], std: Sequence[float],
+                      interpolation: str = "bicubic") -> Callable[[torch.Tensor], torch.Tensor]:
+    """Resize the short side, centre-crop and normalise a raw [B, 3, H, W] batch (open_clip's eval
+    transform, on tensors so that batches stay batches)."""
+    h, w = size
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    mode = interpolation if interpolation in ("bilinear", "bicubic") else "bilinear"
+
+    def apply(images) -> torch.Tensor:
+        x = to_unit_float(as_batch(images))
+        scale = max(h / x.shape[-2], w / x.shape[-1])
+        new = (max(h, round(x.shape[-2] * scale)), max(w, round(x.shape[-1] * scale)))
+        if new != tuple(x.shape[-2:]):
+            x = F.interpolate(x, size=new, mode=mode, antialias=True, align_corners=False).clamp(0, 1)
+        top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
+        x = x[..., top:top + h, left:left + w]
+        return (x - mean_t.to(x.device)) / std_t.to(x.device)
+
+    return apply
+
+
+class ClipSpace:
+    """Image and text towers sharing one embedding space.
+
+    Args:
+        model: has ``encode_image(x)`` and ``encode_text(tokens)`` (open_clip's CLIP does)
+            and an image tower as ``model.visual``.
+        tokenizer: texts -> token ids for ``encode_text``.
+        preprocess: raw [B, 3, H, W] batch (uint8 or float [0, 1]) -> image-tower input.
+        templates: prompt templates (``"a photo of a {}."`` or callables) that every
+            description is put through before its embeddings are averaged.
+        name: recorded in saved aligners, so an aligner is not used with another CLIP.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Callable, preprocess: Callable,
+                 templates: Sequence[Template] = ("{}",), name: str = "clip"):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.preprocess = preprocess
+        self.templates = tuple(templates)
+        self.name = name
+        self._dim: int | None = None
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_open_clip(cls, name: str, pretrained: str | None = None, checkpoint: str | Path | None = None,
+                       device: str | torch.device = "cpu") -> ClipSpace:
+        """An open_clip model by architecture name, with a pretrained tag (downloads) or a local
+        ``checkpoint`` file; neither gives random weights (for tests)."""
+        import open_clip
+
+        if checkpoint is not None and not Path(checkpoint).is_file():
+            raise InputError(f"checkpoint {checkpoint} does not exist")
+        if name not in open_clip.list_models():
+            raise InputError(f"open_clip has no model {name!r}; see open_clip.list_models()")
+        source = str(checkpoint) if checkpoint is not None else pretrained
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="No pretrained weights loaded")
+            model = open_clip.create_model(name, pretrained=source, device=device)
+        cfg = getattr(model.visual, "preprocess_cfg", None) or {}
+        size = cfg.get("size", getattr(model.visual, "image_size", 224))
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        mean = cfg.get("mean", getattr(model.visual, "image_mean", None))
+        std = cfg.get("std", getattr(model.visual, "image_std", None))
+        if mean is None or std is None:
+            from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+            mean, std = OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+        pre = tensor_preprocess(size, mean, std, cfg.get("interpolation", "bicubic"))
+        tag = f"open_clip:{name}" + (f":{pretrained}" if pretrained and checkpoint is None else "")
+        if checkpoint is not None:
+            tag += f":{Path(checkpoint).name}"
+        return cls(model, open_clip.get_tokenizer(name), pre, open_clip_templates(), tag)
+
+    @classmethod
+    def world(cls) -> ClipSpace:
+        """The small CLIP shipped with the synthetic world (offline)."""
+        from ..world.models import IMAGE_SIZE, MEAN, STD
+        from ..world.shipped import load_clip
+
+        model, tokenizer = load_clip()
+        pre = tensor_preprocess((IMAGE_SIZE, IMAGE_SIZE), MEAN, STD, "bilinear")
+        return cls(model, tokenizer, pre, world_templates(), "world-clip")
+
+    # -- properties ------------------------------------------------------------------------------
+    @property
+    def visual(self) -> torch.nn.Module:
+        """The image tower (what ``fxdecomp.decompose`` would take apart)."""
+        return self.model.visual
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dim(self) -> int:
+        """Width of the joint embedding space."""
+        if self._dim is None:
+            out = getattr(self.model.visual, "output_dim", None)
+            if not isinstance(out, int):
+                out = int(self.encode_texts(["x"], templates=("{}",)).shape[1])
+            self._dim = out
+        return self._dim
+
+    def to(self, device) -> ClipSpace:
+        self.model.to(device)
+        return self
+
+    def __repr__(self) -> str:
+        return f"ClipSpace({self.name!r}, {len(self.templates)} templates)"
+
+    # -- encoding --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_images(self, images, *, preprocessed: bool = False, batch_size: int = 256,
+                      normalize: bool = True) -> torch.Tensor:
+        """[N, dim] float32 CPU embeddings of raw images (or of ``preprocessed`` tower inputs)."""
+        x = images if preprocessed else as_batch(images)
+        outs = []
+        for start in range(0, len(x), batch_size):
+            batch = x[start:start + batch_size].to(self.device)
+            if not preprocessed:
+                batch = self.preprocess(batch)
+            outs.append(self.embed_preprocessed(batch, normalize=normalize).cpu())
+        return torch.cat(outs) if outs else torch.zeros(0, self.dim)
+
+    def embed_preprocessed(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        dtype = next(self.model.parameters()).dtype
+        emb = self.model.encode_image(x.to(self.device, dtype)).float()
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+    @torch.no_grad()
+    def encode_texts(self, descriptions: Sequence[str], templates: Sequence[Template] | None = None,
+                     batch_size: int = 256) -> torch.Tensor:
+        """[k, dim] float32 CPU: each description through every template, each embedding
+        normalised, averaged over templates, normalised again."""
+        if isinstance(descriptions, str):
+            descriptions = [descriptions]
+        templates = self.templates if templates is None else tuple(templates)
+        if not templates:
+            raise InputError("encode_texts needs at least one template (use ('{}',) for the raw text)")
+        texts = [_fill(t, d) for d in descriptions for t in templates]
+        embs = []
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(texts[start:start + batch_size]).to(self.device)
+            embs.append(F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu())
+        emb = torch.cat(embs).view(len(descriptions), len(templates), -1).mean(1)
+        return F.normalize(emb, dim=-1)
+
+
+def _fill(template: Template, text: str) -> str:
+    return template(text) if callable(template) else template.format(text)

@@ -1,0 +1,293 @@
+"""Decomposed contributions and CLIP embeddings of the same images, in the same order.
+
+Alignment pairs component contributions of image x with CLIP's embedding of the
+same x. ``collect`` (and ``Stream``, for data that does not fit in memory) reads
+each raw batch once and hands that one batch to both models, each through its
+own eval preprocessing, so the pairing cannot slip: there is no second loader
+to shuffle differently, and a shuffling DataLoader is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from ..components import ComponentTable
+from ..errors import InputError
+from ..module import DecomposedModel
+from .clip_space import ClipSpace
+from .images import as_batch
+
+CACHE_FORMAT = "fxdecomp.align.features/1"
+
+
+@dataclass
+class Features:
+    """``contributions`` [N, C, D] float32 and ``clip`` [N, d_clip] (normalised CLIP image
+    embeddings, or None) of N images in dataset order; ``components`` labels C."""
+
+    contributions: torch.Tensor
+    clip: torch.Tensor | None
+    components: ComponentTable
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.contributions.dim() != 3 or self.contributions.shape[1] != len(self.components):
+            raise InputError(f"contributions {list(self.contributions.shape)} do not fit "
+                             f"{len(self.components)} components")
+        if self.clip is not None and self.clip.shape[0] != self.contributions.shape[0]:
+            raise InputError(f"{self.contributions.shape[0]} contributions but {self.clip.shape[0]} CLIP embeddings")
+
+    def __len__(self) -> int:
+        return self.contributions.shape[0]
+
+    @property
+    def names(self) -> list[str]:
+        return self.components.names
+
+    def __repr__(self) -> str:
+        n, c, d = self.contributions.shape
+        clip = "none" if self.clip is None else self.clip.shape[1]
+        return f"Features({n} images, {c} components, d_model={d}, d_clip={clip})"
+
+
+# -- reading images in order ------------------------------------------------------------------------
+def _image_of(item):
+    if isinstance(item, dict):
+        if "image" not in item:
+            raise InputError(f"dataset items are dicts without an 'image' key (keys: {sorted(item)})")
+        return item["image"]
+    if isinstance(item, (tuple, list)) and item and not isinstance(item[0], (int, float)):
+        return item[0]
+    return item
+
+
+class _Source:
+    """Raw image batches [B, 3, H, W] from an array, a tensor, a dataset or an unshuffled DataLoader."""
+
+    def __init__(self, data):
+        self.data = data
+        self.loader = isinstance(data, torch.utils.data.DataLoader)
+        if self.loader:
+            sampler = getattr(data, "sampler", None)
+            if not isinstance(sampler, torch.utils.data.SequentialSampler):
+                raise InputError("the DataLoader does not read its dataset in order (shuffle=True or a custom "
+                                 "sampler); contributions must stay in dataset order to be paired with labels "
+                                 "and other models: use DataLoader(..., shuffle=False)")
+        elif not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
+            raise InputError(f"cannot read images from {type(data).__name__}: pass an array [N, H, W, 3], a tensor "
+                             "[N, 3, H, W], an indexable dataset or a DataLoader with shuffle=False")
+
+    def __len__(self) -> int:
+        return len(self.data.dataset) if self.loader else len(self.data)
+
+    def batches(self, batch_size: int, order: np.ndarray | None = None) -> Iterator[torch.Tensor]:
+        if self.loader:
+            if order is not None:
+                raise InputError("a DataLoader cannot be re-ordered; pass its dataset to shuffle for training")
+            for batch in self.data:
+                yield as_batch(_image_of(batch))
+            return
+        n = len(self.data)
+        idx = np.arange(n) if order is None else order
+        arraylike = isinstance(self.data, (np.ndarray, torch.Tensor))
+        for start in range(0, n, batch_size):
+            sel = idx[start:start + batch_size]
+            if arraylike:
+                yield as_batch(self.data[sel] if order is not None else self.data[start:start + batch_size])
+            else:
+                yield as_batch([as_batch(_image_of(self.data[int(i)]))[0] for i in sel])
+
+    def n_batches(self, batch_size: int) -> int:
+        return len(self.data) if self.loader else -(-len(self) // batch_size)
+
+    def first(self) -> torch.Tensor:
+        return next(iter(self.batches(8)))
+
+
+def _run_batch(dm: DecomposedModel, clip: ClipSpace | None, preprocess: Callable, raw: torch.Tensor, device):
+    x = preprocess(raw.to(device)).to(device=device, dtype=dm.dtype)
+    contributions = dm(x).contributions.detach()
+    if contributions.dim() != 3:
+        raise InputError(f"{dm.model_name}'s output is not one vector per image (contributions "
+                         f"{list(contributions.shape)}); decompose a model returning [B, D] features, e.g. "
+                         "fxdecomp.align.representation(model)")
+    emb = clip.embed_preprocessed(clip.preprocess(raw.to(device))).detach() if clip is not None else None
+    return contributions, emb
+
+
+def _device_of(dm: DecomposedModel, device) -> torch.device:
+    return torch.device(device) if device is not None else (dm._device() or torch.device("cpu"))
+
+
+class Stream:
+    """Re-iterable (contributions [B, C, D], CLIP embeddings [B, d_clip]) batches computed on the fly.
+
+    For training an aligner on more images than fit in memory. With ``shuffle_seed``
+    each pass reads the images in a new (seeded) order; contributions and CLIP
+    embeddings still come from the very same images.
+    """
+
+    def __init__(self, dm: DecomposedModel, data, *, preprocess: Callable, clip: ClipSpace, batch_size: int = 32,
+                 device=None, shuffle_seed: int | None = None):
+        self.dm, self.clip, self.preprocess = dm, clip, preprocess
+        self.source = _Source(data)
+        self.batch_size = batch_size
+        self.device = _device_of(dm, device)
+        self.shuffle_seed = shuffle_seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.source.n_batches(self.batch_size)
+
+    @property
+    def components(self) -> ComponentTable:
+        return self.dm.components
+
+    def __iter__(self):
+        order = None
+        if self.shuffle_seed is not None:
+            order = np.random.default_rng([self.shuffle_seed, self.epoch]).permutation(len(self.source))
+        self.epoch += 1
+        for raw in self.source.batches(self.batch_size, order):
+            with torch.no_grad():  # not around the yield: that would switch gradients off for the caller
+                c, e = _run_batch(self.dm, self.clip, self.preprocess, raw, self.device)
+            yield c, e
+
+
+@torch.no_grad()
+def collect(dm: DecomposedModel, data, *, preprocess: Callable, clip: ClipSpace | None = None,
+            batch_size: int = 64, device=None, cache: str | Path | None = None, key: str | None = None,
+            progress: bool = True, desc: str | None = None) -> Features:
+    """Decompose every image of ``data`` (and embed it with ``clip``), in dataset order.
+
+    Args:
+        dm: the decomposed model (``fxdecomp.decompose(representation(model))``).
+        data: uint8 array [N, H, W, 3], tensor [N, 3, H, W], an indexable dataset (items are images,
+            ``(image, ...)`` tuples or dicts with ``"image"``) or a DataLoader with ``shuffle=False``.
+        preprocess: the model's eval preprocessing, raw batch -> model input
+            (``fxdecomp.models_registry.transform_for(model)``).
+        clip: the CLIP space whose image embeddings are the alignment targets (optional).
+        device: where to run; ``dm`` and ``clip`` are moved there.
+        cache: a folder; results are stored under a key made of everything they depend on
+            (model and CLIP weights, granularity, components, the images or ``key``, both
+            preprocessings) and reused only when all of it matches.
+        key: names a dataset that is not an array (e.g. ``"World(10000, seed=2)"``) in the cache key.
+
+    Returns contributions as float32 on the CPU.
+    """
+    source = _Source(data)
+    if len(source) == 0:
+        raise InputError("no images to collect")
+    dev = _device_of(dm, device)
+    dm.to(dev)
+    if clip is not None:
+        clip.to(dev)
+    path = full_key = None
+    if cache is not None:
+        full_key = _cache_key(dm, clip, source, preprocess, key)
+        digest = hashlib.sha256(json.dumps(full_key, sort_keys=True).encode()).hexdigest()[:20]
+        path = Path(cache) / f"{_safe(dm.model_name)}-{dm.granularity}-{len(source)}-{digest}.safetensors"
+        hit = _read_cache(path, full_key, dm.components)
+        if hit is not None:
+            return hit
+    contribs, embs = [], []
+    bar = tqdm(source.batches(batch_size), total=source.n_batches(batch_size), disable=not progress,
+               desc=desc or f"decompose {dm.model_name}", unit="batch", leave=False)
+    for raw in bar:
+        c, e = _run_batch(dm, clip, preprocess, raw, dev)
+        contribs.append(c.float().cpu())
+        if e is not None:
+            embs.append(e.float().cpu())
+    out = Features(torch.cat(contribs), torch.cat(embs) if embs else None, dm.components,
+                   {"model": dm.model_name, "granularity": dm.granularity, "clip": clip.name if clip else None})
+    if path is not None:
+        _write_cache(path, full_key, out)
+    return out
+
+
+# -- caching ----------------------------------------------------------------------------------------
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def _hash_tensors(tensors) -> str:
+    h = hashlib.sha256()
+    for name, t in tensors:
+        h.update(name.encode())
+        t = t.detach().cpu().contiguous()
+        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _hash_module(module: torch.nn.Module) -> str:
+    return _hash_tensors(sorted(module.state_dict().items()))
+
+
+def _cache_key(dm: DecomposedModel, clip: ClipSpace | None, source: _Source, preprocess, key) -> dict:
+    data = source.data
+    if isinstance(data, (np.ndarray, torch.Tensor)):
+        data_id = "array:" + _hash_tensors([("images", torch.as_tensor(np.asarray(data)))])
+    else:
+        if key is None:
+            key = _auto_key(source.data.dataset if source.loader else source.data)
+        if key is None:
+            raise InputError("caching a dataset that is not an array needs key='...' naming it (which images, "
+                             "which seed), so that another dataset is never served from this cache")
+        data_id = "dataset:" + key
+    first = source.first()
+    parts = {
+        "format": CACHE_FORMAT,
+        "model": dm.model_name, "granularity": dm.granularity, "layers": sorted(dm.layers) if dm.layers else None,
+        "components": hashlib.sha256("\n".join(dm.components.names).encode()).hexdigest(),
+        "weights": _hash_module(dm.graph_module), "dtype": str(dm.dtype), "input": list(dm.input_shape),
+        "n": len(source), "data": data_id, "first_batch": _hash_tensors([("raw", first)]),
+        "preprocess": _hash_tensors([("x", preprocess(first).float())]),
+        "clip": None,
+    }
+    if clip is not None:
+        parts["clip"] = {"name": clip.name, "weights": _hash_module(clip.visual),
+                         "preprocess": _hash_tensors([("x", clip.preprocess(first).float())])}
+    if key is not None:
+        parts["key"] = key
+    return parts
+
+
+def _auto_key(dataset) -> str | None:
+    from ..world.dataset import World
+
+    if isinstance(dataset, World):
+        return f"World(n={dataset.n}, seed={dataset.seed}, size={dataset.size}, spurious={dataset.spurious})"
+    return None
+
+
+def _read_cache(path: Path, full_key: dict, components: ComponentTable) -> Features | None:
+    if not path.is_file():
+        return None
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+        if json.loads(meta.get("key", "null")) != full_key:
+            return None
+        contributions = f.get_tensor("contributions")
+        clip = f.get_tensor("clip") if "clip" in set(f.keys()) else None
+    return Features(contributions, clip, components, json.loads(meta.get("meta", "{}")))
+
+
+def _write_cache(path: Path, full_key: dict, feats: Features) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {"contributions": feats.contributions.contiguous()}
+    if feats.clip is not None:
+        tensors["clip"] = feats.clip.contiguous()
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"key": json.dumps(full_key, sort_keys=True),
+                                           "meta": json.dumps(feats.meta)})
+    tmp.replace(path)

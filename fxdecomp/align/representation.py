@@ -1,0 +1,38 @@
+"""The representation to align: a model's features, not its class logits.
+
+CompAlign maps what a model *represents* into CLIP space; a classifier's logits
+are one linear read-out of that, with far fewer dimensions. ``representation``
+returns a copy of the model that stops before its classifier.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..errors import InputError
+
+
+def representation(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` returning its pre-logits features (the original is left untouched).
+
+    timm models: ``reset_classifier(0)`` on a deep copy (ViT: the final-norm class token;
+    Swin: the final norm, spatially averaged). Models that already return features
+    (timm with ``num_classes=0``, open_clip image towers) are returned as they are.
+    """
+    if getattr(model, "num_classes", None) == 0:
+        return model
+    if _is_open_clip_tower(model):
+        return model
+    if callable(getattr(model, "reset_classifier", None)):
+        rep = copy.deepcopy(model)
+        rep.reset_classifier(0)
+        return rep.eval()
+    raise InputError(
+        f"cannot find the classifier of {type(model).__name__} to cut off; pass a model whose forward "
+        "returns its representation (e.g. timm.create_model(..., num_classes=0), an open_clip model.visual, "
+        "or a wrapper module returning the pre-logits features)")
+
+
+def _is_open_clip_tower(model: torch.nn.Module) -> bool:
+    return type(model).__module__.startswith("open_clip") and hasattr(model, "output_dim")

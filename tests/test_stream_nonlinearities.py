@@ -1,0 +1,113 @@
+"""Nonlinear ops on the residual stream: collapse reported, or linearised on request,
+and a nonlinear stem that is simply the embedding."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+import fxdecomp
+from conftest import bound, images, jitter_, rel_err
+
+
+class Tower(nn.Module):
+    """conv stem with an activation, residual MLP blocks, then an activation on the stream
+    (``act``) and a pre-logits layer with tanh, as in MaxViT's and EfficientNet's heads."""
+
+    def __init__(self, act: nn.Module, depth: int = 2, width: int = 8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 4, stride=4), nn.BatchNorm2d(width), nn.ReLU())
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+            for _ in range(depth))
+        self.act = act
+        self.pre_logits = nn.Sequential(nn.Linear(width, width), nn.Tanh())
+
+    def forward(self, x):
+        x = self.stem(x).flatten(2).transpose(1, 2)
+        for blk in self.blocks:
+            x = x + blk(x)
+        x = self.act(x)
+        return self.pre_logits(x.mean(1))
+
+
+def tower(act, seed=0):
+    torch.manual_seed(seed)
+    m = Tower(act).eval()
+    jitter_(m, scale=0.3, seed=seed)
+    m.stem[1].running_mean.uniform_(-0.5, 0.5)
+    m.stem[1].running_var.uniform_(0.5, 1.5)
+    return m
+
+
+def test_collapse_is_reported_not_silent():
+    model = tower(nn.Identity())
+    with pytest.warns(fxdecomp.CollapseWarning, match="linearize=True"):
+        dm = fxdecomp.decompose(model, input_size=(3, 16, 16))
+    assert dm.collapsed
+    assert [c.kind for c in dm.components].count("collapsed") == 1
+    assert "collapsed" in dm.summary()
+
+
+@pytest.mark.parametrize("act", [nn.Identity(), nn.GELU(), nn.ReLU(), nn.SiLU(), nn.Sigmoid(), nn.Softplus()],
+                         ids=["none", "gelu", "relu", "silu", "sigmoid", "softplus"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_linearised_stream_is_exact(act, dtype):
+    model = tower(act).to(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fxdecomp.CollapseWarning)
+        dm = fxdecomp.decompose(model, "block", input_size=(3, 16, 16), linearize=True)
+    x = images(dm, batch=3, dtype=dtype)
+    with torch.no_grad():
+        out = dm(x)
+        assert rel_err(out.total(), model(x)) <= bound(dtype)
+    assert not dm.collapsed and not dm.notes
+    kinds = [c.kind for c in dm.components]
+    assert kinds.count("mlp") == 2 and kinds.count("embed") == 1
+    names = " ".join(dm.linearised)
+    assert "pre_logits" in names
+    # the stem's ReLU comes before any branch: it is part of the embedding, never linearised
+    assert "stem" not in names
+    offsets = [c.name for c in dm.components if c.name.endswith("(0)")]
+    if isinstance(act, (nn.Sigmoid, nn.Softplus)):  # f(0) != 0: the rest of f at 0 is its own term
+        assert offsets == [f"act.{'sigmoid' if isinstance(act, nn.Sigmoid) else 'softplus'}(0)"]
+    else:
+        assert offsets == []
+
+
+def test_linearised_gate_is_exact_where_the_input_is_zero():
+    model = tower(nn.Sigmoid())
+    dm = fxdecomp.decompose(model, "block", input_size=(3, 16, 16), linearize=True)
+    x = torch.zeros(2, 3, 16, 16)  # the stream is then exactly the biases: many exact zeros after ReLU
+    with torch.no_grad():
+        out = dm(x)
+        assert rel_err(out.total(), model(x)) <= 1e-6
+
+
+def test_nonlinear_stem_is_the_embedding_without_warning():
+    model = tower(nn.Identity())
+    model.pre_logits = nn.Linear(8, 8)  # nothing nonlinear on the stream after the blocks
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fxdecomp.CollapseWarning)
+        dm = fxdecomp.decompose(model, input_size=(3, 16, 16))
+    x = images(dm)
+    with torch.no_grad():
+        assert rel_err(dm(x).total(), model(x)) <= 1e-5
+    embed = [c for c in dm.components if c.kind == "embed"]
+    assert len(embed) == 1 and not dm.collapsed and dm.linearised == []
+
+
+def test_class_token_readout_lists_only_direct_paths():
+    """The patch embedding reaches a class-token output only through attention (whose token
+    components carry it): it has no direct contribution, so it is not a component."""
+    from conftest import small_vit
+
+    cls_model = small_vit(global_pool="token")
+    avg_model = small_vit(global_pool="avg")
+    cls_kinds = {c.kind for c in fxdecomp.decompose(cls_model).components}
+    avg_kinds = {c.kind for c in fxdecomp.decompose(avg_model).components}
+    assert "embed" not in cls_kinds and "embed" in avg_kinds
+    names = fxdecomp.decompose(cls_model).components.names
+    assert "cls_token" in names and "patch_embed.proj.bias" not in names
