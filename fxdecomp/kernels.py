@@ -39,9 +39,9 @@ def gate(y, x):
     return torch.where(ok, y / torch.where(ok, x, torch.ones_like(x)), torch.zeros_like(x))
 
 
-def gate_offset(y, x):
-    """What ``x * gate(y, x)`` leaves of ``y``: ``f(x)`` where ``x`` is (nearly) zero."""
-    return y - x * gate(y, x)
+def gate_offset(y, x, g):
+    """What ``x * g`` (``g = gate(y, x)``) leaves of ``y``: ``f(x)`` where ``x`` is (nearly) zero."""
+    return y - x * g
 
 
 def bn_scale(weight, running_var, eps):

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from math import prod
 from typing import Iterable, Sequence
 
-import torch
-
 ROLE_RANK = {"other": 0, "channel": 1, "spatial": 2, "batch": 3}
 # How informative an origin is when two atoms are unified; the richer one is kept.
 ORIGIN_RANK = {"opaque": 0, "param": 1, "broadcast": 1, "feature": 2, "image": 3,
@@ -191,7 +189,7 @@ class AtomTable:
         (a 14-long axis already split 2 x 7 by window partitioning, now viewed as 7 x 2
         by a patch merging or a grid partition). The new atoms are the row-major parts of
         one atom that remembers the input axis, so token provenance survives; the linear
-        map between the two is the identity on the flat index (see ``regroup_matrix``)."""
+        map between the two is the identity on the flat index (``rules.movement.regroup_factor``)."""
         flat = self.resolve(a for axis in axes for a in axis)
         if any(a.role == "batch" for a in flat):
             raise RefineError("the batch axis would be regrouped; the model reshapes its batch axis")
@@ -318,11 +316,3 @@ class In:
 def axis_size(axis: Axis) -> int:
     return prod(a.size for a in axis)
 
-
-def regroup_matrix(out_axis: Axis, in_axis: Axis) -> torch.Tensor:
-    """The identity on a flat index, seen from two different splits of it into atoms:
-    shape [*out sizes, *in sizes], 1 where both name the same element."""
-    n = axis_size(out_axis)
-    if n != axis_size(in_axis):
-        raise ValueError("regrouped axes differ in size")
-    return torch.eye(n, dtype=torch.float64).reshape(*(a.size for a in out_axis), *(a.size for a in in_axis))

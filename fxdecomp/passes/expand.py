@@ -215,7 +215,7 @@ class Expander:
     def terms(self, node: fx.Node) -> list[Term]:
         hit = self.memo.get(node)
         if hit is None:
-            hit = [] if self.demand is not None and self.demand.dead(node) else self._expand(node)
+            hit = [] if self.demand.dead(node) else self._expand(node)
             self.memo[node] = hit
         return hit
 
@@ -232,7 +232,7 @@ class Expander:
         rule = rule_for(node.target)
         if rule is None:
             raise self.unsupported(node, None)
-        kind = self.aff.kind.get(node) or rule.classify(node, lambda x: is_varying(self.kinds, x))
+        kind = self._kind_of(node, rule)
         if kind == "linear":
             self._linear_branches_are_leaves(node)
             return self._through(node, rule)
@@ -254,6 +254,13 @@ class Expander:
             return self._gated(node)
         return [self._leaf_term(self._new("collapsed", node, leaf=node), node)]
 
+    def _kind_of(self, node, rule) -> str:
+        return self.aff.kind.get(node) or rule.classify(node, lambda x: is_varying(self.kinds, x))
+
+    def _moving(self, node) -> list:
+        """The operands of ``node`` that depend on the image."""
+        return [a for a in node.all_input_nodes if is_varying(self.kinds, a)]
+
     def _linear_branches_are_leaves(self, node) -> None:
         """At a residual join ``x + b(x)`` whose branch ``b`` is affine in the stream (ResMLP's
         token mixing is one linear layer), the branch is still a component of its own: its
@@ -261,7 +268,7 @@ class Expander:
         at each such block."""
         if node not in self.stream:
             return
-        moving = [a for a in node.all_input_nodes if is_varying(self.kinds, a)]
+        moving = self._moving(node)
         if len(moving) < 2 or not any(a in self.stream for a in moving):
             return
         for a in moving:
@@ -277,7 +284,7 @@ class Expander:
 
     def _gateable(self, node) -> bool:
         """An op with one varying operand whose output has that operand's shape and atoms."""
-        moving = [a for a in node.all_input_nodes if is_varying(self.kinds, a)]
+        moving = self._moving(node)
         if len(moving) != 1:
             return False
         x = moving[0]
@@ -285,16 +292,18 @@ class Expander:
 
     def _gated(self, node) -> list[Term]:
         """``f(x) = x · g`` with ``g = f(x)/x`` frozen (plus ``f`` at x = 0 when that is not 0)."""
-        x = next(a for a in node.all_input_nodes if is_varying(self.kinds, a))
+        x = self._moving(node)[0]
         atoms = frozenset(self.ctx.atoms(x))
         axes = tuple(self.ctx.axes(node))
-        g = Factor(Derived(kernels.gate, (NodeValue(node), NodeValue(x)), f"gate_{node.name}"), axes)
+        gate = Derived(kernels.gate, (NodeValue(node), NodeValue(x)), f"gate_{node.name}")
+        g = Factor(gate, axes)
         out = [self._apply(t, Piece(arg=x, factors=[g], passthrough=atoms), atoms, node)[0] for t in self.terms(x)]
         op = getattr(node.target, "__name__", str(node.target)).split(".")[0]
         mod = module_of(node)
         self.linearised.append(f"{mod or node.name} ({op})")
         if _nonzero_at_zero(node):
-            off = Factor(Derived(kernels.gate_offset, (NodeValue(node), NodeValue(x)), f"offset_{node.name}"), axes)
+            off = Factor(Derived(kernels.gate_offset, (NodeValue(node), NodeValue(x), gate), f"offset_{node.name}"),
+                         axes)
             comp = self._new("bias", node, label=f"{mod or node.name}.{op}(0)")
             out.append(self._apply(Term(comp, (off,)), Piece(const=off, passthrough=atoms), atoms, node)[0])
         return out
@@ -306,7 +315,7 @@ class Expander:
         rule = rule_for(user.target)
         if rule is None or isinstance(rule, TupleRule):
             return True  # unknown (the walk will refuse it), or a split whose items are walked
-        kind = self.aff.kind.get(user) or rule.classify(user, lambda x: is_varying(self.kinds, x))
+        kind = self._kind_of(user, rule)
         if kind == "linear":
             return True
         if kind == "norm":
@@ -343,7 +352,7 @@ class Expander:
         out: list[Term] = []
         for piece in lin.pieces:
             if piece.arg is not None:
-                if self.demand is not None and self.demand.dead_edge(node, piece.arg):
+                if self.demand.dead_edge(node, piece.arg):
                     continue  # the output never reads this operand's part of the result
                 for t in self.terms(piece.arg):
                     out.append(self._apply(t, piece, self.ctx.atoms(piece.arg), node)[0])

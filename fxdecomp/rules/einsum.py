@@ -86,7 +86,7 @@ class EinsumRule(Rule):
             factors.append(Factor(src, tuple(axes)))
         for c in summed:  # summed over the carried operand alone
             if not any(c in t for j, t in enumerate(ins) if j != k):
-                factors.extend(Factor(f.source, ((In(a),),)) for a in c_axes[c] for f in [ctx.ones(a)])
+                factors.extend(ctx.ones(a) for a in c_axes[c])
         contracted = tuple(a for c in summed for a in c_axes[c])
         passthrough = frozenset(ctx.atoms(carried)) - set(contracted)
         return Linearization([Piece(arg=carried, factors=factors, passthrough=passthrough,

@@ -214,13 +214,8 @@ class AddcmulRule(Rule):
         value = float(node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 1))
         pieces = [_piece(node, x, ctx)]
         moving = [t for t in (t1, t2) if isinstance(t, fx.Node) and ctx.varying(t)]
-        if not moving:
-            prod = _piece(node, t1, ctx, value)
-            prod.factors = list(prod.factors) + [ctx.const_factor(t2)]
-        else:
-            carried = ctx.carried(node) if len(moving) > 1 else moving[0]
-            other = t2 if carried is t1 else t1
-            prod = _piece(node, carried, ctx, value)
-            prod.factors = list(prod.factors) + [ctx.const_factor(other)]
+        carried = ctx.carried(node) if len(moving) > 1 else (moving or [t1])[0]
+        prod = _piece(node, carried, ctx, value)
+        prod.factors = list(prod.factors) + [ctx.const_factor(t2 if carried is t1 else t1)]
         pieces.append(prod)
         return Linearization(pieces)

@@ -7,7 +7,7 @@ import operator
 import torch
 import torch.fx as fx
 
-from ..core.atoms import In, axis_size, regroup_matrix
+from ..core.atoms import In, axis_size
 from ..core.terms import Factor, Linearization, Piece
 from .base import LINEAR, Rule, UnaryRule, norm_dim
 from .registry import rule_for, rules_for
@@ -109,8 +109,10 @@ def regroup_factor(ctx, node, out_axis: tuple, in_axis: tuple) -> Factor:
     if n > MAX_REGROUP:
         raise ctx.unsupported(node, f"its axes regroup {n} elements across atom boundaries (at most "
                                     f"{MAX_REGROUP} are regrouped explicitly)")
-    key = ("regroup", tuple(a.size for a in out_axis), tuple(a.size for a in in_axis))
-    m = ctx.constant(key, lambda: regroup_matrix(out_axis, in_axis), "regroup")
+    sizes = tuple(a.size for a in out_axis) + tuple(a.size for a in in_axis)
+    # the identity on the flat index, seen from both splits of it into atoms
+    m = ctx.constant(("regroup", len(out_axis), sizes),
+                     lambda: torch.eye(n, dtype=torch.float64).reshape(sizes), "regroup")
     return Factor(m, tuple((a,) for a in out_axis) + tuple((In(a),) for a in in_axis))
 
 
