@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -122,8 +123,10 @@ def build(library: str, arch: str, kwargs: dict):
     return perturb_(model.eval(), scale=0.02)
 
 
-def measure(library: str, arch: str, kwargs: dict) -> dict:
-    """One architecture, in this process: a row of the table."""
+def measure(library: str, arch: str, kwargs: dict, report=lambda row: None) -> dict:
+    """One architecture, in this process: a row of the table. ``report`` sees the row as
+    it grows (before each step, with ``running`` naming it), so a process killed midway
+    still leaves what it measured."""
     import copy
 
     import torch
@@ -142,6 +145,8 @@ def measure(library: str, arch: str, kwargs: dict) -> dict:
         ref = model(x)
     finest = None
     for g in GRANULARITIES:
+        row["running"] = g
+        report(row)
         try:
             t0 = time.perf_counter()
             with warnings.catch_warnings(record=True) as caught:
@@ -167,6 +172,8 @@ def measure(library: str, arch: str, kwargs: dict) -> dict:
             if not row["reason"]:
                 row["reason"] = f"{g}: {type(err).__name__}: {_first_line(err)}"
     if finest is not None:
+        row["running"] = "float64"
+        report(row)
         try:
             m64 = copy.deepcopy(model).double()
             dm = fxdecomp.decompose(m64, finest, input_size=shape, linearize=row["collapsed"])
@@ -177,6 +184,7 @@ def measure(library: str, arch: str, kwargs: dict) -> dict:
         except Exception as err:
             if not row["reason"]:
                 row["reason"] = f"float64: {type(err).__name__}: {_first_line(err)}"
+    row.pop("running")
     row["ok"] = (len(row["exact"]) == len(GRANULARITIES) and row["err64"] is not None and row["err64"] <= F64)
     return row
 
@@ -199,13 +207,24 @@ def run_one(entry, timeout: int) -> dict:
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"name": name, "ok": False, "traced": None, "reason": f"timed out after {timeout} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"name": name, "ok": False, "traced": None, "reason": f"process failed: {tail[:300]}"}
-    row = json.loads(lines[-1])
+        out, rc = proc.stdout, proc.returncode
+    except subprocess.TimeoutExpired as err:
+        out, rc = err.stdout or "", None
+    if isinstance(out, bytes):
+        out = out.decode(errors="replace")
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    row = json.loads(lines[-1]) if lines else {"traced": None}
+    where = row.pop("running", None)
+    if rc != 0 or where is not None:
+        if rc is None:
+            why = f"timed out after {timeout} s"
+        elif rc < 0:
+            sig = signal.Signals(-rc).name
+            why = f"killed by {sig}" + (" (out of memory, most likely)" if sig == "SIGKILL" else "")
+        else:
+            why = "process failed: " + (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        why = f"{where}: {why}" if where else why
+        row.update(ok=False, reason="; ".join(r for r in (row.get("reason"), why) if r))
     row["name"] = name
     row["wall_s"] = round(time.perf_counter() - t0, 1)
     return row
@@ -245,7 +264,7 @@ def main() -> None:
 
         torch.set_num_threads(1)
         library, arch, kwargs = json.loads(args.one)
-        print(json.dumps(measure(library, arch, kwargs)))
+        print(json.dumps(measure(library, arch, kwargs, lambda row: print(json.dumps(row), flush=True))))
         return
     entries = [e for e in ARCHITECTURES if not args.only or any(s in e[0] for s in args.only)]
     from tqdm import tqdm

@@ -16,8 +16,8 @@ class Component:
 
     ``kind``: ``embed`` (the image through the stream's linear ops, or the
     output of a nonlinear stem), ``attn`` (an attention branch), ``mlp`` (a
-    per-token branch, gated or not), ``conv`` (a branch with spatial
-    convolutions), ``bias`` (a constant, or the value at 0 of a linearised
+    per-token branch, gated or not), ``conv`` (a branch that mixes
+    positions: spatial convolutions or pooling), ``bias`` (a constant, or the value at 0 of a linearised
     nonlinearity), ``collapsed`` (everything before a nonlinearity on the
     stream). ``branch`` numbers the residual branch (or constant) it belongs
     to, so finer components of one branch share it. ``split`` says what ``head`` and

@@ -60,6 +60,37 @@ def rms_inverse(x, ndim, eps):
     return torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps)
 
 
+def group_rstd(x, groups, eps):
+    """GroupNorm's reciprocal standard deviation per (sample, channel), shaped [B, C, 1, ...]:
+    each channel gets the statistic of its group, over the group's channels and all positions."""
+    b, c = x.shape[:2]
+    var = x.reshape(b, groups, -1).var(dim=-1, unbiased=False, keepdim=True)
+    r = torch.rsqrt(var + eps).expand(b, groups, c // groups).reshape(b, c)
+    return r.reshape(b, c, *([1] * (x.dim() - 2)))
+
+
+def tap_gather(x, dim, n_out, k, stride, pad, dilation):
+    """``x`` with axis ``dim`` (length n_in) replaced by (n_out, k): element [o, t] is
+    ``x[o·stride − pad + t·dilation]``, zero outside — a convolution's taps as an unfold."""
+    dim = dim % x.dim()
+    n_in = x.shape[dim]
+    idx = (torch.arange(n_out, device=x.device)[:, None] * stride
+           + torch.arange(k, device=x.device)[None, :] * dilation)
+    hi = max(int(idx.max()) + 1 - pad - n_in, 0)
+    if pad or hi:
+        shape = list(x.shape)
+        parts = []
+        if pad:
+            shape[dim] = pad
+            parts.append(x.new_zeros(shape))
+        parts.append(x)
+        if hi:
+            shape[dim] = hi
+            parts.append(x.new_zeros(shape))
+        x = torch.cat(parts, dim)
+    return x.index_select(dim, idx.reshape(-1)).unflatten(dim, (n_out, k))
+
+
 def _slot(out, start, count, view_shape):
     """The slice of the component-major contributions a group owns, one dim per atom."""
     shape = [out.shape[1] if d == -1 else d for d in view_shape]

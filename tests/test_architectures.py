@@ -126,6 +126,7 @@ BEYOND = {
     "xcit_tiny_12_p16_224": (_timm("xcit_tiny_12_p16_224", img_size=64), False, {"attn", "mlp"}),
     "convnext_nano@64": (_timm("convnext_nano"), False, {"conv", "embed"}),
     "resnet50@64": (_timm("resnet50"), True, {"conv", "embed"}),
+    "poolformer_s12@64": (_timm("poolformer_s12"), False, {"conv", "mlp", "embed"}),
     "open_clip_ViT-B-32": (_open_clip_named("ViT-B-32"), False, {"attn", "mlp"}),
 }
 

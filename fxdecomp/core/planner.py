@@ -5,13 +5,16 @@ class-token readout selects one row of the attention weights before anything
 is multiplied, and the readout's weight matrices are multiplied together (once,
 shared by every term) before they meet per-token activations. Small networks
 (the usual case) are planned exactly by dynamic programming over subsets;
-larger ones greedily. Intermediates other terms already computed cost nothing.
+larger ones (a component carried through many layers) take the cheaper of a
+greedy order and the order the walk met the factors in. Intermediates other
+terms already computed cost nothing; a convolution's taps cost an index.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from math import prod
-from typing import Hashable, Sequence
+from typing import Container, Hashable, Sequence
 
 EXACT_LIMIT = 10
 
@@ -29,15 +32,18 @@ class Pair:
 
 
 def plan(operands: Sequence[tuple[Hashable, tuple]], output: tuple, size: dict,
-         known: set | frozenset = frozenset()):
+         known: Container = frozenset(), gathers: dict | None = None):
     """Return a contraction tree over ``operands`` producing the ``output`` atoms.
 
     ``operands`` are (key, atoms) pairs; ``known`` holds keys (see
-    :func:`subset_key`) of intermediates that are free to reuse.
+    :func:`subset_key`) of intermediates that are free to reuse. ``gathers`` maps
+    an operand's index to the atom it selects from (a convolution's taps): meeting
+    such an operand costs an index, not a product over that atom.
     """
     n = len(operands)
     atom_sets = [frozenset(a) for _, a in operands]
     out = frozenset(output)
+    gathers = gathers or {}
     if n == 1:
         return Leaf(0)
     full = (1 << n) - 1
@@ -49,16 +55,23 @@ def plan(operands: Sequence[tuple[Hashable, tuple]], output: tuple, size: dict,
                 s |= atom_sets[i]
         return s
 
+    @cache
     def result_atoms(mask):
         inside = atoms_of(mask)
         outside = atoms_of(full & ~mask) | out
         return frozenset(a for a in inside if a in outside)
 
+    @cache
     def key(mask):
         return subset_key([operands[i][0] for i in range(n) if mask >> i & 1], result_atoms(mask))
 
-    def cost_of(r1, r2):
-        return prod(size[a] for a in (r1 | r2))
+    def cost_of(m1, m2, r1, r2):
+        union = r1 | r2
+        for m in (m1, m2):
+            g = gathers.get(m.bit_length() - 1) if m & (m - 1) == 0 else None
+            if g is not None and g not in result_atoms(m1 | m2):
+                union = union - {g}
+        return prod(size[a] for a in union)
 
     if n <= EXACT_LIMIT:
         best: dict[int, tuple[float, object]] = {}
@@ -69,10 +82,6 @@ def plan(operands: Sequence[tuple[Hashable, tuple]], output: tuple, size: dict,
             if m & (m - 1) == 0:
                 best[m] = (0.0, Leaf(m.bit_length() - 1))
                 continue
-            if key(m) in known:
-                free = True
-            else:
-                free = False
             choice = None
             sub = (m - 1) & m
             while sub:
@@ -80,36 +89,59 @@ def plan(operands: Sequence[tuple[Hashable, tuple]], output: tuple, size: dict,
                 if sub < other:
                     c1, t1 = best[sub]
                     c2, t2 = best[other]
-                    c = c1 + c2 + cost_of(res[sub], res[other])
+                    c = c1 + c2 + cost_of(sub, other, res[sub], res[other])
                     if choice is None or c < choice[0]:
                         choice = (c, Pair(t1, t2, tuple(sorted(res[m], key=id))))
                 sub = (sub - 1) & m
-            if free:
+            if key(m) in known:
                 choice = (0.0, choice[1])
             best[m] = choice
         return best[full][1]
 
-    # greedy: repeatedly contract the pair that shrinks the network most
-    nodes = [(Leaf(i), 1 << i) for i in range(n)]
+    def tree_cost(tree) -> tuple[float, int]:
+        if isinstance(tree, Leaf):
+            return 0.0, 1 << tree.index
+        (cl, ml), (cr, mr) = tree_cost(tree.left), tree_cost(tree.right)
+        if key(ml | mr) in known:
+            return 0.0, ml | mr
+        return cl + cr + cost_of(ml, mr, result_atoms(ml), result_atoms(mr)), ml | mr
+
+    # Long chains (a component walked through many layers): the greedy tree, or the
+    # factors applied in the order the walk met them (a forward pass), whichever is cheaper.
+    chain: object = Leaf(0)
+    mask = 1
+    for i in range(1, n):
+        mask |= 1 << i
+        chain = Pair(chain, Leaf(i), tuple(sorted(result_atoms(mask), key=id)))
+    greedy = _greedy(n, result_atoms, key, known, size)
+    return min((greedy, chain), key=lambda t: tree_cost(t)[0])
+
+
+def _greedy(n, result_atoms, key, known, size):
+    """Repeatedly contract the pair that shrinks the network most (pairs sharing an atom
+    first). A pair's score never changes while planning, so each is scored once."""
+    nodes = {1 << i: Leaf(i) for i in range(n)}
+
+    def score(mi, mj):
+        ri, rj = result_atoms(mi), result_atoms(mj)
+        gain = (0 if key(mi | mj) in known else
+                prod(size[a] for a in result_atoms(mi | mj)) - prod(size[a] for a in ri) - prod(size[a] for a in rj))
+        return (not (ri & rj), gain, prod(size[a] for a in (ri | rj)), min(mi, mj), max(mi, mj))
+
+    cands = {}
+    masks = list(nodes)
+    for x, mi in enumerate(masks):
+        for mj in masks[x + 1:]:
+            cands[mi, mj] = score(mi, mj)
     while len(nodes) > 1:
-        pick = None
-        for i in range(len(nodes)):
-            for j in range(i + 1, len(nodes)):
-                mi, mj = nodes[i][1], nodes[j][1]
-                ri, rj = result_atoms(mi), result_atoms(mj)
-                rr = result_atoms(mi | mj)
-                shared = bool(ri & rj)
-                score = (0 if key(mi | mj) in known else
-                         prod(size[a] for a in rr) - prod(size[a] for a in ri) - prod(size[a] for a in rj))
-                c = cost_of(ri, rj)
-                cand = (not shared, score, c, i, j)
-                if pick is None or cand < pick:
-                    pick = cand
-        _, _, _, i, j = pick
-        (ti, mi), (tj, mj) = nodes[i], nodes[j]
-        merged = (Pair(ti, tj, tuple(sorted(result_atoms(mi | mj), key=id))), mi | mj)
-        nodes = [x for k, x in enumerate(nodes) if k not in (i, j)] + [merged]
-    return nodes[0][0]
+        mi, mj = min(cands, key=cands.get)
+        merged = mi | mj
+        tree = Pair(nodes.pop(mi), nodes.pop(mj), tuple(sorted(result_atoms(merged), key=id)))
+        cands = {p: c for p, c in cands.items() if mi not in p and mj not in p}
+        for m in nodes:
+            cands[m, merged] = score(m, merged)
+        nodes[merged] = tree
+    return next(iter(nodes.values()))
 
 
 def subset_key(operand_keys, result_atoms) -> tuple:

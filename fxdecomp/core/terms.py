@@ -84,6 +84,30 @@ class Constant(Source):
         return f"Constant({self.name}, {tuple(self.tensor.shape)})"
 
 
+class Taps(Constant):
+    """A convolution's 0/1 tap tensor S[out, tap, in] along one spatial axis
+    (``S[o, t, i] = 1`` where ``i = o·stride − pad + t·dilation``). Its geometry is
+    kept so that code generation applies it as a gather (an unfold), never as a
+    dense product whose cost grows with the square of the grid."""
+
+    def __init__(self, n_out: int, k: int, n_in: int, stride: int, pad: int, dilation: int):
+        self.geometry = (n_out, k, n_in, stride, pad, dilation)
+        m = torch.zeros(n_out, k, n_in, dtype=torch.float64)
+        for o in range(n_out):
+            for t in range(k):
+                i = o * stride - pad + t * dilation
+                if 0 <= i < n_in:
+                    m[o, t, i] = 1.0
+        super().__init__(m, f"taps_k{k}s{stride}")
+
+    def reshaped(self, sizes) -> "Taps":
+        """The same taps with size-1 axes dropped or kept (``sizes`` from atomizing)."""
+        out = Taps.__new__(Taps)
+        Constant.__init__(out, self.tensor.reshape(sizes), self.name)
+        out.geometry = self.geometry
+        return out
+
+
 AxisSpec = tuple  # tuple[Atom | In, ...]
 
 

@@ -5,6 +5,8 @@
 * ``depth``: how many nonlinear steps separate it from the stream; when a
   product has two varying operands, the shallower one is carried (the values,
   not the attention weights; the stream, not the gate).
+* ``frozen_affine``: affine once norms are frozen too (linear ops and norms back to the
+  stream): a residual branch like this is still a component, never walked through.
 * ``linear_reach``: the node reaches the segment's end through linear ops only
   (a norm on such a path is on the stream, not at the start of a branch).
 """
@@ -35,15 +37,16 @@ class Affinity:
     depth: dict
     linear_reach: dict
     kind: dict
+    frozen_affine: dict
 
 
 def analyse(gm: fx.GraphModule, kinds: dict, stream: Stream) -> Affinity:
     g = stream.graph
     order = [n for n in gm.graph.nodes if n in g]
-    affine, depth, kind = {}, {}, {}
+    affine, depth, kind, frozen = {}, {}, {}, {}
     for node in order:
         if node in stream:
-            affine[node], depth[node] = True, 0
+            affine[node], depth[node], frozen[node] = True, 0, True
             kind[node] = node_kind(node, kinds) if node.op == "call_function" else "input"
             continue
         k = node_kind(node, kinds)
@@ -51,6 +54,7 @@ def analyse(gm: fx.GraphModule, kinds: dict, stream: Stream) -> Affinity:
         args = [a for a in node.all_input_nodes if a in g]
         base = [affine[a] for a in args]
         d = max((depth[a] for a in args), default=0)
+        frozen[node] = k in ("linear", "norm") and all(frozen[a] for a in args)
         if k == "linear":
             affine[node], depth[node] = all(base), d
         else:
@@ -62,4 +66,4 @@ def analyse(gm: fx.GraphModule, kinds: dict, stream: Stream) -> Affinity:
             continue
         reach[node] = any(kind.get(u) in ("linear", "norm") and (u in stream or reach[u])
                           for u in node.users if u in g)
-    return Affinity(affine, depth, reach, kind)
+    return Affinity(affine, depth, reach, kind, frozen)

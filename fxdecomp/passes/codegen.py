@@ -25,6 +25,7 @@ from ..core.terms import (
     NodeValue,
     NormStats,
     Source,
+    Taps,
 )
 from ..errors import UnsupportedOpError
 from .expand import OneHot
@@ -54,6 +55,7 @@ class CodeGen:
         self.memo: dict = {}
         self.buffers: dict = {}
         self.folded: dict = {}  # constants reshaped/indexed at compile time
+        self.plans: dict = {}  # contraction trees by the atoms of a term's operands
 
     # -- graph -----------------------------------------------------------------------------------
     def build(self, groups: list[Group], terms_by_spec: dict, n_components: int) -> fx.GraphModule:
@@ -170,6 +172,12 @@ class CodeGen:
         atoms = f.atoms
         if all(len(axis) == 1 for axis in f.axes):
             return f.source, atoms
+        if isinstance(f.source, Taps):
+            sizes = tuple(a.size for a in atoms)
+            key = (id(f.source), "atomized", sizes)
+            if key not in self.folded:
+                self.folded[key] = f.source.reshaped(sizes)
+            return self.folded[key], atoms
         if isinstance(f.source, Constant):
             sizes = [a.size for a in atoms]
             return self._fold(f.source, ("atomized", tuple(sizes)), lambda t: t.reshape(sizes)), atoms
@@ -211,10 +219,17 @@ class CodeGen:
         present = tuple(a for a in want if a in sizes)
         mask = tuple(a in sizes for a in want)
         keys = [(s, a) for s, a in ops]
-        tree = plan([(k, k[1]) for k in keys], present, sizes, set(self.memo))
+        gathers = {i: a[-1] for i, (s, a) in enumerate(keys) if _gatherable(s, a)}
+        # Terms of one head's source tokens differ only in which token they select: same atoms,
+        # same plan (its token-free products are shared through the memo).
+        shape = (tuple(a for _, a in keys), present, tuple(gathers))
+        tree = self.plans.get(shape)
+        if tree is None:
+            tree = self.plans[shape] = plan([(k, k[1]) for k in keys], present, sizes, self.memo.keys(), gathers)
         start, count, view_shape = slot
         head = (buf, start, count, view_shape, mask)
-        if isinstance(tree, Pair) and subset_key([keys[i] for i in leaves_of(tree)], tree.atoms) not in self.memo:
+        if (isinstance(tree, Pair) and self._gather_side(tree, keys) is None
+                and subset_key([keys[i] for i in leaves_of(tree)], tree.atoms) not in self.memo):
             (lnode, latoms) = self._emit_tree(tree.left, keys, slug)
             (rnode, ratoms) = self._emit_tree(tree.right, keys, slug)
             eq = self._equation([latoms, ratoms], present)
@@ -233,11 +248,43 @@ class CodeGen:
         key = subset_key([keys[i] for i in leaves_of(tree)], tree.atoms)
         hit = self.memo.get(key)
         if hit is None:
-            left = self._emit_tree(tree.left, keys, slug)
-            right = self._emit_tree(tree.right, keys, slug)
-            hit = (self._einsum([left, right], tree.atoms, slug), tree.atoms)
+            side = self._gather_side(tree, keys)
+            if side is not None:
+                taps, other = side
+                hit = self._gather(self._emit_tree(other, keys, slug), keys[taps.index], tree.atoms, slug)
+            else:
+                left = self._emit_tree(tree.left, keys, slug)
+                right = self._emit_tree(tree.right, keys, slug)
+                hit = (self._einsum([left, right], tree.atoms, slug), tree.atoms)
             self.memo[key] = hit
         return hit
+
+    def _gather_side(self, tree, keys):
+        """(taps leaf, other subtree) when one side of ``tree`` is a convolution's taps
+        whose input atom is summed here: applied as an index, not as a product."""
+        for taps, other in ((tree.left, tree.right), (tree.right, tree.left)):
+            if isinstance(taps, Leaf):
+                src, atoms = keys[taps.index]
+                if (_gatherable(src, atoms) and atoms[-1] not in tree.atoms
+                        and atoms[-1] in {a for i in leaves_of(other) for a in keys[i][1]}):
+                    return taps, other
+        return None
+
+    def _gather(self, operand, taps_key, out_atoms, slug):
+        """``operand`` times a taps tensor S[out, (tap,) in], by gathering along ``in``."""
+        node, atoms = operand
+        src, t_atoms = taps_key
+        n_out, k, _n_in, stride, pad, dil = src.geometry
+        dim = atoms.index(t_atoms[-1])
+        node = self.graph.call_function(kernels.tap_gather, (node, dim, n_out, k, stride, pad, dil),
+                                        name=f"taps_{slug}")
+        new = t_atoms[:-1]
+        if len(t_atoms) == 2:  # a kernel of size one along this axis: drop its tap dim
+            node = self.graph.call_function(torch.squeeze, (node, dim + 1), name=f"taps_{slug}")
+        atoms = atoms[:dim] + tuple(new) + atoms[dim + 1:]
+        if atoms != tuple(out_atoms):
+            node = self._einsum([(node, atoms)], out_atoms, slug)
+        return node, tuple(out_atoms)
 
     def _equation(self, operand_atoms, out_atoms) -> str:
         letters: dict = {}
@@ -258,6 +305,14 @@ class CodeGen:
     def _einsum(self, operands, out_atoms, slug):
         eq = self._equation([a for _, a in operands], out_atoms)
         return self.graph.call_function(torch.einsum, (eq, *[n for n, _ in operands]), name=f"ein_{slug}")
+
+
+def _gatherable(src, atoms) -> bool:
+    """Taps whose atoms are (out, tap, in), or (out, in) for a kernel of size one."""
+    if not isinstance(src, Taps):
+        return False
+    n_out, k = src.geometry[:2]
+    return len(atoms) == 3 or (len(atoms) == 2 and k == 1 and n_out > 1)
 
 
 def _schedule_early(graph: fx.Graph, forward_nodes: set) -> None:

@@ -37,6 +37,7 @@ from ..core.terms import (
     NodeValue,
     NormStats,
     Piece,
+    Taps,
     Term,
     resolve_in,
 )
@@ -62,6 +63,10 @@ def _nonzero_at_zero(node: fx.Node) -> bool:
     except Exception:  # an op that cannot run on a stand-in: keep the offset
         return True
     return not isinstance(value, torch.Tensor) or bool((value != 0).any())
+
+
+#: ops that join a residual branch back onto the stream
+RESIDUAL_JOINS = (torch.ops.aten.add.Tensor, torch.ops.aten.sub.Tensor)
 
 
 class OneHot(Constant):
@@ -146,6 +151,13 @@ class LinCtx:
             c = Constant(make(), name)
             self._constants[key] = c
         return c
+
+    def taps(self, n_out: int, k: int, n_in: int, stride: int, pad: int, dilation: int) -> Taps:
+        key = ("conv_taps", n_out, k, n_in, stride, pad, dilation)
+        hit = self._constants.get(key)
+        if hit is None:
+            hit = self._constants[key] = Taps(n_out, k, n_in, stride, pad, dilation)
+        return hit
 
     def onehots(self, axis, index: int) -> list:
         out = []
@@ -262,17 +274,18 @@ class Expander:
         return [a for a in node.all_input_nodes if is_varying(self.kinds, a)]
 
     def _linear_branches_are_leaves(self, node) -> None:
-        """At a residual join ``x + b(x)`` whose branch ``b`` is affine in the stream (ResMLP's
-        token mixing is one linear layer), the branch is still a component of its own: its
-        output is the leaf. Walking through it would double every earlier component's terms
-        at each such block."""
+        """At a residual join ``x + b(x)`` whose branch ``b`` is affine in the stream once norms
+        are frozen (ResMLP's token mixing is one linear layer; PoolFormer's is
+        ``pool(norm(x)) - norm(x)``), the branch is still a component of its own: its output is
+        the leaf. Walking through it would double every earlier component's terms at each
+        such block."""
         if node not in self.stream:
             return
         moving = self._moving(node)
         if len(moving) < 2 or not any(a in self.stream for a in moving):
             return
         for a in moving:
-            if a not in self.stream and a not in self.memo and self.aff.affine.get(a, False):
+            if a not in self.stream and a not in self.memo and self.aff.frozen_affine.get(a, False):
                 self.memo[a] = [self._leaf_term(self._new("branch", a, leaf=a), a)]
 
     def _only_stream_before(self, node) -> bool:
@@ -329,7 +342,24 @@ class Expander:
         """A frozen product the walk passes through: on the stream (an explicit norm, a
         gate), or reading the stream through linear ops only (an attention pooling with a
         learned query reads the stream directly: a readout, not a branch)."""
-        return node in self.stream or self.aff.affine.get(carried, False)
+        if node in self.stream:
+            return True
+        return self.aff.affine.get(carried, False) and not self._in_residual_branch(node)
+
+    def _in_residual_branch(self, node) -> bool:
+        """``node``'s segment ends in a sum that a path avoiding ``node`` also reaches (the
+        skip of ``x + f(x)``): it is a branch, even when it reads the stream through linear
+        ops only (Swin V2's attention, whose norm comes after it). Walking through it would
+        double every earlier component's terms at each block. A readout concatenated with
+        other features is not a residual join."""
+        seg = self.stream.segment.get(node)
+        if seg is None or seg + 1 >= len(self.stream.nodes):
+            return False
+        end = self.stream.nodes[seg + 1]
+        if end.op != "call_function" or end.target not in RESIDUAL_JOINS:
+            return False
+        below = nx.descendants(self.stream.graph, node) | {node}
+        return any(a not in below for a in self.stream.graph.predecessors(end))
 
     def _norm_passes(self, node, rule) -> bool:
         if node in self.stream:

@@ -119,7 +119,7 @@ def _kind(spec: ComponentSpec, nodes) -> str:
         return "attn"
     for n in nodes:
         kernels = n.meta.get("fxd_conv_kernels")
-        if kernels and any(k for k in kernels):
+        if (kernels and any(k for k in kernels)) or n.meta.get("fxd_spatial_mixing"):
             return "conv"
     return "mlp"
 

@@ -166,18 +166,7 @@ class ConvRule(UnaryRule):
             if kernels[i] is None and g["k"] == 1 and g["s"] == 1 and g["p"] == 0:
                 pass_atoms |= set(xa[2 + i])
                 continue
-            key = ("conv_taps", g["n_out"], g["k"], g["n_in"], g["s"], g["p"], g["d"])
-
-            def make(g=g):
-                m = torch.zeros(g["n_out"], g["k"], g["n_in"], dtype=torch.float64)
-                for o in range(g["n_out"]):
-                    for t in range(g["k"]):
-                        i_ = o * g["s"] - g["p"] + t * g["d"]
-                        if 0 <= i_ < g["n_in"]:
-                            m[o, t, i_] = 1.0
-                return m
-
-            taps = ctx.constant(key, make, f"taps_k{g['k']}s{g['s']}")
+            taps = ctx.taps(g["n_out"], g["k"], g["n_in"], g["s"], g["p"], g["d"])
             k_axis = tuple(ctx.resolve(kernels[i])) if kernels[i] else ()
             factors.append(Factor(taps, (out[2 + i], k_axis, _ins(xa[2 + i]))))
         pieces = []

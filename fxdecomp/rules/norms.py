@@ -145,7 +145,75 @@ class BatchNormRule(UnaryRule):
         return _bn_linearize(node, x, w, b, rm, rv, eps, ctx)
 
 
-@rules_for(aten.native_layer_norm, aten.native_group_norm, aten.group_norm)
+def _group_norm_linearize(node, x, groups, w, b, eps, ctx):
+    """``(x - mean_g(x)) · rstd_g · w + b`` with the group statistics frozen: the identity
+    and the group mean are two pieces, the mean written as a sum over the group's channels
+    and over every position, broadcast back (rank one per position axis, so nothing of
+    size positions² is built)."""
+    xa = ctx.axes(x)
+    lead, ch, pos = xa[0], xa[1], xa[2:]
+    shape = ctx.shape(x)
+    c = shape[1]
+    n = (c // groups) * prod(shape[2:])
+
+    def member():
+        g = torch.arange(c) // (c // groups)
+        return (g[:, None] == g[None, :]).to(torch.float64) / n
+
+    eps = 1e-5 if eps is None else float(eps)
+    rstd = ctx.derived(kernels.group_rstd, (ctx.value(x), int(groups), eps), name=f"group_rstd_{node.name}")
+    scale = [Factor(rstd, (lead, ch) + ((),) * len(pos))]
+    if isinstance(w, fx.Node):
+        scale.append(Factor(ctx.value(w), (ch,)))
+    mean = [Factor(ctx.constant(("group_mean", c, groups, n), member, f"group_mean{c}"),
+                   (ch, tuple(In(a) for a in ch)))]
+    for axis in pos:
+        size = prod(a.size for a in axis)
+        ones = ctx.constant(("ones", size), lambda: torch.ones(size, dtype=torch.float64), "ones")
+        mean += [Factor(ones, (tuple(In(a) for a in axis),)), Factor(ones, (axis,))]
+    pieces = [Piece(arg=x, factors=list(scale), passthrough=frozenset(ctx.atoms(x))),
+              Piece(arg=x, factors=mean + scale, passthrough=frozenset(lead), coef=-1.0)]
+    if isinstance(b, fx.Node):
+        pieces.append(Piece(const=Factor(ctx.value(b), (ch,)), passthrough=frozenset(ch), label=ctx.param_name(b)))
+    return Linearization(pieces)
+
+
+@rules_for(aten.group_norm)
+class GroupNormRule(UnaryRule):
+    """GroupNorm (channels first) with its per-sample group statistics frozen."""
+
+    kind = NORM
+
+    def axes(self, node, ax):
+        return _bn_axes(node, ax, node.args[2:4])
+
+    def linearize(self, node, ctx):
+        x, groups, w, b, eps = (list(node.args) + [None] * 5)[:5]
+        return _group_norm_linearize(node, x, groups, w, b, eps, ctx)
+
+
+@rules_for(aten.native_group_norm)
+class NativeGroupNormRule(TupleRule):
+    """``native_group_norm(x, w, b, N, C, HxW, groups, eps)``: item 0 as GroupNorm; the
+    saved mean and rstd are statistics, not part of the stream."""
+
+    kind = NORM
+
+    def axes(self, node, ax):
+        out = _bn_axes(node, ax, node.args[1:3])
+        return [out, ax.fresh_like(node, 1), ax.fresh_like(node, 2)]
+
+    def item_kind(self, node, i):
+        return NORM if i == 0 else "nonlinear"
+
+    def item_linearize(self, node, i, item, ctx):
+        if i != 0:
+            raise ctx.unsupported(item, "it reads GroupNorm's saved statistics")
+        x, w, b, _n, _c, _hw, groups, eps = node.args[:8]
+        return _group_norm_linearize(node, x, groups, w, b, eps, ctx)
+
+
+@rules_for(aten.native_layer_norm)
 class UnsupportedNormRule(TupleRule):
     """Norms whose frozen form is not implemented yet: fine inside branches,
     refused where the decomposition would have to pass through them."""
@@ -153,10 +221,7 @@ class UnsupportedNormRule(TupleRule):
     kind = NORM
 
     def axes(self, node, ax):
-        xa = list(ax.axes(node.args[0]))
-        if "native" in str(node.target):
-            return [xa, ax.fresh_like(node, 1), ax.fresh_like(node, 2)]
-        return xa
+        return [list(ax.axes(node.args[0])), ax.fresh_like(node, 1), ax.fresh_like(node, 2)]
 
     def item_axes(self, node, i, ax):
         return self.axes(node, ax)[i]
@@ -165,7 +230,4 @@ class UnsupportedNormRule(TupleRule):
         return NORM if i == 0 else "nonlinear"
 
     def item_linearize(self, node, i, item, ctx):
-        raise ctx.unsupported(node, f"decomposing through {node.target} is not implemented yet")
-
-    def linearize(self, node, ctx):
         raise ctx.unsupported(node, f"decomposing through {node.target} is not implemented yet")

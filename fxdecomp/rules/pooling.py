@@ -22,7 +22,9 @@ def _per_dim(v, n: int) -> list:
 
 
 def _pool_axes(node, ax, n_spatial: int):
-    """Leading (batch, channel) atoms kept; every changed spatial axis gets a fresh grid atom."""
+    """Leading (batch, channel) atoms kept; every changed spatial axis gets a fresh grid atom.
+    Marks the node as mixing positions (a branch holding it is of kind ``conv``)."""
+    node.meta["fxd_spatial_mixing"] = True
     src = list(ax.axes(node.args[0]))
     in_shape, out_shape = ax.shape(node.args[0]), ax.shape(node)
     keys = KEYS.get(n_spatial, tuple(f"dim{i}" for i in range(n_spatial)))
