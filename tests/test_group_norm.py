@@ -61,3 +61,24 @@ def test_affine_branches_behind_a_norm_are_components():
     # conv block, three pooling mixers, the MLP
     assert len(branches) == 5, [c.name for c in dm.components]
     assert {c.module_type for c in dm.components if c.kind == "bias"} >= {"GroupNorm"}
+
+
+class NativeGroupNorm(nn.GroupNorm):
+    """GroupNorm through ``native_group_norm``, the form some exports lower it to."""
+
+    def forward(self, x):
+        n, c = x.shape[:2]
+        return torch.ops.aten.native_group_norm.default(x, self.weight, self.bias, n, c, x[0, 0].numel(),
+                                                        self.num_groups, self.eps)[0]
+
+
+def test_native_group_norm_on_the_stream_is_exact():
+    torch.manual_seed(1)
+    model = GroupNet(4).eval()
+    model.stream_norm = NativeGroupNorm(4, 16)
+    jitter_(model, scale=0.3, seed=1)
+    x = images((3, 32, 32), batch=2)
+    dm = fxdecomp.decompose(model, "block", input_size=(3, 32, 32))
+    with torch.no_grad():
+        assert rel_err(dm(x).total(), model(x)) <= bound(torch.float32)
+    assert "stream_norm.bias" in {c.name for c in dm.components}

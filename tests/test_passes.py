@@ -79,6 +79,29 @@ def test_stream_is_the_chain_of_residual_adds():
     assert [n in stream for n in norms] == [False] * 6 + [True]  # only the final norm is on the stream
 
 
+class _ShapeOnlyUse(torch.nn.Module):
+    """``bn(y.flatten(0, 1)).reshape_as(y)``: ``y`` feeds reshape_as for its shape only."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear, self.bn = torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8)
+
+    def forward(self, x):
+        y = self.linear(x.flatten(2).transpose(1, 2))
+        return self.bn(y.flatten(0, 1)).reshape_as(y).mean(1)
+
+
+def test_a_shape_only_use_keeps_the_stream_on_the_data_path():
+    model = _ShapeOnlyUse().eval()
+    x = torch.randn(2, 8, 4, 4)
+    gm, _ = trace(model, x)
+    propagate(gm, x)
+    kinds, inp = classify_values(gm)
+    stream = find_stream(gm, kinds, inp)
+    flat = [n for n in gm.graph.nodes if n.op == "call_function" and "flatten" in str(n.target)]
+    assert flat and all(n in stream for n in flat)  # not bypassed through reshape_as's shape argument
+
+
 def test_affinity_marks_values_shallower_than_weights():
     _, gm, kinds, inp, table, stream, aff = _run(depth=1)
     lin = _nodes(gm, aten.linear.default)

@@ -111,3 +111,34 @@ def test_class_token_readout_lists_only_direct_paths():
     assert "embed" not in cls_kinds and "embed" in avg_kinds
     names = fxdecomp.decompose(cls_model).components.names
     assert "cls_token" in names and "patch_embed.proj.bias" not in names
+
+
+class LinearNorm(nn.Module):
+    """Linear then BatchNorm over flattened tokens, shaped back with ``reshape_as`` of the
+    linear's output (as in LeViT): a use of that output for its shape only."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.linear, self.bn = nn.Linear(d, d), nn.BatchNorm1d(d)
+
+    def forward(self, x):
+        y = self.linear(x)
+        return self.bn(y.flatten(0, 1)).reshape_as(y)
+
+
+def test_a_shape_only_use_does_not_hide_a_collapse():
+    """The stream runs through ``LinearNorm`` and then an activation: that must be reported
+    as a collapse (or linearised), not turned silently into one 'branch' component."""
+    model = tower(nn.Identity())
+    model.act = nn.Sequential(LinearNorm(8), nn.Hardswish(), LinearNorm(8))
+    model.pre_logits = nn.Linear(8, 8)
+    jitter_(model.eval(), scale=0.3)
+    with pytest.warns(fxdecomp.CollapseWarning, match="hardswish"):
+        collapsed = fxdecomp.decompose(model, "block", input_size=(3, 16, 16))
+    assert collapsed.collapsed
+    dm = fxdecomp.decompose(model, "block", input_size=(3, 16, 16), linearize=True)
+    x = images(dm)
+    with torch.no_grad():
+        assert rel_err(dm(x).total(), model(x)) <= 1e-5
+    assert any("hardswish" in op for op in dm.linearised)
+    assert [c.kind for c in dm.components].count("mlp") == 2  # the two residual blocks
