@@ -49,6 +49,20 @@ def assert_regroups(outs: dict, ref: torch.Tensor, dtype: torch.dtype) -> None:
         torch.testing.assert_close(grouped.contributions, outs[coarse].contributions, **tol)
 
 
+def exact_at_every_granularity(model: torch.nn.Module, x: torch.Tensor,
+                               granularities=("block", "head", "token")) -> tuple[torch.Tensor, dict]:
+    """(the model's output, {granularity: decomposition of x}), each decomposition checked to
+    sum to that output within the dtype's bound."""
+    import fxdecomp
+
+    with torch.no_grad():
+        ref = model(x)
+        outs = {g: fxdecomp.decompose(model, g, input_size=tuple(x.shape[1:]))(x) for g in granularities}
+    for g, out in outs.items():
+        assert rel_err(out.total(), ref) <= bound(x.dtype), g
+    return ref, outs
+
+
 def small_vit(seed: int = 0, **kw) -> torch.nn.Module:
     cfg = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=0)
     cfg.update(kw)

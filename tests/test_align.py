@@ -110,6 +110,22 @@ def test_ortho_penalty_zero_exactly_for_orthogonal_maps(d_model, d_clip):
     assert float(aligner.ortho_penalty().detach()) > 0.1
 
 
+def test_initialisations():
+    """Independent orthogonal maps differ; a common start is one orthogonal map for every
+    component; the small start has std 0.02; anything else is refused by name."""
+    indep, common = CompAlign(3, 16, 8, seed=1), CompAlign(3, 16, 8, seed=1, init="common")
+    small = CompAlign(40, 16, 8, seed=1, init="small")
+    for a in (indep, common):
+        assert float(a.ortho_penalty().detach()) < 1e-10
+    assert not torch.allclose(indep.weight[0], indep.weight[1])
+    assert torch.equal(common.weight[1], common.weight[0]) and torch.equal(common.weight[2], common.weight[0])
+    assert torch.equal(common.weight[0], indep.weight[0])  # the same first draw
+    w = small.weight.detach()
+    assert abs(float(w.std()) - 0.02) < 0.001 and abs(float(w.mean())) < 0.001
+    with pytest.raises(InputError, match="init must be one of"):
+        CompAlign(3, 16, 8, init="identity")
+
+
 def test_ortho_penalty_value():
     """‖WᵀW − I‖² / (n · r): for W = 2·I_2 (n = 1), WᵀW − I = 3·I, so 18 / 2."""
     aligner = CompAlign(1, 2, 2, lam=1.0)

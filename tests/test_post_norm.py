@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 import fxdecomp
-from conftest import bound, images, jitter_, rel_err
+from conftest import bound, exact_at_every_granularity, images, jitter_, rel_err
 
 
 class PostNormBlock(nn.Module):
@@ -40,12 +40,7 @@ class PostNormViT(nn.Module):
 def test_post_norm_attention_is_a_branch_with_heads(dtype):
     torch.manual_seed(0)
     model = jitter_(PostNormViT().eval(), scale=0.2).to(dtype)
-    x = images((3, 32, 32), batch=2, dtype=dtype)
-    with torch.no_grad():
-        ref = model(x)
-        outs = {g: fxdecomp.decompose(model, g, input_size=(3, 32, 32))(x) for g in ("block", "head", "token")}
-    for g, out in outs.items():
-        assert rel_err(out.total(), ref) <= bound(dtype), g
+    _, outs = exact_at_every_granularity(model, images((3, 32, 32), batch=2, dtype=dtype))
     block = [c for c in outs["block"].components if c.kind != "bias"]
     assert [c.kind for c in block].count("attn") == 4 and [c.kind for c in block].count("mlp") == 4
     heads = [c for c in outs["head"].components if c.kind == "attn"]

@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-import fxdecomp
-from conftest import bound, images, jitter_, rel_err
+from conftest import bound, exact_at_every_granularity, images, jitter_
 
 
 class Rms(nn.Module):
@@ -126,12 +125,7 @@ def braid(seed=0):
 def test_braid_decomposes_exactly_at_every_granularity():
     for dtype in (torch.float32, torch.float64):
         model = braid().to(dtype)
-        x = images((3, 16, 16), batch=3, dtype=dtype)
-        with torch.no_grad():
-            ref = model(x)
-            outs = {g: fxdecomp.decompose(model, g, input_size=(3, 16, 16))(x) for g in ("block", "head", "token")}
-        for g, out in outs.items():
-            assert rel_err(out.total(), ref) <= bound(dtype), g
+        ref, outs = exact_at_every_granularity(model, images((3, 16, 16), batch=3, dtype=dtype))
         block = outs["block"].components
         # the stem (with its nonlinearity) is the embedding; each strand has two branches
         assert [c.kind for c in block].count("embed") == 1

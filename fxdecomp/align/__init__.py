@@ -7,7 +7,7 @@ property and ``clip_scores`` is the baseline it is checked against. See docs/ALI
 """
 from .aligned import Aligned
 from .clip_space import ClipSpace, open_clip_templates, world_templates
-from .compalign import VARIANTS, CompAlign, train_aligner
+from .compalign import INITS, VARIANTS, CompAlign, train_aligner
 from .describe import describe, textspan
 from .features import Features, Stream, collect
 from .probes import auc, probe_accuracy, value_aucs
@@ -15,7 +15,7 @@ from .representation import representation
 from .scores import clip_scores, correlation, property_scores, rankdata, spearman
 
 __all__ = [
-    "VARIANTS", "Aligned", "ClipSpace", "CompAlign", "Features", "Stream", "auc", "clip_scores", "collect",
+    "INITS", "VARIANTS", "Aligned", "ClipSpace", "CompAlign", "Features", "Stream", "auc", "clip_scores", "collect",
     "correlation", "describe", "open_clip_templates", "probe_accuracy", "property_scores", "rankdata",
     "representation", "spearman", "textspan", "train_aligner", "value_aucs", "world_templates",
 ]

@@ -27,6 +27,10 @@ from .aligned import Aligned
 from .features import Features
 
 VARIANTS = ("per_component", "shared")
+#: Starting maps: an independent random (semi-)orthogonal map per component; one random
+#: orthogonal map shared by every component at the start (they then differ only where the data
+#: pulls them apart); or small Gaussian entries (std 0.02), as in the paper's released code.
+INITS = ("orthogonal", "common", "small")
 FORMAT = "fxdecomp.compalign/1"
 
 
@@ -49,14 +53,18 @@ class CompAlign(torch.nn.Module):
             components, i.e. a linear map of the whole representation: the baseline).
         lam: weight λ of the orthogonality penalty (``0``: the unconstrained baseline).
         clip_name, model_name: recorded when saved, checked by ``load``.
-        seed: for the (orthogonal) initialisation.
+        seed: for the initialisation.
+        init: the starting maps, one of ``INITS`` (default ``"orthogonal"``).
     """
 
     def __init__(self, components, d_model: int, d_clip: int, *, variant: str = "per_component", lam: float = 1.0,
-                 clip_name: str | None = None, model_name: str | None = None, seed: int = 0):
+                 clip_name: str | None = None, model_name: str | None = None, seed: int = 0,
+                 init: str = "orthogonal"):
         super().__init__()
         if variant not in VARIANTS:
             raise InputError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        if init not in INITS:
+            raise InputError(f"init must be one of {INITS}, got {init!r}")
         if lam < 0:
             raise InputError(f"lam must be >= 0, got {lam}")
         self.names = _names(components)
@@ -68,8 +76,14 @@ class CompAlign(torch.nn.Module):
         n = 1 if variant == "shared" else len(self.names)
         weight = torch.empty(n, self.d_model, self.d_clip)
         g = torch.Generator().manual_seed(seed)
-        for w in weight:
-            _orthogonal_(w, g)
+        if init == "small":
+            weight.normal_(0.0, 0.02, generator=g)
+        elif init == "common":
+            _orthogonal_(weight[0], g)
+            weight[1:] = weight[0]
+        else:
+            for w in weight:
+                _orthogonal_(w, g)
         self.weight = torch.nn.Parameter(weight)
         self.bias = torch.nn.Parameter(torch.zeros(self.d_clip))
 

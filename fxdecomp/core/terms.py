@@ -83,6 +83,10 @@ class Constant(Source):
     def __repr__(self) -> str:
         return f"Constant({self.name}, {tuple(self.tensor.shape)})"
 
+    def reshaped(self, sizes) -> "Constant":
+        """The same constant with size-1 axes dropped or kept (``sizes`` from atomizing)."""
+        return Constant(self.tensor.reshape(sizes), self.name)
+
 
 class Taps(Constant):
     """A convolution's 0/1 tap tensor S[out, tap, in] along one spatial axis

@@ -172,31 +172,26 @@ class CodeGen:
         atoms = f.atoms
         if all(len(axis) == 1 for axis in f.axes):
             return f.source, atoms
-        if isinstance(f.source, Taps):
+        if isinstance(f.source, Constant):  # a Taps stays a Taps, geometry included
             sizes = tuple(a.size for a in atoms)
-            key = (id(f.source), "atomized", sizes)
-            if key not in self.folded:
-                self.folded[key] = f.source.reshaped(sizes)
-            return self.folded[key], atoms
-        if isinstance(f.source, Constant):
-            sizes = [a.size for a in atoms]
-            return self._fold(f.source, ("atomized", tuple(sizes)), lambda t: t.reshape(sizes)), atoms
+            return self._fold(f.source, ("atomized", sizes), lambda c: c.reshaped(sizes)), atoms
         shape = tuple(-1 if a is self.table.batch else a.size for a in atoms)
         return Derived(kernels.atomize, (f.source, shape), name=f"{f.source.name}_atoms"), atoms
 
     def _fold(self, const: Constant, how: tuple, fn) -> Constant:
-        """``fn`` applied to a structural constant at compile time (shared between terms)."""
+        """``fn(const)``, a new constant made at compile time (shared between terms)."""
         key = (id(const),) + how
         hit = self.folded.get(key)
         if hit is None:
-            hit = self.folded[key] = Constant(fn(const.tensor), const.name)
+            hit = self.folded[key] = fn(const)
         return hit
 
     def _select(self, src: Source, atoms: tuple, atom, index: int) -> tuple[Source, tuple]:
         dim = atoms.index(atom)
         rest = atoms[:dim] + atoms[dim + 1:]
         if isinstance(src, Constant):
-            return self._fold(src, ("select", dim, index), lambda t: t.select(dim, index)), rest
+            return self._fold(src, ("select", dim, index),
+                              lambda c: Constant(c.tensor.select(dim, index), c.name)), rest
         if isinstance(src, AttentionWeights) and src.row is None and dim == len(atoms) - 2:
             return AttentionWeights(src.q, src.k, src.mask, src.scale, src.causal, index), rest
         return Derived(torch.select, (src, dim, index), name=f"{src.name}_at{index}"), rest
