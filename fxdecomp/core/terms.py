@@ -9,6 +9,7 @@ is ever materialised.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -84,8 +85,11 @@ class Constant(Source):
         return f"Constant({self.name}, {tuple(self.tensor.shape)})"
 
     def reshaped(self, sizes) -> "Constant":
-        """The same constant with size-1 axes dropped or kept (``sizes`` from atomizing)."""
-        return Constant(self.tensor.reshape(sizes), self.name)
+        """The same constant (class and all) with size-1 axes dropped or kept (``sizes`` from
+        atomizing)."""
+        out = copy.copy(self)
+        out.tensor = self.tensor.reshape(sizes)
+        return out
 
 
 class Taps(Constant):
@@ -103,13 +107,6 @@ class Taps(Constant):
                 if 0 <= i < n_in:
                     m[o, t, i] = 1.0
         super().__init__(m, f"taps_k{k}s{stride}")
-
-    def reshaped(self, sizes) -> "Taps":
-        """The same taps with size-1 axes dropped or kept (``sizes`` from atomizing)."""
-        out = Taps.__new__(Taps)
-        Constant.__init__(out, self.tensor.reshape(sizes), self.name)
-        out.geometry = self.geometry
-        return out
 
 
 AxisSpec = tuple  # tuple[Atom | In, ...]

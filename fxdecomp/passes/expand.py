@@ -145,29 +145,25 @@ class LinCtx:
     def scalar(self, v: float) -> Factor:
         return Factor(self.constant(("scalar", v), lambda: torch.tensor(v, dtype=torch.float64), "scalar"), ())
 
-    def constant(self, key, make, name: str) -> Constant:
+    def _shared(self, key, build) -> Constant:
         c = self._constants.get(key)
         if c is None:
-            c = Constant(make(), name)
-            self._constants[key] = c
+            c = self._constants[key] = build()
         return c
 
+    def constant(self, key, make, name: str) -> Constant:
+        return self._shared(key, lambda: Constant(make(), name))
+
     def taps(self, n_out: int, k: int, n_in: int, stride: int, pad: int, dilation: int) -> Taps:
-        key = ("conv_taps", n_out, k, n_in, stride, pad, dilation)
-        hit = self._constants.get(key)
-        if hit is None:
-            hit = self._constants[key] = Taps(n_out, k, n_in, stride, pad, dilation)
-        return hit
+        geometry = (n_out, k, n_in, stride, pad, dilation)
+        return self._shared(("conv_taps",) + geometry, lambda: Taps(*geometry))
 
     def onehots(self, axis, index: int) -> list:
         out = []
         for a in reversed(tuple(axis)):
             i = index % a.size
             index //= a.size
-            oh = self._constants.get(("onehot", a.size, i))
-            if oh is None:
-                oh = OneHot(a.size, i)
-                self._constants[("onehot", a.size, i)] = oh
+            oh = self._shared(("onehot", a.size, i), lambda a=a, i=i: OneHot(a.size, i))
             out.append(Factor(oh, ((In(a),),)))
         return out[::-1]
 

@@ -113,20 +113,37 @@ def _bn_axes(node, ax, params):
     return list(xa)
 
 
-@rules_for(aten._native_batch_norm_legit_no_training)
-class BatchNormEvalRule(TupleRule):
-    """BatchNorm in eval mode: its statistics are constants, so it is plain affine."""
+class _SavedStatsRule(TupleRule):
+    """A norm returning (output, saved statistic, saved statistic): the output is the norm
+    (``output``), the statistics are not part of the stream. ``params`` are the arguments
+    (weight, bias, ...) indexed by channel; ``norm`` names it in errors."""
+
+    norm = ""
+    params = slice(0)
 
     def axes(self, node, ax):
-        out = _bn_axes(node, ax, node.args[1:5])
+        out = _bn_axes(node, ax, node.args[self.params])
         return [out, ax.fresh_like(node, 1), ax.fresh_like(node, 2)]
 
     def item_kind(self, node, i):
-        return LINEAR if i == 0 else "nonlinear"
+        return self.kind if i == 0 else "nonlinear"
 
     def item_linearize(self, node, i, item, ctx):
         if i != 0:
-            raise ctx.unsupported(item, "it reads BatchNorm's saved statistics")
+            raise ctx.unsupported(item, f"it reads {self.norm}'s saved statistics")
+        return self.output(node, ctx)
+
+    def output(self, node, ctx) -> Linearization:
+        raise NotImplementedError
+
+
+@rules_for(aten._native_batch_norm_legit_no_training)
+class BatchNormEvalRule(_SavedStatsRule):
+    """BatchNorm in eval mode: its statistics are constants, so it is plain affine."""
+
+    norm, params = "BatchNorm", slice(1, 5)
+
+    def output(self, node, ctx):
         x, w, b, rm, rv, _momentum, eps = node.args[:7]
         return _bn_linearize(node, x, w, b, rm, rv, eps, ctx)
 
@@ -193,22 +210,13 @@ class GroupNormRule(UnaryRule):
 
 
 @rules_for(aten.native_group_norm)
-class NativeGroupNormRule(TupleRule):
+class NativeGroupNormRule(_SavedStatsRule):
     """``native_group_norm(x, w, b, N, C, HxW, groups, eps)``: item 0 as GroupNorm; the
     saved mean and rstd are statistics, not part of the stream."""
 
-    kind = NORM
+    kind, norm, params = NORM, "GroupNorm", slice(1, 3)
 
-    def axes(self, node, ax):
-        out = _bn_axes(node, ax, node.args[1:3])
-        return [out, ax.fresh_like(node, 1), ax.fresh_like(node, 2)]
-
-    def item_kind(self, node, i):
-        return NORM if i == 0 else "nonlinear"
-
-    def item_linearize(self, node, i, item, ctx):
-        if i != 0:
-            raise ctx.unsupported(item, "it reads GroupNorm's saved statistics")
+    def output(self, node, ctx):
         x, w, b, _n, _c, _hw, groups, eps = node.args[:8]
         return _group_norm_linearize(node, x, groups, w, b, eps, ctx)
 
