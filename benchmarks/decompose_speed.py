@@ -60,12 +60,12 @@ class Meter:
         return _rss_peak_mb()
 
 
-def bench(model_name: str, device: torch.device, batch: int, granularity: str, repeats: int) -> dict:
+def bench(model_name: str, device: torch.device, batch: int, granularity: str, repeats: int, seed: int = 0) -> dict:
     import timm
 
     import fxdecomp
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)  # weights and input
     model = timm.create_model(model_name, pretrained=False, num_classes=0).eval().to(device)
     t0 = time.perf_counter()
     dm = fxdecomp.decompose(model, granularity)
@@ -116,6 +116,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--json", type=Path, help="also write the rows here")
+    p.add_argument("--seed", type=int, default=0, help="random weights and input images")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -134,7 +135,7 @@ def main(argv=None) -> int:
         batches = args.batches or ([8, 32] if dev == "cpu" else [8, 32, 64])
         for b in batches:
             for g in args.granularities:
-                r = bench(args.model, torch.device(dev), b, g, args.repeats)
+                r = bench(args.model, torch.device(dev), b, g, args.repeats, args.seed)
                 rows.append(r)
                 print(f"{dev:6s} {b:5d} {g:11s} {r['components']:6d} {r['plain_s']:8.4f} {r['decomposed_s']:8.4f} "
                       f"{r['ratio']:6.2f} {r['images_per_s']:7.1f} {r['plain_peak_mb']:9.0f} "

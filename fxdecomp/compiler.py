@@ -6,7 +6,7 @@ from typing import Iterable
 
 import torch
 
-from .errors import CollapseWarning, InputError
+from .errors import AxisWarning, CollapseWarning, InputError
 from .models_registry.preprocess import input_size_of
 from .module import DecomposedModel
 from .passes.affinity import analyse
@@ -56,27 +56,30 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
     if example is None:
         if input_size is None:
             input_size = input_size_of(model)
-        example = torch.randn(2, *input_size, dtype=dtype, device=device)
+        # a private generator: compiling must not move the caller's random stream
+        gen = torch.Generator().manual_seed(0)
+        example = torch.randn(2, *input_size, generator=gen, dtype=dtype).to(device)
     elif example.shape[0] < 2:
         example = example.expand(2, *example.shape[1:]).clone()
     name = type(model).__name__
 
-    gm, dynamic = trace(model, example)
-    propagate(gm, example)
-    kinds, inp = classify_values(gm)
-    table = AxisAnalysis(gm, kinds).run()
-    stream = find_stream(gm, kinds, inp)
-    aff = analyse(gm, kinds, stream)
-    expander = Expander(gm, kinds, inp, stream, aff, table, linearize=linearize)
-    terms, specs = expander.run()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", CollapseWarning)
-        labels = label(specs, stream)
-    notes = [str(w.message) for w in caught if issubclass(w.category, CollapseWarning)]
-    if notes and not linearize:
-        notes = [n + " Pass linearize=True to decompose through it with its gate frozen." for n in notes]
-    for n in notes:
+    # the passes, in order (each in fxdecomp/passes/, numbered so in its docstring)
+    gm, dynamic = trace(model, example)                          # 1 trace
+    propagate(gm, example)                                       # 2 shapes
+    flow, inp = classify_values(gm)                              # 3 dataflow
+    axis_pass = AxisAnalysis(gm, flow)
+    axes = axis_pass.run()                                       # 4 axes
+    stream = find_stream(gm, flow, inp)                          # 5 stream
+    aff = analyse(gm, flow, stream)                              # 6 affinity (symbolic runs inside)
+    expander = Expander(gm, flow, inp, stream, aff, axes, linearize=linearize)
+    terms, specs = expander.run()                                # 7 expand (7a demand first)
+    axis_pass.check_output(output_node(gm))  # after expand: an op no rule covers on the stream is named there
+    labels = label(specs, stream, axes, expander.joins())        # 8 labels
+    for n in axes.notes:
+        warnings.warn(n, AxisWarning, stacklevel=2)
+    for n in expander.notes:
         warnings.warn(n, CollapseWarning, stacklevel=2)
+    notes = axes.notes + expander.notes
 
     known_layers = sorted({lab.layer for lab in labels if lab.layer is not None})
     if layers is not None:
@@ -86,14 +89,14 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
             raise InputError(f"no layer(s) {sorted(bad)} in {name}; its layers are "
                              f"{known_layers[0]}..{known_layers[-1]}" if known_layers else
                              f"{name} has no layers to split")
-    groups = plan_groups(specs, labels, granularity, layers)
+    groups = plan_groups(specs, labels, granularity, layers)       # 9 granularity
     total = groups[-1].start + groups[-1].count if groups else 0
     by_spec: dict = {}
     for t in terms:
         by_spec.setdefault(t.component.id, []).append(t)
-    cg = CodeGen(gm, inp, output_node(gm), table, dtype, device, nominal_batch=plan_batch)
-    components = component_table(groups, table)
-    fwd = cg.build(groups, by_spec, total)
+    cg = CodeGen(gm, inp, output_node(gm), axes.table, dtype, device, nominal_batch=plan_batch)
+    components = component_table(groups, axes.table)
+    fwd = cg.build(groups, by_spec, total)                       # 10 codegen
     return DecomposedModel(fwd, components, input_shape=tuple(example.shape[1:]), dtype=dtype,
                            granularity=granularity, layers=layers, dynamic_batch=dynamic,
                            example_batch=example.shape[0], model_name=name, notes=notes,

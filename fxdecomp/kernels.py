@@ -174,8 +174,71 @@ def _bmm_plan(sa: str, sb: str, res: str, a, b):
     return pa, pb, (prod(batch), prod(a_only), prod(contracted), prod(b_only))
 
 
-def as_dtype(x, dtype):
-    return x if x.dtype == dtype else x.to(dtype)
+#: functions a pointwise program may call (sympy names)
+POINTWISE_FUNCTIONS = {
+    "exp": torch.exp, "log": torch.log, "tanh": torch.tanh, "Abs": torch.abs, "sin": torch.sin, "cos": torch.cos,
+    "relu": torch.relu, "gelu": torch.nn.functional.gelu, "silu": torch.nn.functional.silu,
+    "hardswish": torch.nn.functional.hardswish, "hardsigmoid": torch.nn.functional.hardsigmoid,
+    "abs": torch.abs, "erf": torch.erf, "softplus": torch.nn.functional.softplus,
+    "mish": torch.nn.functional.mish, "sign": torch.sign,
+}
+
+
+def pointwise(program, like, *values):
+    """Evaluate a pointwise expression (a nested tuple, see ``passes/symbolic.py``) on actual
+    values, broadcast to ``like``'s shape and dtype: a slope or offset read from the
+    symbolic form of a run of pointwise ops."""
+    def ev(p):
+        op = p[0]
+        if op == "arg":
+            v = values[p[1]]
+            return v.to(like.dtype) if not v.is_floating_point() else v
+        if op == "num":
+            return p[1]
+        args = [ev(a) for a in p[1 + (op == "fn"):]]
+        if op == "add":
+            out = args[0]
+            for a in args[1:]:
+                out = out + a
+            return out
+        if op == "mul":
+            out = args[0]
+            for a in args[1:]:
+                out = out * a
+            return out
+        if op == "pow":
+            base, exp = args
+            if not isinstance(base, torch.Tensor) and not isinstance(exp, torch.Tensor):
+                return float(base) ** float(exp)
+            return torch.pow(base, exp)
+        return POINTWISE_FUNCTIONS[p[1]](*args)
+
+    out = ev(program)
+    if not isinstance(out, torch.Tensor):
+        out = torch.tensor(out, dtype=like.dtype, device=like.device)
+    return out.to(like.dtype).expand_as(like)
+
+
+def partial_sum(like, shape, layout, *values):
+    """A component's terms at a stream node, summed: ``like`` (the node's value) viewed with one
+    axis per atom gives the shape; ``layout`` holds, per value, which of those axes it has
+    (it is broadcast over the others) and its coefficient."""
+    full = like.reshape(shape).shape
+    out = None
+    for (mask, coef), v in zip(layout, values):
+        for i, present in enumerate(mask):
+            if not present:
+                v = v.unsqueeze(i)
+        v = v * coef if coef != 1.0 else v
+        out = v if out is None else out + v
+    if out is None:
+        return like.new_zeros(full)
+    return out.expand(full) if out.shape != full else out
+
+
+def as_dtype(x, like):
+    """``x`` in the dtype of ``like`` (the compiled module's dtype buffer)."""
+    return x if x.dtype == like.dtype else x.to(like.dtype)
 
 
 def atomize(x, shape):
@@ -183,16 +246,18 @@ def atomize(x, shape):
     return x.reshape(shape)
 
 
-def new_contributions(images, count, out_shape, dtype):
-    """Uninitialised component-major [count, B, *out_shape] tensor; every slot is written.
+def new_contributions(images, count, out_shape, like):
+    """Uninitialised component-major [count, B, *out_shape] tensor in ``like``'s dtype; every
+    slot is written.
 
     Component-major storage makes each component group's slot contiguous, so
     the last contraction of a term can write into it directly.
     """
-    return images.new_empty((count, images.shape[0]) + tuple(out_shape), dtype=dtype)
+    return images.new_empty((count, images.shape[0]) + tuple(out_shape), dtype=like.dtype)
 
 
 def zero_(out, start, count):
     """Zero a slot of the component-major contributions (a component that is identically zero)."""
     out.narrow(0, start, count).zero_()
     return out
+

@@ -9,6 +9,7 @@ import torch.fx as fx
 from .components import ComponentTable
 from .decomposition import Decomposition
 from .errors import InputError
+from .passes.codegen import DTYPE_REF
 
 
 class DecomposedModel(torch.nn.Module):
@@ -24,9 +25,10 @@ class DecomposedModel(torch.nn.Module):
                  model_name: str, notes: list[str], linearised: list[str] = ()):
         super().__init__()
         self.graph_module = forward_module
+        if not isinstance(getattr(forward_module, DTYPE_REF, None), torch.Tensor):
+            forward_module.register_buffer(DTYPE_REF, torch.empty(0, dtype=dtype), persistent=False)
         self.components = components
         self.input_shape = tuple(input_shape)
-        self.dtype = dtype
         self.granularity = granularity
         self.layers = layers
         self.dynamic_batch = dynamic_batch
@@ -35,6 +37,31 @@ class DecomposedModel(torch.nn.Module):
         self.notes = notes
         #: Stream nonlinearities written as frozen gates (``decompose(..., linearize=True)``).
         self.linearised = list(linearised)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the module computes in (follows ``dm.to(...)``, ``dm.double()``)."""
+        return self._ref().dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._ref().device
+
+    def _ref(self) -> torch.Tensor:
+        return getattr(self.graph_module, DTYPE_REF)
+
+    def _apply(self, fn, recurse=True):
+        """``to``/``double``/``float``/``cuda`` convert everything the module holds: the parameters
+        (the model's own, shared), the model's buffers and every constant of the generated
+        code (kept as buffers). Devices that the traced forward fixed (``torch.zeros(...,
+        device=x.device)`` traced on the CPU) move with it; dtypes the model's code fixes
+        (``torch.arange(..., dtype=torch.float32)``) stay, as they do in the model."""
+        before = self.device
+        out = super()._apply(fn, recurse)
+        after = self.device
+        if after != before:
+            _move_fixed_devices(self.graph_module, before, after)
+        return out
 
     @property
     def collapsed(self) -> bool:
@@ -61,6 +88,7 @@ class DecomposedModel(torch.nn.Module):
                 f"{list(images.shape)}. Resize/crop them with the model's preprocessing "
                 f"(fxdecomp.models_registry.transform_for(model)) or compile for this size with "
                 f"fxdecomp.decompose(model, input_size={tuple(images.shape[1:])}).")
+        self._check_converted()
         if images.dtype != self.dtype:
             raise InputError(
                 f"images are {images.dtype} but {self.model_name} was compiled for {self.dtype}; convert them "
@@ -74,11 +102,26 @@ class DecomposedModel(torch.nn.Module):
                              f"{images.shape[0]} images.")
 
     def _device(self):
-        for t in self.graph_module.parameters():
-            return t.device
-        for t in self.graph_module.buffers():
-            return t.device
-        return None
+        return self.device
+
+    def _check_converted(self) -> None:
+        """The model converted or moved under the compiled module (its parameters are shared,
+        the module's own constants are not): say so, and how to follow."""
+        ref = self._ref()
+        param = next((p for p in self.graph_module.parameters() if p.is_floating_point()), None)
+        if param is None or (param.dtype == ref.dtype and param.device == ref.device):
+            return
+        dev = "cuda" if param.device.type == "cuda" else str(param.device)
+        short = {torch.float64: "dm.double()", torch.float32: "dm.float()", torch.float16: "dm.half()"}
+        hint = f"dm.to('{dev}', {param.dtype})"
+        if param.device == ref.device and param.dtype in short:
+            hint += f" (or {short[param.dtype]})"
+        elif param.dtype == ref.dtype:
+            hint = f"dm.to('{dev}')" + (" (or dm.cuda())" if param.device.type == "cuda" else "")
+        raise InputError(
+            f"the model's parameters are {param.dtype} on {param.device}, but {self.model_name}'s compiled "
+            f"module still holds its own constants as {ref.dtype} on {ref.device}: the model was converted or "
+            f"moved after decompose(). Convert the compiled module the same way: call {hint}.")
 
     def summary(self) -> str:
         counts = Counter(c.kind for c in self.components)
@@ -93,3 +136,25 @@ class DecomposedModel(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.model_name}, granularity={self.granularity!r}, components={len(self.components)}"
+
+
+def _move_fixed_devices(gm: fx.GraphModule, before: torch.device, after: torch.device) -> None:
+    """Rewrite device arguments the trace fixed (factory calls such as ``aten.zeros(...,
+    device=cpu)``) from ``before`` to ``after``."""
+    def swap(v):
+        if isinstance(v, torch.device) and v == before:
+            return after
+        if isinstance(v, (list, tuple)):
+            return type(v)(swap(x) for x in v)
+        return v
+
+    changed = False
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        args, kwargs = swap(node.args), {k: swap(v) for k, v in node.kwargs.items()}
+        if args != node.args or kwargs != node.kwargs:
+            node.args, node.kwargs = args, kwargs
+            changed = True
+    if changed:
+        gm.recompile()

@@ -128,6 +128,10 @@ BEYOND = {
     "resnet50@64": (_timm("resnet50"), True, {"conv", "embed"}),
     "poolformer_s12@64": (_timm("poolformer_s12"), False, {"conv", "mlp", "embed"}),
     "open_clip_ViT-B-32": (_open_clip_named("ViT-B-32"), False, {"attn", "mlp"}),
+    # batch folded into patches (unfold), stacked class tokens, parallel convolutions on the stream
+    "tnt_s_patch16_224@64": (_timm("tnt_s_patch16_224", img_size=64), False, {"attn", "mlp"}),
+    "coat_tiny": (_timm("coat_tiny"), False, {"attn", "mlp", "conv"}),
+    "fastvit_t8@64": (_timm("fastvit_t8"), True, {"conv", "embed"}),
 }
 
 

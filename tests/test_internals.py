@@ -54,6 +54,17 @@ def test_coordinates_follow_concatenation_and_windows():
     assert t.coordinates((wr,)) == [{"row": 0}, {"row": 1}]
 
 
+def test_a_partly_summed_grid_is_placed_on_a_coarser_grid():
+    """A 2x2 token merge keeps the high parts of a row and a column of a flat token axis: each
+    merged token stands for one aligned 2x2 block, so it has a position on the 4x4 grid."""
+    t = AtomTable()
+    rows, cols = t.new(8, ("grid", "row"), "spatial"), t.new(8, ("grid", "col"), "spatial")
+    flat = t.new(64, ("regroup", (rows, cols)), "spatial")
+    r_hi, _, c_hi, _ = t.refine(flat, [4, 2, 4, 2])
+    recs = t.coordinates((r_hi, c_hi))
+    assert recs == [{"row": r, "col": c} for r in range(4) for c in range(4)]
+
+
 def _random_network(rng: random.Random):
     atoms = [f"i{k}" for k in range(rng.randint(3, 7))]
     size = {a: rng.randint(2, 4) for a in atoms}
@@ -65,10 +76,8 @@ def _random_network(rng: random.Random):
     return ops, out, size
 
 
-@pytest.mark.parametrize("seed", range(25))
-def test_planned_contraction_equals_einsum(seed):
-    rng = random.Random(seed)
-    ops, out, size = _random_network(rng)
+def _check_plan(ops, out, size):
+    """The planned pairwise contraction tree computes what one einsum over all operands does."""
     letters = {a: chr(97 + i) for i, a in enumerate(sorted(size))}
     tensors = [torch.randn(*[size[a] for a in o], dtype=torch.float64) for o in ops]
     expect = torch.einsum(",".join("".join(letters[a] for a in o) for o in ops) + "->" +
@@ -87,6 +96,25 @@ def test_planned_contraction_equals_einsum(seed):
     got, atoms = run(tree)
     got = torch.einsum("".join(letters[a] for a in atoms) + "->" + "".join(letters[a] for a in out), got)
     torch.testing.assert_close(got, expect)
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_planned_contraction_equals_einsum(seed):
+    rng = random.Random(seed)
+    ops, out, size = _random_network(rng)
+    _check_plan(ops, out, size)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_long_networks_are_planned_correctly(seed):
+    """More operands than the exact planner takes: the greedy tree or the walk's own order."""
+    rng = random.Random(100 + seed)
+    atoms = [f"i{k}" for k in range(14)]
+    size = {a: rng.randint(2, 3) for a in atoms}
+    ops = [tuple(rng.sample(atoms, rng.randint(1, 3))) for _ in range(rng.randint(11, 16))]
+    used = sorted({a for o in ops for a in o})
+    out = tuple(a for a in used if rng.random() < 0.3)
+    _check_plan(ops, out, size)
 
 
 def test_planner_selects_before_multiplying():

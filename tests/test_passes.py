@@ -27,11 +27,11 @@ def _traced(**kw):
 
 def _run(**kw):
     model, gm, _ = _traced(**kw)
-    kinds, inp = classify_values(gm)
-    table = AxisAnalysis(gm, kinds).run()
-    stream = find_stream(gm, kinds, inp)
-    aff = analyse(gm, kinds, stream)
-    return model, gm, kinds, inp, table, stream, aff
+    flow, inp = classify_values(gm)
+    axes = AxisAnalysis(gm, flow).run()
+    stream = find_stream(gm, flow, inp)
+    aff = analyse(gm, flow, stream)
+    return model, gm, flow, inp, axes, stream, aff
 
 
 def _nodes(gm, target):
@@ -47,17 +47,18 @@ def test_trace_keeps_batch_dynamic_and_attention_whole():
 
 def test_dataflow_separates_image_parameters_and_shapes():
     _, gm, _ = _traced(depth=1)
-    kinds, inp = classify_values(gm)
-    assert kinds[inp] == INPUT
-    assert {kinds[n] for n in gm.graph.nodes if n.op == "get_attr"} == {PARAM}
-    assert all(kinds[n] == SHAPE for n in _nodes(gm, aten.sym_size.int))
+    flow, inp = classify_values(gm)
+    assert flow[inp] == INPUT
+    assert {flow[n] for n in gm.graph.nodes if n.op == "get_attr"} == {PARAM}
+    assert all(flow[n] == SHAPE for n in _nodes(gm, aten.sym_size.int))
     expand = _nodes(gm, aten.expand.default)[0]  # the class token broadcast to the batch
-    assert kinds[expand] == CONST
-    assert kinds[_nodes(gm, aten.linear.default)[0]] == VARYING
+    assert flow[expand] == CONST
+    assert flow[_nodes(gm, aten.linear.default)[0]] == VARYING
 
 
 def test_axes_tie_heads_and_tokens_together():
-    _, gm, kinds, inp, table, _, _ = _run(depth=1, num_heads=4, embed_dim=32)
+    _, gm, flow, inp, axes, _, _ = _run(depth=1, num_heads=4, embed_dim=32)
+    table = axes.table
     sdpa = _nodes(gm, aten.scaled_dot_product_attention.default)[0]
     q, k, v = sdpa.args[:3]
     b, h, n, e = v.meta["fxd_atoms"]
@@ -70,9 +71,9 @@ def test_axes_tie_heads_and_tokens_together():
 
 
 def test_stream_is_the_chain_of_residual_adds():
-    _, gm, kinds, inp, table, stream, _ = _run(depth=3)
+    _, gm, flow, inp, _, stream, _ = _run(depth=3)
     adds = [n for n in stream.nodes if n.target == aten.add.Tensor and len(n.all_input_nodes) == 2
-            and all(kinds[a] == VARYING for a in n.all_input_nodes)]
+            and all(flow[a] == VARYING for a in n.all_input_nodes)]
     assert len(adds) == 6  # attention and MLP joins of three blocks
     assert stream.nodes[0] is inp
     norms = _nodes(gm, aten.layer_norm.default)
@@ -96,25 +97,25 @@ def test_a_shape_only_use_keeps_the_stream_on_the_data_path():
     x = torch.randn(2, 8, 4, 4)
     gm, _ = trace(model, x)
     propagate(gm, x)
-    kinds, inp = classify_values(gm)
-    stream = find_stream(gm, kinds, inp)
+    flow, inp = classify_values(gm)
+    stream = find_stream(gm, flow, inp)
     flat = [n for n in gm.graph.nodes if n.op == "call_function" and "flatten" in str(n.target)]
     assert flat and all(n in stream for n in flat)  # not bypassed through reshape_as's shape argument
 
 
 def test_affinity_marks_values_shallower_than_weights():
-    _, gm, kinds, inp, table, stream, aff = _run(depth=1)
+    _, gm, flow, inp, _, stream, aff = _run(depth=1)
     lin = _nodes(gm, aten.linear.default)
     qkv, fc1 = lin[0], lin[2]
     assert not aff.affine[qkv]  # behind the norm that starts the branch
     norm1 = _nodes(gm, aten.layer_norm.default)[0]
-    assert not aff.linear_reach[norm1] and aff.kind[norm1] == "norm"
+    assert not aff.linear_reach[norm1] and aff.step[norm1] == "norm"
     assert aff.depth[fc1] == 1 and aff.depth[_nodes(gm, aten.gelu.default)[0]] == 2
 
 
 def test_expand_finds_branches_leaves_and_biases():
-    _, gm, kinds, inp, table, stream, aff = _run(depth=2)
-    terms, specs = Expander(gm, kinds, inp, stream, aff, table).run()
+    _, gm, flow, inp, axes, stream, aff = _run(depth=2)
+    terms, specs = Expander(gm, flow, inp, stream, aff, axes).run()
     roles = [s.role for s in specs]
     # a class-token readout: the patch embedding reaches the output only through attention
     assert roles.count("branch") == 4 and roles.count("embed") == 0
@@ -131,15 +132,15 @@ def test_expand_finds_branches_leaves_and_biases():
 
 
 def test_labels_and_granularity():
-    _, gm, kinds, inp, table, stream, aff = _run(depth=2)
-    terms, specs = Expander(gm, kinds, inp, stream, aff, table).run()
-    labels = label(specs, stream)
+    _, gm, flow, inp, axes, stream, aff = _run(depth=2)
+    terms, specs = Expander(gm, flow, inp, stream, aff, axes).run()
+    labels = label(specs, stream, axes)
     names = [lab.name for lab in labels]
     assert "blocks.1.attn" in names and "blocks.0.mlp" in names
     attn = labels[names.index("blocks.1.attn")]
     assert attn.kind == "attn" and attn.layer == 1 and attn.module_type == "Attention"
     groups = plan_groups(specs, labels, "token", layers={1})
-    comps = component_table(groups, table)
+    comps = component_table(groups, axes.table)
     fine = [c for c in comps if c.layer == 1 and c.kind == "attn"]
     assert len(fine) == 4 * 17 and fine[0].split == "head+token"
     assert [c.index for c in comps] == list(range(len(comps)))

@@ -141,5 +141,7 @@ def test_braid_decomposes_exactly_at_every_granularity():
         assert grid == {(r, c) for r in range(8) for c in range(8)}
         merged = [c for c in outs["token"].components if c.module == "second.talk"]
         assert len(merged) == 4 * (2 + 16) and {c.prefix for c in merged if c.prefix} == {"memory[0]", "memory[1]"}
+        # a merged token sits on the 4x4 grid of 2x2 blocks it was merged from
+        assert all((c.row, c.col) == divmod(c.token - 2, 4) for c in merged if c.prefix is None)
         tol = dict(rtol=0, atol=bound(dtype) * float(ref.abs().max()) * 10)
         torch.testing.assert_close(outs["token"].group("branch").contributions, outs["block"].contributions, **tol)

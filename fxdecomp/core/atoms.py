@@ -20,6 +20,8 @@ from math import prod
 from typing import Iterable, Sequence
 
 ROLE_RANK = {"other": 0, "channel": 1, "spatial": 2, "batch": 3}
+#: most indices described to place one index of a partly summed axis on a coarser grid
+MAX_COARSE = 4096
 # How informative an origin is when two atoms are unified; the richer one is kept.
 ORIGIN_RANK = {"opaque": 0, "param": 1, "broadcast": 1, "feature": 2, "image": 3,
                "slice": 4, "roll": 4, "pad": 4, "regroup": 4, "grid": 5, "cat": 6, "batch": 7}
@@ -231,7 +233,8 @@ class AtomTable:
             leaves = [self.find(x) for x in self.leaves(top)]
             k = len(given)
             if set(leaves[:k]) != set(given):
-                continue  # not a leading run of the axis: nothing to say
+                rec.update(self._coarse(top, leaves, given))
+                continue
             v = 0
             for leaf in leaves[:k]:
                 v = v * leaf.size + given[leaf]
@@ -244,6 +247,36 @@ class AtomTable:
             elif self._grid_key(top):
                 rec[self._grid_key(top)] = v
         return rec
+
+    def _coarse(self, top: Atom, leaves: list, given: dict) -> dict:
+        """What some (not leading) leaves of a refined axis index: the others were summed or
+        merged (a 2x2 token merge keeps the high parts of a row and a column). Every index
+        they stand for is described; where the rows (or columns) covered form one aligned
+        block of L, the position is that block's on a grid L times coarser."""
+        missing = [leaf for leaf in leaves if leaf not in given]
+        if prod(leaf.size for leaf in missing) > MAX_COARSE:
+            return {}
+        seen: dict = {}
+        self._describing.add(top)
+        try:
+            for combo in itertools.product(*(range(leaf.size) for leaf in missing)):
+                idx = dict(given)
+                idx.update(zip(missing, combo))
+                v = 0
+                for leaf in leaves:
+                    v = v * leaf.size + idx[leaf]
+                for key, val in self._record(top, v).items():
+                    seen.setdefault(key, set()).add(val)
+        finally:
+            self._describing.discard(top)
+        out = {}
+        for key in ("row", "col"):
+            vals = seen.get(key)
+            if vals and all(isinstance(v, int) for v in vals):
+                lo, span = min(vals), max(vals) - min(vals) + 1
+                if len(vals) == span and lo % span == 0:
+                    out[key] = lo // span
+        return out
 
     def _unravel(self, axis: Axis, flat: int) -> dict:
         leaves = self.resolve(axis)
@@ -272,9 +305,10 @@ class AtomTable:
             return {key: i} if key else {}
         if kind == "cat":
             start = 0
-            for seg_axis, seg_size, name in o[1]:
+            for seg_axis, seg_size, name, *offset in o[1]:  # offset: a row sliced from seg_axis
                 if i < start + seg_size:
-                    inner = self._describe(self._unravel(seg_axis, i - start)) if seg_axis else {}
+                    at = i - start + (offset[0] if offset else 0)
+                    inner = self._describe(self._unravel(seg_axis, at)) if seg_axis else {}
                     if inner or name is None:
                         return inner
                     return {"prefix": name} if seg_size == 1 else {"prefix": f"{name}[{i - start}]"}

@@ -11,8 +11,10 @@ terms already computed cost nothing; a convolution's taps cost an index.
 """
 from __future__ import annotations
 
+import heapq
+from collections import Counter
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from math import prod
 from typing import Container, Hashable, Sequence
 
@@ -29,6 +31,10 @@ class Pair:
     left: "Leaf | Pair"
     right: "Leaf | Pair"
     atoms: tuple  # atoms of the result, in a canonical order
+
+    @cached_property
+    def leaves(self) -> list[int]:
+        return leaves_of(self.left) + leaves_of(self.right)
 
 
 def plan(operands: Sequence[tuple[Hashable, tuple]], output: tuple, size: dict,
@@ -98,50 +104,111 @@ def plan(operands: Sequence[tuple[Hashable, tuple]], output: tuple, size: dict,
             best[m] = choice
         return best[full][1]
 
-    def tree_cost(tree) -> tuple[float, int]:
-        if isinstance(tree, Leaf):
-            return 0.0, 1 << tree.index
-        (cl, ml), (cr, mr) = tree_cost(tree.left), tree_cost(tree.right)
-        if key(ml | mr) in known:
-            return 0.0, ml | mr
-        return cl + cr + cost_of(ml, mr, result_atoms(ml), result_atoms(mr)), ml | mr
-
     # Long chains (a component walked through many layers): the greedy tree, or the
     # factors applied in the order the walk met them (a forward pass), whichever is cheaper.
+    # Both are costed with atom counts carried up the tree, never by re-scanning operands.
+    total = Counter(a for atoms in atom_sets for a in atoms)
+    keys = [operands[i][0] for i in range(n)]
     chain: object = Leaf(0)
-    mask = 1
     for i in range(1, n):
-        mask |= 1 << i
-        chain = Pair(chain, Leaf(i), tuple(sorted(result_atoms(mask), key=id)))
-    greedy = _greedy(n, result_atoms, key, known, size)
-    return min((greedy, chain), key=lambda t: tree_cost(t)[0])
+        chain = Pair(chain, Leaf(i), ())
+    greedy = _greedy(atom_sets, keys, out, total, known, size)
+    costed = [_costed(t, atom_sets, keys, out, total, known, size, gathers) for t in (greedy, chain)]
+    return min(costed, key=lambda ct: ct[0])[1]
 
 
-def _greedy(n, result_atoms, key, known, size):
+def _result(inside: Counter, out: frozenset, total: Counter) -> frozenset:
+    """Atoms of a partial product that something outside it (or the output) still needs."""
+    return frozenset(a for a, c in inside.items() if a in out or total[a] > c)
+
+
+def _costed(tree, atom_sets, keys, out, total, known, size, gathers) -> tuple[float, object]:
+    """(cost, the same tree with each pair's result atoms filled in)."""
+
+    def walk(t):
+        if isinstance(t, Leaf):
+            inside = Counter(atom_sets[t.index])
+            return 0.0, t, inside, frozenset([keys[t.index]]), _result(inside, out, total)
+        cl, tl, il, kl, rl = walk(t.left)
+        cr, tr, ir, kr, rr = walk(t.right)
+        inside, ks = il + ir, kl | kr
+        res = _result(inside, out, total)
+        union = rl | rr
+        for side in (tl, tr):
+            g = gathers.get(side.index) if isinstance(side, Leaf) else None
+            if g is not None and g not in res:
+                union = union - {g}
+        here = 0.0 if (ks, res) in known else cl + cr + prod(size[a] for a in union)
+        return here, Pair(tl, tr, tuple(sorted(res, key=id))), inside, ks, res
+
+    cost, filled, *_ = walk(tree)
+    return cost, filled
+
+
+def _greedy(atom_sets, keys, out, total, known, size):
     """Repeatedly contract the pair that shrinks the network most (pairs sharing an atom
-    first). A pair's score never changes while planning, so each is scored once."""
-    nodes = {1 << i: Leaf(i) for i in range(n)}
+    the output does not keep first: sharing the batch reduces nothing). A pair's score
+    depends only on which operands it holds, so each is scored once; only pairs sharing
+    such an atom are scored, unless none is left."""
+    n = len(atom_sets)
+    state = {}  # mask -> (tree, atom counts inside, operand keys, result atoms, their size)
+    holders: dict = {}  # atom -> masks whose result holds it
+    for i in range(n):
+        inside = Counter(atom_sets[i])
+        res = _result(inside, out, total)
+        state[1 << i] = (Leaf(i), inside, frozenset([keys[i]]), res, prod(size[a] for a in res))
+        for a in res - out:
+            holders.setdefault(a, set()).add(1 << i)
 
     def score(mi, mj):
-        ri, rj = result_atoms(mi), result_atoms(mj)
-        gain = (0 if key(mi | mj) in known else
-                prod(size[a] for a in result_atoms(mi | mj)) - prod(size[a] for a in ri) - prod(size[a] for a in rj))
-        return (not (ri & rj), gain, prod(size[a] for a in (ri | rj)), min(mi, mj), max(mi, mj))
+        _, ii, ki, ri, si = state[mi]
+        _, ij, kj, rj, sj = state[mj]
+        union = ri | rj
+        # a merged product keeps only atoms still needed outside it (never one both sides
+        # contracted away already: those are in neither result)
+        merged = [a for a in union if a in out or total[a] > ii.get(a, 0) + ij.get(a, 0)]
+        gain = 0 if (ki | kj, frozenset(merged)) in known else prod(size[a] for a in merged) - si - sj
+        return (not (ri & rj) - out, gain, prod(size[a] for a in union), min(mi, mj), max(mi, mj))
 
-    cands = {}
-    masks = list(nodes)
-    for x, mi in enumerate(masks):
-        for mj in masks[x + 1:]:
-            cands[mi, mj] = score(mi, mj)
-    while len(nodes) > 1:
-        mi, mj = min(cands, key=cands.get)
+    heap, seen = [], set()
+
+    def offer(mi, mj):
+        pair = (min(mi, mj), max(mi, mj))
+        if pair not in seen:
+            seen.add(pair)
+            heapq.heappush(heap, (score(*pair), pair))
+
+    for masks in holders.values():
+        ms = sorted(masks)
+        for x, mi in enumerate(ms):
+            for mj in ms[x + 1:]:
+                offer(mi, mj)
+    while len(state) > 1:
+        while heap and not (heap[0][1][0] in state and heap[0][1][1] in state):
+            heapq.heappop(heap)
+        if not heap:  # nothing shares an atom: outer products, cheapest first
+            ms = sorted(state)
+            for x, mi in enumerate(ms):
+                for mj in ms[x + 1:]:
+                    offer(mi, mj)
+            continue
+        _, (mi, mj) = heapq.heappop(heap)
+        ti, ii, ki, ri, _ = state.pop(mi)
+        tj, ij, kj, rj, _ = state.pop(mj)
+        for a in ri - out:
+            holders[a].discard(mi)
+        for a in rj - out:
+            holders[a].discard(mj)
+        inside = ii + ij
+        res = _result(inside, out, total)
         merged = mi | mj
-        tree = Pair(nodes.pop(mi), nodes.pop(mj), tuple(sorted(result_atoms(merged), key=id)))
-        cands = {p: c for p, c in cands.items() if mi not in p and mj not in p}
-        for m in nodes:
-            cands[m, merged] = score(m, merged)
-        nodes[merged] = tree
-    return next(iter(nodes.values()))
+        state[merged] = (Pair(ti, tj, tuple(sorted(res, key=id))), inside, ki | kj, res,
+                         prod(size[a] for a in res))
+        for a in res - out:
+            for other in holders.get(a, ()):
+                offer(merged, other)
+            holders.setdefault(a, set()).add(merged)
+    return next(iter(state.values()))[0]
 
 
 def subset_key(operand_keys, result_atoms) -> tuple:
@@ -151,4 +218,4 @@ def subset_key(operand_keys, result_atoms) -> tuple:
 def leaves_of(tree) -> list[int]:
     if isinstance(tree, Leaf):
         return [tree.index]
-    return leaves_of(tree.left) + leaves_of(tree.right)
+    return tree.leaves

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable
 
 import torch
@@ -84,6 +85,13 @@ class Constant(Source):
     def __repr__(self) -> str:
         return f"Constant({self.name}, {tuple(self.tensor.shape)})"
 
+    def is_zero(self) -> bool:
+        """Whether every entry is 0 (asked once per term that uses it, so remembered)."""
+        zero = getattr(self, "_zero", None)
+        if zero is None:
+            zero = self._zero = not bool(self.tensor.any())
+        return zero
+
     def reshaped(self, sizes) -> "Constant":
         """The same constant (class and all) with size-1 axes dropped or kept (``sizes`` from
         atomizing)."""
@@ -109,6 +117,22 @@ class Taps(Constant):
         super().__init__(m, f"taps_k{k}s{stride}")
 
 
+class PartialSum(Source):
+    """What some terms of one component add up to at a stream node, contracted to that
+    node's atoms: materialised once, so that later ops see one term instead of one per
+    path (parallel linear paths on the stream — a MobileOne block's convolutions and
+    identity — multiply a component's terms at every block they are stacked in).
+    Compared by identity."""
+
+    def __init__(self, node: fx.Node, terms: tuple):
+        self.node = node
+        self.terms = terms
+        self.name = f"partial_{node.name}"
+
+    def __repr__(self) -> str:
+        return f"PartialSum({self.node.name}, {len(self.terms)} terms)"
+
+
 AxisSpec = tuple  # tuple[Atom | In, ...]
 
 
@@ -119,7 +143,7 @@ class Factor:
     source: Source
     axes: tuple
 
-    @property
+    @cached_property
     def atoms(self) -> tuple[Atom, ...]:
         return tuple(a for axis in self.axes for a in axis)
 

@@ -1,20 +1,31 @@
-"""Pass 6: label every axis of every tensor with atoms.
+"""Pass 4: label every axis of every tensor with atoms.
 
 Runs each op's rule forward over the graph. The image gives the batch atom and
 its pixel rows and columns; parameters get atoms of their own, tied to the
 activations they meet by unification. At the end every axis is resolved to its
 finest atoms (``node.meta['fxd_atoms']``).
+
+Nothing here fails quietly. An op with no rule gets opaque atoms (it may lie in
+a branch, where nothing needs to be followed through it). A rule that meets a
+known limit (``RefineError``: a split of the batch axis; ``NotImplementedError``)
+leaves a note, which the compiler reports. Any other exception, or axes that
+do not fit the output, is a bug in the rule and raises :class:`RuleError`.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch.fx as fx
 
 from ..core.atoms import AtomTable, RefineError, axis_size
+from ..errors import RuleError, UnsupportedOpError
 from ..rules.registry import rule_for
-from .dataflow import SHAPE
+from .dataflow import SHAPE, is_varying
 from .shapes import item_shapes, shape_of
+from .where import describe
 
-_PASS_THROUGH = {"view", "reshape", "expand", "to", "_to_copy", "clone", "unsqueeze", "squeeze",
+#: ops that only reshape, view or cast their first argument
+PASS_THROUGH = {"view", "reshape", "expand", "to", "_to_copy", "clone", "unsqueeze", "squeeze",
                  "permute", "alias", "detach", "contiguous", "_unsafe_view", "lift_fresh_copy", "t"}
 
 
@@ -27,21 +38,54 @@ def param_name(node) -> str | None:
         if node.op != "call_function" or not node.args:
             return None
         name = getattr(node.target, "__name__", "").split(".")[0]
-        if name not in _PASS_THROUGH:
+        if name not in PASS_THROUGH:
             return None
         node = node.args[0]
         seen += 1
     return None
 
 
-class AxisAnalysis:
-    """Context handed to ``Rule.axes``."""
+@dataclass
+class Axes:
+    """What the pass found, besides every node's atoms (``node.meta['fxd_atoms']``)."""
 
-    def __init__(self, gm: fx.GraphModule, kinds: dict):
+    table: AtomTable
+    #: convolution (or unfold) node -> per spatial axis, the atoms of its kernel taps (None: none)
+    kernels: dict = field(default_factory=dict)
+    #: nodes that mix positions without taps of their own (pooling)
+    mixes_positions: set = field(default_factory=set)
+    #: reshape node -> [(input atoms, output atoms)] it regroups across atom boundaries
+    regroups: dict = field(default_factory=dict)
+    #: known limits met (an op whose axes could not be followed), one sentence each
+    notes: list = field(default_factory=list)
+
+    def mixes(self, node) -> bool:
+        """Whether ``node`` mixes positions (a branch holding one is of kind ``conv``)."""
+        kernels = self.kernels.get(node)
+        return bool(kernels and any(k for k in kernels)) or node in self.mixes_positions
+
+
+class AxisAnalysis:
+    """The pass, and the context handed to ``Rule.axes``."""
+
+    def __init__(self, gm: fx.GraphModule, flow: dict):
         self.gm = gm
-        self.kinds = kinds
+        self.flow = flow
         self.table = AtomTable()
-        self.problems: list[str] = []
+        self.result = Axes(self.table)
+        self.notes = self.result.notes
+
+    # what rules record besides atoms ---------------------------------------------------
+    def record_kernels(self, node, kernels: list) -> None:
+        """A convolution's kernel-tap atoms per spatial axis (its ``linearize`` reads them)."""
+        self.result.kernels[node] = kernels
+
+    def record_position_mixing(self, node) -> None:
+        self.result.mixes_positions.add(node)
+
+    def record_regroups(self, node, regroups: list) -> None:
+        """Axes a reshape regroups across atom boundaries (its ``linearize`` builds 0/1 maps)."""
+        self.result.regroups[node] = regroups
 
     # helpers used by rules ---------------------------------------------------------
     def shape(self, x):
@@ -75,13 +119,13 @@ class AxisAnalysis:
         return param_name(x)
 
     # the pass -------------------------------------------------------------------------
-    def run(self) -> AtomTable:
+    def run(self) -> Axes:
         for node in self.gm.graph.nodes:
             node.meta["fxd_axes"] = self._axes_of(node)
         for node in self.gm.graph.nodes:
             ax = node.meta.get("fxd_axes")
             node.meta["fxd_atoms"] = self._resolve(ax)
-        return self.table
+        return self.result
 
     def _axes_of(self, node: fx.Node):
         if node.op == "placeholder":
@@ -91,18 +135,69 @@ class AxisAnalysis:
             if shape is None:
                 return None
             return [self.table.axis(s, ("param", str(node.target), i), "other") for i, s in enumerate(shape)]
-        if node.op != "call_function" or self.kinds.get(node) == SHAPE:
+        if node.op != "call_function" or self.flow.get(node) == SHAPE:
             return None
         rule = rule_for(node.target)
+        if rule is None:
+            return self.fresh(node)
         try:
-            out = rule.axes(node, self) if rule is not None else self.fresh(node)
-        except (RefineError, NotImplementedError, IndexError, TypeError, ValueError) as err:
-            self.problems.append(f"{node.name}: {err}")
-            out = self.fresh(node)
+            out = rule.axes(node, self)
+        except (RefineError, NotImplementedError) as err:
+            self.notes.append(f"{describe(node)}: {err or type(err).__name__}; its heads and tokens are not "
+                              "followed through it, so splits behind it may be coarser.")
+            return self.fresh(node)
+        except Exception as err:
+            raise self._rule_bug(node, rule, f"raised {type(err).__name__}: {err}") from err
         if not self._fits(node, out):
-            self.problems.append(f"{node.name}: rule gave axes that do not fit the shape")
-            out = self.fresh(node)
+            raise self._rule_bug(node, rule, f"gave axes {out!r} that do not fit the output's shape "
+                                             f"{shape_of(node) or item_shapes(node)}")
         return out
+
+    @staticmethod
+    def _rule_bug(node, rule, what: str) -> RuleError:
+        target = node.target
+        tname = f"torch.ops.{target}" if hasattr(target, "overloadpacket") else repr(target)
+        return RuleError(
+            f"{describe(node)}: its rule {type(rule).__module__}.{type(rule).__name__} {what} while "
+            f"labelling axes. This is a bug in the rule, not in the model: fix the rule's axes(), or "
+            f"replace it with fxdecomp.register_rule({tname}, MyRule()).")
+
+    def check_output(self, out: fx.Node) -> None:
+        """The output's first axis must be the batch; if it is not, say where the batch was lost."""
+        axes = out.meta.get("fxd_atoms")
+        if axes and axes[0] and axes[0][0] is self.table.batch and self.table.batch is not None:
+            return
+        raise UnsupportedOpError(
+            "the output's first axis cannot be traced back to the batch of images: "
+            + self._where_batch_is_lost(out))
+
+    def _has_batch(self, node) -> bool:
+        axes = node.meta.get("fxd_atoms")
+        if not isinstance(axes, list) or self.table.batch is None:
+            return False
+        flat = [a for ax in axes if isinstance(ax, tuple) for a in ax]
+        flat += [a for ax in axes if isinstance(ax, list) for sub in ax if sub for a in sub]
+        return self.table.batch in flat
+
+    def _where_batch_is_lost(self, out: fx.Node) -> str:
+        """The first op (in forward order) whose output lost the batch atom its varying input had."""
+        for node in self.gm.graph.nodes:
+            if node.op != "call_function" or not is_varying(self.flow, node) or self._has_batch(node):
+                continue
+            if not any(is_varying(self.flow, a) and self._has_batch(a) for a in node.all_input_nodes):
+                continue
+            note = next((n for n in self.notes if n.startswith(describe(node))), None)
+            if note is not None:
+                return f"the batch is lost at {note}"
+            if rule_for(node.target) is None:
+                target = node.target
+                tname = f"torch.ops.{target}" if hasattr(target, "overloadpacket") else repr(target)
+                return (f"the batch is lost at {describe(node)}, which has no rule, so its output's axes "
+                        f"are unknown. Teach it with fxdecomp.register_rule({tname}, MyRule()) (a Rule whose "
+                        f"axes() says how its output's axes relate to its input's).")
+            return (f"the batch is lost at {describe(node)}: its rule gives its output no batch axis "
+                    "(the model folds or reduces its batch axis there).")
+        return "the output does not have the batch as its first axis."
 
     def _input_axes(self, node):
         shape = shape_of(node)

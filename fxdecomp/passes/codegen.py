@@ -24,6 +24,7 @@ from ..core.terms import (
     Factor,
     NodeValue,
     NormStats,
+    PartialSum,
     Source,
     Taps,
 )
@@ -81,8 +82,8 @@ class CodeGen:
         forward_nodes = set(g.nodes)
         out_val = self.env[self.out_node]
         out_shape = tuple(self.out_node.meta["tensor_meta"].shape[1:])
-        buf = g.call_function(kernels.new_contributions, (self.env[self.inp], n_components, out_shape, self.dtype),
-                              name="contributions")
+        buf = g.call_function(kernels.new_contributions, (self.env[self.inp], n_components, out_shape,
+                                                          self._dtype_ref()), name="contributions")
         for grp in groups:
             terms = terms_by_spec.get(grp.spec.id, [])
             want = tuple(grp.split) + (self.table.batch,) + rest_atoms
@@ -103,7 +104,16 @@ class CodeGen:
         for name, t in self.buffers.items():
             root.register_buffer(name, t, persistent=False)
         gm = fx.GraphModule(root, g, class_name="DecomposedForward")
+        _constants_as_buffers(gm)
         return gm
+
+    def _dtype_ref(self) -> fx.Node:
+        """An empty buffer of the compute dtype: the generated code reads the dtype from it, so
+        ``dm.to(dtype)`` changes it with every other buffer."""
+        if DTYPE_REF not in self.buffers:
+            self.buffers[DTYPE_REF] = torch.empty(0, dtype=self.dtype, device=self.device)
+            self.sources[DTYPE_REF] = self.graph.get_attr(DTYPE_REF)
+        return self.sources[DTYPE_REF]
 
     def _needed_stats(self, terms_by_spec) -> set:
         out = set()
@@ -119,6 +129,10 @@ class CodeGen:
                 for a in (src.q, src.k, src.mask):
                     if a is not None:
                         visit(a)
+            elif isinstance(src, PartialSum):
+                for t in src.terms:
+                    for f in t.factors:
+                        visit(f.source)
 
         for terms in terms_by_spec.values():
             for t in terms:
@@ -139,7 +153,7 @@ class CodeGen:
             node = self.env[src.node]
             dt = dtype_of(src.node)
             if dt is not None and dt.is_floating_point and dt != self.dtype:
-                node = g.call_function(kernels.as_dtype, (node, self.dtype))
+                node = g.call_function(kernels.as_dtype, (node, self._dtype_ref()))
         elif isinstance(src, Constant):
             name = f"_fxd_{_slug(src.name)}_{len(self.buffers)}"
             self.buffers[name] = src.tensor.to(device=self.device, dtype=self.dtype)
@@ -149,6 +163,8 @@ class CodeGen:
         elif isinstance(src, Derived):
             args = tuple(self._arg(a) for a in src.args)
             node = g.call_function(src.fn, args, name=_slug(src.name))
+        elif isinstance(src, PartialSum):
+            node = self._partial(src)
         elif isinstance(src, AttentionWeights):
             kw = {"attn_mask": self.materialize(src.mask) if src.mask is not None else None,
                   "scale": src.scale, "is_causal": src.causal, "row": src.row}
@@ -196,8 +212,9 @@ class CodeGen:
             return AttentionWeights(src.q, src.k, src.mask, src.scale, src.causal, index), rest
         return Derived(torch.select, (src, dim, index), name=f"{src.name}_at{index}"), rest
 
-    def _emit_term(self, term, want: tuple, buf, slot, accumulate: bool, slug: str):
-        """Emit one term into its slot of the contributions; None if it is identically zero."""
+    def _planned(self, term, want: tuple):
+        """(operands, planned tree, wanted atoms the term has, mask of those in ``want``) for
+        one term; None if it is identically zero."""
         ops: list[tuple[Source, tuple]] = []
         picks: list[tuple] = []
         for f in term.factors:
@@ -208,7 +225,7 @@ class CodeGen:
         for atom, index in picks:
             ops = [self._select(s, a, atom, index) if atom in a else (s, a) for s, a in ops]
         for s, _ in ops:
-            if isinstance(s, Constant) and not bool(s.tensor.any()):
+            if isinstance(s, Constant) and s.is_zero():
                 return None
         sizes = {a: (self.nominal_batch if a is self.table.batch else a.size) for _, atoms in ops for a in atoms}
         present = tuple(a for a in want if a in sizes)
@@ -221,6 +238,34 @@ class CodeGen:
         tree = self.plans.get(shape)
         if tree is None:
             tree = self.plans[shape] = plan([(k, k[1]) for k in keys], present, sizes, self.memo.keys(), gathers)
+        return keys, tree, present, mask
+
+    def _partial(self, src: PartialSum) -> fx.Node:
+        """A component's terms at a stream node, summed into one tensor with one axis per atom
+        of that node."""
+        want = tuple(a for axis in src.node.meta["fxd_atoms"] for a in axis)
+        shape = tuple(-1 if a is self.table.batch else a.size for a in want)
+        slug = _slug(src.name)
+        layout, values = [], []
+        for term in src.terms:
+            planned = self._planned(term, want)
+            if planned is None:
+                continue
+            keys, tree, present, mask = planned
+            node, atoms = self._emit_tree(tree, keys, slug)
+            if atoms != present:
+                node = self._einsum([(node, atoms)], present, slug)
+            layout.append((mask, term.coef))
+            values.append(node)
+        like = self.materialize(NodeValue(src.node))
+        return self.graph.call_function(kernels.partial_sum, (like, shape, tuple(layout), *values), name=slug)
+
+    def _emit_term(self, term, want: tuple, buf, slot, accumulate: bool, slug: str):
+        """Emit one term into its slot of the contributions; None if it is identically zero."""
+        planned = self._planned(term, want)
+        if planned is None:
+            return None
+        keys, tree, present, mask = planned
         start, count, view_shape = slot
         head = (buf, start, count, view_shape, mask)
         if (isinstance(tree, Pair) and self._gather_side(tree, keys) is None
@@ -300,6 +345,26 @@ class CodeGen:
     def _einsum(self, operands, out_atoms, slug):
         eq = self._equation([a for _, a in operands], out_atoms)
         return self.graph.call_function(torch.einsum, (eq, *[n for n, _ in operands]), name=f"ein_{slug}")
+
+
+#: the buffer whose dtype is the compiled module's compute dtype
+DTYPE_REF = "_fxd_dtype"
+
+
+def _constants_as_buffers(gm: fx.GraphModule) -> None:
+    """Tensors the graph reads that are neither parameters nor buffers (constants torch.export
+    lifted out of the forward) become non-persistent buffers, so ``.to()``/``.double()``
+    convert them too."""
+    for node in gm.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        *path, name = str(node.target).split(".")
+        owner = gm.get_submodule(".".join(path)) if path else gm
+        value = getattr(owner, name, None)
+        if (isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter)
+                and name not in owner._buffers):
+            delattr(owner, name)
+            owner.register_buffer(name, value, persistent=False)
 
 
 def _gatherable(src, atoms) -> bool:

@@ -1,4 +1,5 @@
-"""Pass 6b: which parts of each value the output actually reads.
+"""Pass 7a (run by the expand pass, before its walk): which parts of each value the output
+actually reads.
 
 Walking back from the output, every varying node gets, per axis, the set of
 indices some later op reads (``None``: all of them). ``select`` and ``slice``
@@ -42,21 +43,25 @@ class Demand:
         return self.edges.get((user, arg), "unknown") is None
 
 
-def analyse_demand(gm: fx.GraphModule, stream: Stream, out: fx.Node, walks) -> Demand:
-    """``walks(user, arg)``: whether the expand pass takes ``arg``'s terms through ``user``."""
+def analyse_demand(gm: fx.GraphModule, stream: Stream, out: fx.Node, walks, inputs=None) -> Demand:
+    """``walks(user, arg)``: whether the expand pass takes ``arg``'s terms through ``user``;
+    ``inputs(node)``: the values the walk reads at ``node`` (its operands, unless a symbolic
+    rule reads a whole run of pointwise ops there)."""
     g = stream.graph
+    inputs = inputs or (lambda n: n.all_input_nodes)
     order = [n for n in gm.graph.nodes if n in g]
     need: dict = {}    # node -> tuple of per-axis index sets, or None when dead
     edges: dict = {}   # (user, arg) -> what the user reads of arg, or None
+    readers: dict = {}  # arg -> users with an edge to it
     for node in reversed(order):
         if node is out:
             need[node] = _full(node)
         else:
-            reads = [edges[(u, node)] for u in node.users if (u, node) in edges]
-            need[node] = _union(reads, node)
-        for arg in set(a for a in node.all_input_nodes if a in g):
+            need[node] = _union([edges[(u, node)] for u in readers.get(node, ())], node)
+        for arg in set(a for a in inputs(node) if a in g):
             if walks(node, arg):
                 edges[(node, arg)] = _reads(node, arg, need[node])
+                readers.setdefault(arg, []).append(node)
     return Demand(need, edges)
 
 
@@ -86,7 +91,7 @@ def _reads(user: fx.Node, arg: fx.Node, need):
     if need is None:
         return None
     shape = shape_of(arg)
-    if shape is None or shape_of(user) is None:
+    if shape is None or shape_of(user) is None or arg not in user.all_input_nodes:
         return _full(arg)
     rule = rule_for(user.target) if user.op == "call_function" else None
     packet = getattr(user.target, "overloadpacket", None)

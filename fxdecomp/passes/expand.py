@@ -1,8 +1,9 @@
 """Pass 7: write the output as a sum of component terms.
 
-Walks back from the output. Linear ops pass every term through (adding their
-factors); a residual join is just an add, so the skip's terms and the branch's
-terms meet there. A walk into a branch stops at
+First runs the demand pass (7a, ``demand.py``), then walks back from the output.
+Linear ops pass every term through (adding their factors); a residual join is just
+an add, so the skip's terms and the branch's terms meet there. A walk into a
+branch stops at
 
 * the values of an attention-weighted sum (or any product of two varying
   operands): the carried operand is the branch's *leaf*, the frozen operand
@@ -36,6 +37,7 @@ from ..core.terms import (
     Factor,
     NodeValue,
     NormStats,
+    PartialSum,
     Piece,
     Taps,
     Term,
@@ -44,13 +46,13 @@ from ..core.terms import (
 from .. import kernels
 from ..errors import UnsupportedOpError
 from ..rules.movement import TupleRule
-from ..rules.registry import rule_for
 from .affinity import Affinity
-from .axes import param_name
+from .axes import Axes, param_name
 from .dataflow import CONST, PARAM, is_varying
 from .demand import Demand, analyse_demand
 from .shapes import shape_of
 from .stream import Stream, output_node
+from .where import describe, module_of
 
 
 def _nonzero_at_zero(node: fx.Node) -> bool:
@@ -64,6 +66,17 @@ def _nonzero_at_zero(node: fx.Node) -> bool:
         return True
     return not isinstance(value, torch.Tensor) or bool((value != 0).any())
 
+
+_ZEROS = (torch.ops.aten.zeros_like.default, torch.ops.aten.new_zeros.default, torch.ops.aten.zeros.default)
+
+
+def _known_zero(f: Factor) -> bool:
+    """A constant made by ``zeros``/``zeros_like`` (padding a concatenation): no bias to list."""
+    return isinstance(f.source, NodeValue) and f.source.node.target in _ZEROS
+
+
+#: terms of one component at a stream node beyond which they are summed there (``_collect``)
+MAX_TERMS = 4
 
 #: ops that join a residual branch back onto the stream
 RESIDUAL_JOINS = (torch.ops.aten.add.Tensor, torch.ops.aten.sub.Tensor)
@@ -93,23 +106,6 @@ class ComponentSpec:
     order: int = 0
 
 
-def module_of(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return ""
-    path = list(stack.values())[-1][0]
-    return "" if path.startswith("_empty") else path
-
-
-def module_type_of(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return ""
-    t = list(stack.values())[-1][1]
-    t = t if isinstance(t, str) else getattr(t, "__name__", str(t))
-    return t.rsplit(".", 1)[-1]
-
-
 class LinCtx:
     """Context handed to ``Rule.linearize``."""
 
@@ -131,8 +127,16 @@ class LinCtx:
     def resolve(self, axis):
         return self.table.resolve(axis)
 
+    def kernels(self, node):
+        """A convolution's kernel-tap atoms, as its rule recorded them in the axes pass."""
+        return self._o.axes.kernels.get(node)
+
+    def regroups(self, node):
+        """The axes a reshape regroups, as its rule recorded them in the axes pass."""
+        return self._o.axes.regroups.get(node)
+
     def varying(self, x) -> bool:
-        return is_varying(self._o.kinds, x)
+        return is_varying(self._o.flow, x)
 
     def value(self, x) -> NodeValue:
         return NodeValue(x)
@@ -198,12 +202,16 @@ class LinCtx:
 
 
 class Expander:
-    def __init__(self, gm: fx.GraphModule, kinds: dict, inp: fx.Node, stream: Stream, aff: Affinity,
-                 table: AtomTable, linearize: bool = False):
-        self.gm, self.kinds, self.inp, self.stream, self.aff, self.table = gm, kinds, inp, stream, aff, table
+    def __init__(self, gm: fx.GraphModule, flow: dict, inp: fx.Node, stream: Stream, aff: Affinity,
+                 axes: Axes, linearize: bool = False):
+        self.gm, self.flow, self.inp, self.stream, self.aff = gm, flow, inp, stream, aff
+        self.axes = axes
+        self.table: AtomTable = axes.table
         self.demand: Demand | None = None
         self.linearize = linearize
         self.linearised: list[str] = []
+        #: one sentence per collapse: where, and whether linearize=True would avoid it
+        self.notes: list[str] = []
         self._stem: dict = {}
         self.ctx = LinCtx(self)
         self.memo: dict = {}
@@ -213,42 +221,70 @@ class Expander:
     # -- public ------------------------------------------------------------------------
     def run(self) -> tuple[list[Term], list[ComponentSpec]]:
         out = output_node(self.gm)
-        self.demand = analyse_demand(self.gm, self.stream, out, self._walks)
+        self.demand = analyse_demand(self.gm, self.stream, out, self._walks, self.aff.inputs)
         terms = self.terms(out)
         self.components.sort(key=lambda c: (c.order, c.id))
         for i, c in enumerate(self.components):
             c.id = i
         return terms, self.components
 
+    def joins(self) -> frozenset:
+        """The nodes where the walk met terms of more than one component (where a branch's
+        tail ends, for labels)."""
+        return frozenset(n for n, ts in self.memo.items() if len({t.component.id for t in ts}) > 1)
+
     def terms(self, node: fx.Node) -> list[Term]:
         hit = self.memo.get(node)
         if hit is None:
             hit = [] if self.demand.dead(node) else self._expand(node)
+            if node in self.stream:
+                hit = self._collect(node, hit)
             self.memo[node] = hit
         return hit
+
+    def _collect(self, node: fx.Node, terms: list[Term]) -> list[Term]:
+        """A component with more than ``MAX_TERMS`` terms at a stream node continues as one term:
+        their sum at this node, materialised (``PartialSum``). Without it, parallel linear
+        paths on the stream multiply the terms — and their planning — at every block. A
+        component that may be split by head or token keeps its terms (their split atoms
+        must stay free)."""
+        by_comp: dict = {}
+        for t in terms:
+            by_comp.setdefault(t.component.id, []).append(t)
+        if all(len(ts) <= MAX_TERMS for ts in by_comp.values()):
+            return terms
+        out: list[Term] = []
+        axes = tuple(self.ctx.axes(node))
+        for ts in by_comp.values():
+            comp = ts[0].component
+            if len(ts) <= MAX_TERMS or comp.split:
+                out.extend(ts)
+            else:
+                out.append(Term(comp, (Factor(PartialSum(node, tuple(ts)), axes),)))
+        return out
 
     # -- the walk ------------------------------------------------------------------------
     def _expand(self, node: fx.Node) -> list[Term]:
         if node is self.inp:
             comp = self._new("embed", node, leaf=node)
             return [self._leaf_term(comp, node)]
-        if self.kinds.get(node) in (CONST, PARAM):
+        if self.flow.get(node) in (CONST, PARAM):
             comp = self._new("bias", node, label=param_name(node) or module_of(node) or node.name)
             return [self._leaf_term(comp, node)]
         if node.op != "call_function":
             raise self.unsupported(node, "it is not a function call")
-        rule = rule_for(node.target)
+        rule = self.aff.rule(node)
         if rule is None:
             raise self.unsupported(node, None)
-        kind = self._kind_of(node, rule)
-        if kind == "linear":
+        step = self._step_of(node, rule)
+        if step == "linear":
             self._linear_branches_are_leaves(node)
             return self._through(node, rule)
-        if kind == "norm":
+        if step == "norm":
             if self._norm_passes(node, rule):
                 return self._through(node, rule)
             return [self._leaf_term(self._new("branch", node, leaf=node), node)]
-        if kind == "mixing":
+        if step == "mixing":
             carried = self._choose_carried(node, rule)
             self.ctx.set_carried(node, carried)
             if self._mixing_passes(node, carried):
@@ -258,16 +294,28 @@ class Expander:
             return [self._leaf_term(self._new("branch", node, leaf=node), node)]
         if self._only_stream_before(node):
             return [self._leaf_term(self._new("embed", node, leaf=node), node)]
-        if self.linearize and self._gateable(node):
+        why_not = self._why_not_gateable(node)
+        if self.linearize and why_not is None:
             return self._gated(node)
+        self.notes.append(self._collapse_note(node, why_not))
         return [self._leaf_term(self._new("collapsed", node, leaf=node), node)]
 
-    def _kind_of(self, node, rule) -> str:
-        return self.aff.kind.get(node) or rule.classify(node, lambda x: is_varying(self.kinds, x))
+    def _collapse_note(self, node, why_not: str | None) -> str:
+        """What collapsed, and whether ``linearize=True`` would avoid it."""
+        note = (f"the residual stream passes through a nonlinear op at {describe(node)}: everything "
+                "computed before it is one 'collapsed' component.")
+        if why_not is None:
+            return note + (" Pass linearize=True to decompose through it with its gate frozen "
+                           "(f(x) = x · (f(x)/x) at the actual input).")
+        return note + (f" linearize=True cannot avoid this: {why_not}, so it is not an elementwise op "
+                       "that can be written x · (f(x)/x).")
+
+    def _step_of(self, node, rule) -> str:
+        return self.aff.step.get(node) or rule.classify(node, lambda x: is_varying(self.flow, x))
 
     def _moving(self, node) -> list:
         """The operands of ``node`` that depend on the image."""
-        return [a for a in node.all_input_nodes if is_varying(self.kinds, a)]
+        return [a for a in self.aff.inputs(node) if is_varying(self.flow, a)]
 
     def _linear_branches_are_leaves(self, node) -> None:
         """At a residual join ``x + b(x)`` whose branch ``b`` is affine in the stream once norms
@@ -293,11 +341,18 @@ class Expander:
 
     def _gateable(self, node) -> bool:
         """An op with one varying operand whose output has that operand's shape and atoms."""
+        return self._why_not_gateable(node) is None
+
+    def _why_not_gateable(self, node) -> str | None:
         moving = self._moving(node)
         if len(moving) != 1:
-            return False
+            return f"it has {len(moving)} operands that depend on the image"
         x = moving[0]
-        return shape_of(x) == shape_of(node) and self.ctx.atoms(x) == self.ctx.atoms(node)
+        if shape_of(x) != shape_of(node):
+            return f"its output's shape {list(shape_of(node) or ())} differs from its input's {list(shape_of(x) or ())}"
+        if self.ctx.atoms(x) != self.ctx.atoms(node):
+            return "its output's axes are not its input's"
+        return None
 
     def _gated(self, node) -> list[Term]:
         """``f(x) = x · g`` with ``g = f(x)/x`` frozen (plus ``f`` at x = 0 when that is not 0)."""
@@ -321,15 +376,15 @@ class Expander:
         """Whether the walk takes ``arg``'s terms through ``user`` (a superset is safe)."""
         if user.op != "call_function":
             return True
-        rule = rule_for(user.target)
+        rule = self.aff.rule(user)
         if rule is None or isinstance(rule, TupleRule):
             return True  # unknown (the walk will refuse it), or a split whose items are walked
-        kind = self._kind_of(user, rule)
-        if kind == "linear":
+        step = self._step_of(user, rule)
+        if step == "linear":
             return True
-        if kind == "norm":
+        if step == "norm":
             return self._norm_passes(user, rule)
-        if kind == "mixing":
+        if step == "mixing":
             return self._mixing_passes(user, self._choose_carried(user, rule))
         return (user in self.stream and self.linearize and self._gateable(user)
                 and not self._only_stream_before(user))
@@ -365,7 +420,7 @@ class Expander:
         return not entering or self.aff.linear_reach.get(node, False)
 
     def _choose_carried(self, node, rule):
-        options = [a for a in rule.carriable(node) if is_varying(self.kinds, a)]
+        options = [a for a in rule.carriable(node) if is_varying(self.flow, a)]
         if not options:
             raise self.unsupported(node, "it is not linear in any of its varying operands")
         if len(options) == 1:
@@ -382,7 +437,7 @@ class Expander:
                     continue  # the output never reads this operand's part of the result
                 for t in self.terms(piece.arg):
                     out.append(self._apply(t, piece, self.ctx.atoms(piece.arg), node)[0])
-            else:
+            elif not _known_zero(piece.const):
                 comp = self._new("bias", node, label=piece.label or self._bias_label(node))
                 t = Term(comp, (piece.const,))
                 out.append(self._apply(t, piece, piece.const.atoms, node)[0])
@@ -439,18 +494,15 @@ class Expander:
 
     def unsupported(self, node: fx.Node, why: str | None) -> UnsupportedOpError:
         where = "on the residual stream" if node in self.stream else "in the linear tail of a residual branch"
-        mod = module_of(node)
-        mtype = module_type_of(node)
-        loc = f" in module '{mod}' ({mtype})" if mod else ""
         target = node.target
         tname = f"torch.ops.{target}" if hasattr(target, "overloadpacket") else repr(target)
         if why is None:
             return UnsupportedOpError(
-                f"node '{node.name}' ({target}){loc} lies {where}, so the decomposition must pass through "
+                f"{describe(node)} lies {where}, so the decomposition must pass through "
                 f"it, but no rule says how. If it is an elementwise nonlinearity, register it with "
                 f"fxdecomp.register_rule({tname}, kind='nonlinear'); if it returns its input unchanged, "
                 f"kind='identity'; otherwise subclass fxdecomp.rules.Rule and pass an instance.")
         return UnsupportedOpError(
-            f"node '{node.name}' ({target}){loc} lies {where} and cannot be decomposed: {why}. "
+            f"{describe(node)} lies {where} and cannot be decomposed: {why}. "
             f"Register a rule for {tname} with fxdecomp.register_rule(...) if it should be handled "
             "differently.")

@@ -9,14 +9,13 @@ per-position ``mlp`` (gated MLPs such as SwiGLU, squeeze-excitation included).
 """
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 
-import networkx as nx
 
-from ..errors import CollapseWarning
-from .expand import ComponentSpec, module_of, module_type_of
+from .axes import PASS_THROUGH, Axes
+from .expand import ComponentSpec
+from .where import module_of, module_type_of
 from .stream import Stream
 
 
@@ -39,9 +38,19 @@ def _module_types(nodes) -> dict:
     return types
 
 
+MOVES_ONLY = PASS_THROUGH | {"transpose", "flatten", "unflatten", "type_as"}
+
+
+def _computes(node) -> bool:
+    """Whether a node does arithmetic (not a view, a reshape or a cast, of which a module
+    written one way has more than the same module written another way)."""
+    name = getattr(getattr(node, "target", None), "__name__", "").split(".")[0]
+    return node.op == "call_function" and name not in MOVES_ONLY
+
+
 def majority_module(nodes) -> str:
-    """Deepest module path containing more than half of ``nodes``."""
-    paths = [module_of(n) for n in nodes if n.op == "call_function"]
+    """Deepest module path containing more than half of ``nodes`` that compute something."""
+    paths = [module_of(n) for n in nodes if _computes(n)]
     if not paths:
         return ""
     counts: Counter = Counter()
@@ -53,41 +62,69 @@ def majority_module(nodes) -> str:
     return max(majority, key=lambda p: p.count("."), default="")
 
 
-def branch_nodes(spec: ComponentSpec, stream: Stream) -> set:
+def branch_nodes(spec: ComponentSpec, stream: Stream, joins: frozenset = frozenset(),
+                 by_segment: dict | None = None) -> set:
+    """The ops of a branch: its tail from the leaf down to the first node where other
+    components' terms meet it (``joins``, from the expand pass), and every op before it in
+    its segment whose values only the branch uses (so not a norm that two parallel
+    branches share, nor the stream they read). Where several streams run side by side
+    (TNT's pixel and patch streams), one segment holds many blocks; neither bound depends
+    on how long the segment is."""
     g = stream.graph
     leaf = spec.leaf
     if leaf is None or leaf not in g or leaf in stream:
         return {spec.node}
     seg = stream.segment[leaf]
-    same = lambda n: stream.segment.get(n) == seg and n not in stream  # noqa: E731
-    down = {n for n in nx.descendants(g, leaf) if same(n)} | {leaf}
-    up = set()
-    for n in down:
-        up |= {a for a in nx.ancestors(g, n) if same(a)}
-    return down | up
+
+    def inside(n) -> bool:
+        return n in g and stream.segment.get(n) == seg and n not in stream
+
+    own, todo = {leaf}, [leaf]
+    while todo:
+        for u in todo.pop().users:
+            if u not in own and inside(u) and u not in joins:
+                own.add(u)
+                todo.append(u)
+    if by_segment is None:
+        by_segment = segments(stream, leaf.graph)
+    for n in reversed(by_segment.get(seg, ())):
+        if n not in own and inside(n):
+            users = [u for u in n.users if u in g]
+            if users and all(u in own for u in users):
+                own.add(n)
+    return own
 
 
-def label(specs: list[ComponentSpec], stream: Stream) -> list[BaseLabel]:
+def segments(stream: Stream, graph) -> dict:
+    """Segment index -> its nodes, in forward order."""
+    out: dict = {}
+    for n in graph.nodes:
+        seg = stream.segment.get(n)
+        if seg is not None:
+            out.setdefault(seg, []).append(n)
+    return out
+
+
+def label(specs: list[ComponentSpec], stream: Stream, axes: Axes, joins: frozenset = frozenset()) -> list[BaseLabel]:
+    """Labels for every component; ``joins`` as for :func:`branch_nodes` (``Expander.joins()``)."""
     labels: list[BaseLabel | None] = [None] * len(specs)
     parents: dict[str, int] = {}
+    by_segment = None
     for spec in specs:
         if spec.role not in ("branch", "collapsed"):
             continue
-        nodes = branch_nodes(spec, stream)
+        if by_segment is None:
+            by_segment = segments(stream, spec.node.graph)
+        nodes = branch_nodes(spec, stream, joins, by_segment)
         module = majority_module(nodes) if spec.role == "branch" else module_of(spec.node)
         types = _module_types(nodes)
         mtype = types.get(module, module_type_of(spec.node))
-        kind = _kind(spec, nodes)
+        kind = _component_kind(spec, nodes, axes)
         parent = module.rsplit(".", 1)[0] if "." in module else module
         if parent not in parents:
             parents[parent] = len(parents)
         layer = parents[parent]
         name = module or spec.node.name
-        if spec.role == "collapsed":
-            warnings.warn(
-                f"the residual stream passes through a nonlinear op at '{spec.node.name}' "
-                f"({spec.node.target}, module '{module_of(spec.node)}'): everything computed before it is "
-                "one 'collapsed' component.", CollapseWarning, stacklevel=4)
         labels[spec.id] = BaseLabel(name, kind, module, mtype, layer, spec.id)
     layer_paths = sorted(parents.items(), key=lambda kv: -len(kv[0]))
     for spec in specs:
@@ -112,15 +149,13 @@ def label(specs: list[ComponentSpec], stream: Stream) -> list[BaseLabel]:
     return labels  # type: ignore[return-value]
 
 
-def _kind(spec: ComponentSpec, nodes) -> str:
+def _component_kind(spec: ComponentSpec, nodes, axes: Axes) -> str:
     if spec.role == "collapsed":
         return "collapsed"
     if spec.mixing is not None and spec.split.get("token"):
         return "attn"
-    for n in nodes:
-        kernels = n.meta.get("fxd_conv_kernels")
-        if (kernels and any(k for k in kernels)) or n.meta.get("fxd_spatial_mixing"):
-            return "conv"
+    if any(axes.mixes(n) for n in nodes):
+        return "conv"
     return "mlp"
 
 

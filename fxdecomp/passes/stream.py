@@ -1,4 +1,4 @@
-"""Pass 4: find the residual stream.
+"""Pass 5: find the residual stream.
 
 The stream is the chain of nodes that every path from the image to the output
 passes through: the output's post-dominators (networkx computes them as the
@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import networkx as nx
-import torch
 import torch.fx as fx
 
 from ..errors import TraceError
-from .dataflow import is_varying
+from .dataflow import is_varying, reads_values
 
 
 @dataclass
@@ -42,28 +41,14 @@ def output_node(gm: fx.GraphModule) -> fx.Node:
     return val
 
 
-#: ops whose argument at this position gives only a shape or dtype, never values
-SHAPE_ONLY = {torch.ops.aten.reshape_as.default: 1, torch.ops.aten.view_as.default: 1,
-              torch.ops.aten.expand_as.default: 1, torch.ops.aten.type_as.default: 1}
-
-
-def reads_values(user: fx.Node, node: fx.Node) -> bool:
-    """Whether ``user`` reads ``node``'s values, not just its shape (``x.reshape_as(node)``):
-    a shape-only use is no data path, so it cannot take a node off the stream."""
-    skip = SHAPE_ONLY.get(user.target)
-    if skip is None:
-        return True
-    return any(a is node for i, a in enumerate(user.args) if i != skip) or node in user.kwargs.values()
-
-
-def find_stream(gm: fx.GraphModule, kinds: dict, inp: fx.Node) -> Stream:
+def find_stream(gm: fx.GraphModule, flow: dict, inp: fx.Node) -> Stream:
     out = output_node(gm)
     g = nx.DiGraph()
     for node in gm.graph.nodes:
-        if is_varying(kinds, node):
+        if is_varying(flow, node):
             g.add_node(node)
             for user in node.users:
-                if is_varying(kinds, user) and reads_values(user, node):
+                if is_varying(flow, user) and reads_values(user, node):
                     g.add_edge(node, user)
     if out not in g:
         raise TraceError("the model's output does not depend on its input image")

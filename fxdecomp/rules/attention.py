@@ -29,7 +29,7 @@ def _sdpa_args(node):
 
 @rules_for(aten.scaled_dot_product_attention)
 class SDPARule(Rule):
-    kind = BILINEAR
+    linearity = BILINEAR
 
     def axes(self, node, ax):
         a = _sdpa_args(node)

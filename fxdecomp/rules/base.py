@@ -9,9 +9,11 @@ questions:
   plus constants (only for ops that are linear, or linear in one operand once
   the others are frozen at their actual values).
 
-``kind`` is one of ``linear``, ``bilinear`` (linear in one operand with the
+``linearity`` is one of ``linear``, ``bilinear`` (linear in one operand with the
 others frozen: products, matmuls, attention), ``norm`` (affine once its
-statistics are frozen) or ``nonlinear``.
+statistics are frozen) or ``nonlinear``. It is what the op is; how the walk treats
+one node of it (its *step*: ``linear``, ``mixing``, ``norm`` or ``nonlinear``, given
+which operands vary) is ``classify``'s answer.
 """
 from __future__ import annotations
 
@@ -23,14 +25,20 @@ from ..core.atoms import Axis
 from ..core.terms import Linearization
 
 LINEAR, BILINEAR, NORM, NONLINEAR = "linear", "bilinear", "norm", "nonlinear"
-KINDS = (LINEAR, BILINEAR, NORM, NONLINEAR)
+LINEARITIES = (LINEAR, BILINEAR, NORM, NONLINEAR)
 
 
 class Rule:
     """What one op does; subclass it (and ``fxdecomp.register_rule(op, MyRule())``) to teach
     the compiler an op. The defaults describe an opaque nonlinear op."""
 
-    kind: str = NONLINEAR
+    linearity: str = NONLINEAR
+
+    def __init_subclass__(cls, **kw):
+        """A rule written against the old name (``kind = LINEAR``) keeps working."""
+        super().__init_subclass__(**kw)
+        if "kind" in cls.__dict__ and "linearity" not in cls.__dict__ and isinstance(cls.__dict__["kind"], str):
+            cls.linearity = cls.__dict__["kind"]
 
     def axes(self, node: fx.Node, ax) -> Any:
         """Atoms of the output (list of axes; a list of such lists for tuple outputs)."""
@@ -44,12 +52,13 @@ class Rule:
         raise NotImplementedError(f"{type(self).__name__} does not linearize")
 
     def classify(self, node: fx.Node, varying) -> str:
-        """``linear``, ``mixing``, ``norm`` or ``nonlinear`` given which inputs vary."""
-        if self.kind == LINEAR:
+        """The node's step: ``linear``, ``mixing``, ``norm`` or ``nonlinear``, given which
+        inputs vary (``varying(x)``)."""
+        if self.linearity == LINEAR:
             return "linear"
-        if self.kind == NORM:
+        if self.linearity == NORM:
             return "norm"
-        if self.kind == BILINEAR:
+        if self.linearity == BILINEAR:
             moving = [a for a in tensor_args(node) if varying(a)]
             if len(moving) <= 1:
                 ok = set(self.carriable(node))
@@ -72,6 +81,23 @@ def tensor_args(node: fx.Node) -> list[fx.Node]:
         if isinstance(a, fx.Node) and a not in seen:
             seen.append(a)
     return seen
+
+
+def bound_args(node: fx.Node) -> dict:
+    """The op's arguments by schema name, defaults filled in (``{}`` for targets without a
+    schema): positions differ between overloads (``var.dim`` has ``unbiased`` where
+    ``var.correction`` has none, ``linalg_vector_norm`` puts ``ord`` before ``dim``), names do not."""
+    schema = getattr(node.target, "_schema", None)
+    if schema is None:
+        return {}
+    out = {}
+    for i, arg in enumerate(schema.arguments):
+        default = arg.default_value if arg.has_default_value() else None
+        if not arg.kwarg_only and i < len(node.args):
+            out[arg.name] = node.args[i]
+        else:
+            out[arg.name] = node.kwargs.get(arg.name, default)
+    return out
 
 
 def _flatten(x):

@@ -38,7 +38,7 @@ def _not_spatial(ctx, axis) -> bool:
 
 @rules_for(aten.einsum)
 class EinsumRule(Rule):
-    kind = BILINEAR
+    linearity = BILINEAR
 
     def carriable(self, node):
         return list(node.args[1])

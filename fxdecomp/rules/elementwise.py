@@ -1,5 +1,8 @@
 """Elementwise ops: copies and casts, sums and differences, products, and the
-pointwise nonlinearities (which are never linearised here)."""
+pointwise nonlinearities (which are never linearised here). Ops such as ``lerp``,
+``addcdiv`` or ``where`` are listed as nonlinear for their axes only: where a run of
+them is affine in what it reads, the affinity pass finds so from its symbolic form
+(``passes/symbolic.py``)."""
 from __future__ import annotations
 
 import numbers
@@ -71,7 +74,7 @@ def _realign(node: fx.Node, x: fx.Node, ctx):
 class IdentityRule(UnaryRule):
     """Returns its first argument's values (possibly copied, cast or moved)."""
 
-    kind = LINEAR
+    linearity = LINEAR
 
     def axes(self, node, ax):
         return ax.axes(node.args[0])
@@ -89,7 +92,7 @@ class IdentityRule(UnaryRule):
 class AddRule(Rule):
     """``x + alpha*y`` (and ``x - alpha*y``): every operand is a summand."""
 
-    kind = LINEAR
+    linearity = LINEAR
 
     def axes(self, node, ax):
         return broadcast_axes(node, node.args[:2], ax)
@@ -106,7 +109,7 @@ class AddRule(Rule):
 
 @rules_for(aten.neg)
 class NegRule(Rule):
-    kind = LINEAR
+    linearity = LINEAR
 
     def axes(self, node, ax):
         return ax.axes(node.args[0])
@@ -119,7 +122,7 @@ class NegRule(Rule):
 class MulRule(Rule):
     """``x * y``: linear in either operand with the other frozen (gates, scales)."""
 
-    kind = BILINEAR
+    linearity = BILINEAR
 
     def axes(self, node, ax):
         return broadcast_axes(node, node.args[:2], ax)
@@ -140,7 +143,7 @@ class MulRule(Rule):
 class DivRule(Rule):
     """``x / y``: linear in ``x``; ``y`` frozen (its reciprocal becomes a factor)."""
 
-    kind = BILINEAR
+    linearity = BILINEAR
 
     def axes(self, node, ax):
         return broadcast_axes(node, node.args[:2], ax)
@@ -162,16 +165,23 @@ class DivRule(Rule):
 class UnaryNonlinear(Rule):
     """Pointwise nonlinearity: output has the atoms of its (broadcast) inputs."""
 
-    kind = NONLINEAR
+    linearity = NONLINEAR
 
     def axes(self, node, ax):
         args = [a for a in tensor_args(node) if ax.shape(a) is not None]
         shape = ax.shape(node)
-        if shape is None:
-            return None
-        if args and all(len(ax.shape(a)) <= len(shape) for a in args):
+        if shape is None:  # a tuple (or no tensor): nothing to follow
+            return ax.fresh(node)
+        if args and all(_broadcasts(ax.shape(a), shape) for a in args):
             return broadcast_axes(node, args, ax)
-        return ax.fresh(node)
+        return ax.fresh(node)  # not elementwise after all (a registered op that reshapes)
+
+
+def _broadcasts(shape: tuple, out: tuple) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to ``out``."""
+    if len(shape) > len(out):
+        return False
+    return all(s == 1 or s == o for s, o in zip(shape[::-1], out[::-1]))
 
 
 _POINTWISE = [
@@ -182,7 +192,7 @@ _POINTWISE = [
     "expm1", "sgn", "logical_not", "eq", "ne", "lt", "le", "gt", "ge", "floor", "ceil", "round",
     "maximum", "minimum", "gelu_", "relu_", "silu_", "quick_gelu", "selu", "celu",
     "threshold", "logit", "tan", "atan", "bitwise_not", "isnan", "nan_to_num", "fill",
-    "zeros_like", "ones_like", "full_like", "empty_like",
+    "zeros_like", "ones_like", "full_like", "empty_like", "lerp", "addcdiv",
 ]
 for _name in _POINTWISE:
     _packet = getattr(aten, _name, None)
@@ -196,7 +206,7 @@ class AddcmulRule(Rule):
     """``x + value * t1 * t2`` (an affine layer written as one op): linear in ``x`` and in
     whichever product operand varies; with both varying, linear in the carried one."""
 
-    kind = BILINEAR
+    linearity = BILINEAR
 
     def axes(self, node, ax):
         return broadcast_axes(node, node.args[:3], ax)

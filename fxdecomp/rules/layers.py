@@ -12,7 +12,7 @@ import torch.fx as fx
 
 from ..core.atoms import In
 from ..core.terms import Factor, Linearization, Piece
-from .base import BILINEAR, Rule, UnaryRule
+from .base import BILINEAR, LINEAR, Rule, UnaryRule
 from .registry import rules_for
 
 aten = torch.ops.aten
@@ -35,7 +35,7 @@ def split_info(shared_batch: list, contracted: tuple, table) -> dict:
 
 @rules_for(aten.linear)
 class LinearRule(UnaryRule):
-    kind = BILINEAR
+    linearity = BILINEAR
 
     def axes(self, node, ax):
         x, w = node.args[0], node.args[1]
@@ -91,7 +91,7 @@ def _per_dim(v, n):
 class ConvRule(UnaryRule):
     """Convolution as factors: the kernel, and per spatial axis a 0/1 tensor S[out, tap, in]."""
 
-    kind = BILINEAR
+    linearity = BILINEAR
     KEYS = {1: ("pos",), 2: ("row", "col"), 3: ("depth", "row", "col")}
 
     def _geometry(self, node, ax_shape):
@@ -142,7 +142,7 @@ class ConvRule(UnaryRule):
             if k_axis:
                 ax.unify(wa[2 + i], k_axis)
             kernels.append(k_axis)
-        node.meta["fxd_conv_kernels"] = kernels
+        ax.record_kernels(node, kernels)
         return out
 
 
@@ -152,7 +152,7 @@ class ConvRule(UnaryRule):
             raise ctx.unsupported(node, "its weight depends on the input")
         xa = ctx.axes(x)
         out = ctx.axes(node)
-        kernels = node.meta.get("fxd_conv_kernels") or [None] * len(dims)
+        kernels = ctx.kernels(node) or [None] * len(dims)
         pass_atoms = set(xa[0])
         if groups > 1:
             group_atoms = set(a for a in out[1] if a in set(xa[1]))
@@ -178,11 +178,72 @@ class ConvRule(UnaryRule):
         return Linearization(pieces)
 
 
+def _split_by_size(axis: tuple, sizes) -> list[tuple]:
+    """Cut a resolved axis into runs of atoms whose sizes multiply to ``sizes`` (in order)."""
+    out, k = [], 0
+    for want in sizes:
+        run, got = [], 1
+        while got < want:
+            run.append(axis[k])
+            got *= axis[k].size
+            k += 1
+        if got != want:
+            raise ValueError(f"axis {axis} cannot be cut into sizes {tuple(sizes)}")
+        out.append(tuple(run))
+    return out
+
+
+@rules_for(aten.im2col)
+class Im2colRule(UnaryRule):
+    """``unfold``: [B, C, H, W] -> [B, C·kh·kw, oh·ow], each output column one window's pixels.
+
+    A 0/1 map, factorised as a convolution's is: per spatial axis the taps S[out, tap, in].
+    The output's channel axis is (channels, row tap, column tap), its position axis
+    (out rows, out columns): a batch folded with positions later (TNT's pixel-level
+    transformer runs on [B·patches, pixels, C]) keeps the batch atom."""
+
+    linearity = LINEAR
+
+    @staticmethod
+    def _geometry(node, shape):
+        x, kernel, dilation, padding, stride = node.args[:5]
+        in_shape = shape(x)
+        dims = []
+        for i in range(2):
+            n_in = in_shape[2 + i]
+            n_out = (n_in + 2 * padding[i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1
+            dims.append(dict(k=kernel[i], s=stride[i], p=padding[i], d=dilation[i], n_in=n_in, n_out=n_out))
+        return x, dims
+
+    def axes(self, node, ax):
+        x, dims = self._geometry(node, ax.shape)
+        xa = ax.axes(x)
+        taps, grid = [], []
+        for key, g in zip(("row", "col"), dims):
+            taps.extend(ax.table.axis(g["k"], ("kernel", node.name, key), "other"))
+            grid.extend(ax.table.axis(g["n_out"], ("grid", key, node.name), "spatial"))
+        ax.record_position_mixing(node)
+        return [xa[0], tuple(xa[1]) + tuple(taps), tuple(grid)]
+
+    def linearize(self, node, ctx):
+        x, dims = self._geometry(node, ctx.shape)
+        xa, out = ctx.axes(x), ctx.axes(node)
+        c = ctx.shape(x)[1]
+        _, kh, kw = _split_by_size(tuple(out[1]), [c, dims[0]["k"], dims[1]["k"]])
+        oh, ow = _split_by_size(tuple(out[2]), [dims[0]["n_out"], dims[1]["n_out"]])
+        factors = []
+        for g, k_axis, o_axis, in_axis in zip(dims, (kh, kw), (oh, ow), xa[2:]):
+            tap = ctx.taps(g["n_out"], g["k"], g["n_in"], g["s"], g["p"], g["d"])
+            factors.append(Factor(tap, (o_axis, k_axis, _ins(in_axis))))
+        keep = frozenset(a for axis in xa[:2] for a in axis)
+        return Linearization([Piece(arg=x, factors=factors, passthrough=keep)])
+
+
 @rules_for(aten.matmul, aten.bmm, aten.mm)
 class MatmulRule(Rule):
     """``a @ b``; with both operands varying, linear in the carried one."""
 
-    kind = BILINEAR
+    linearity = BILINEAR
 
     def axes(self, node, ax):
         a, b = node.args[0], node.args[1]

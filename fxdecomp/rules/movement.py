@@ -29,7 +29,7 @@ def _identity_piece(node, x, ctx) -> Piece:
 class RelabelRule(UnaryRule):
     """Ops that only rearrange axes: the output's atoms are the input's."""
 
-    kind = LINEAR
+    linearity = LINEAR
 
     def linearize(self, node, ctx):
         x = node.args[0]
@@ -80,11 +80,12 @@ class ReshapeRule(RelabelRule):
                 part = ax.table.regroup([src[i] for i in ins], [out_shape[j] for j in outs])
                 regroups.append((tuple(a for i in ins for a in src[i]), tuple(a for p in part for a in p)))
             out.extend(part)
-        node.meta["fxd_regroups"] = regroups
+        if regroups:
+            ax.record_regroups(node, regroups)
         return out
 
     def linearize(self, node, ctx):
-        regroups = node.meta.get("fxd_regroups")
+        regroups = ctx.regroups(node)
         if not regroups:
             return super().linearize(node, ctx)
         x = node.args[0]
@@ -157,7 +158,7 @@ class SqueezeRule(RelabelRule):
 class ExpandRule(UnaryRule):
     """Broadcasting to a larger shape: new atoms, values constant along them."""
 
-    kind = LINEAR
+    linearity = LINEAR
 
     def axes(self, node, ax):
         src_axes, src_shape = ax.axes(node.args[0]), ax.shape(node.args[0])
@@ -180,7 +181,7 @@ class ExpandRule(UnaryRule):
 class SelectRule(UnaryRule):
     """``x[..., i, ...]``: a one-hot factor, applied by indexing at code generation."""
 
-    kind = LINEAR
+    linearity = LINEAR
 
     def axes(self, node, ax):
         src = list(ax.axes(node.args[0]))
@@ -221,7 +222,7 @@ def _slice_bounds(size: int, start, end, step) -> tuple[int, int, int]:
 
 @rules_for(aten.slice)
 class SliceRule(UnaryRule):
-    kind = LINEAR
+    linearity = LINEAR
 
     def _bounds(self, node, shape):
         dim = norm_dim(node.args[1] if len(node.args) > 1 else 0, len(shape))
@@ -263,11 +264,26 @@ def _role(table, axis) -> str:
     return "other"
 
 
+def _segment(t, dim: int, seg, ax) -> tuple:
+    """What one input of a concatenation is along its axis, for provenance: (axis, size, name),
+    or, for a single row sliced from a larger axis (``x[:, 0:1]``, which has no atom of its
+    own), (that axis, 1, None, the row's index on it)."""
+    size = ax.shape(t)[dim]
+    if not seg and size == 1 and isinstance(t, fx.Node) and getattr(t.target, "overloadpacket", None) is aten.slice:
+        src = t.args[0]
+        shape = ax.shape(src)
+        if shape is not None and len(shape) == len(ax.shape(t)) and norm_dim(t.args[1], len(shape)) == dim:
+            start = _slice_bounds(shape[dim], t.args[2] if len(t.args) > 2 else None,
+                                  t.args[3] if len(t.args) > 3 else None, 1)[0]
+            return (ax.axes(src)[dim], 1, None, start)
+    return (seg, size, ax.param_name(t))
+
+
 @rules_for(aten.cat, aten.concat, aten.concatenate)
 class CatRule(Rule):
     """Concatenation: each input is embedded into its segment of a new axis."""
 
-    kind = LINEAR
+    linearity = LINEAR
 
     def axes(self, node, ax):
         tensors = [t for t in node.args[0]]
@@ -279,7 +295,7 @@ class CatRule(Rule):
         for t in tensors:
             t_axes = list(ax.axes(t))
             seg = t_axes[dim]
-            segments.append((seg, ax.shape(t)[dim], ax.param_name(t)))
+            segments.append(_segment(t, dim, seg, ax))
             if out is None:
                 out = t_axes
             else:
@@ -291,7 +307,7 @@ class CatRule(Rule):
             out[dim] = ()
         else:
             out[dim] = (ax.table.new(out_shape[dim], ("cat", tuple(segments)), "other"),)
-            for seg, _, _ in segments:
+            for seg, *_ in segments:
                 ax.table.promote(out[dim], _role(ax.table, seg) if seg else "other")
         return out
 
@@ -326,9 +342,58 @@ class CatRule(Rule):
         return Linearization(pieces)
 
 
+@rules_for(aten.stack)
+class StackRule(Rule):
+    """``stack``: the inputs, each placed at its index of a new axis (a concatenation of
+    unsqueezed inputs). Their axes are one; the new axis remembers which input is where."""
+
+    linearity = LINEAR
+
+    def axes(self, node, ax):
+        tensors = list(node.args[0])
+        out_shape = ax.shape(node)
+        dim = norm_dim(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0), len(out_shape))
+        out = None
+        for t in tensors:
+            t_axes = list(ax.axes(t))
+            if out is None:
+                out = t_axes
+            else:
+                for a, b in zip(out, t_axes):
+                    if not ax.unify(a, b):
+                        return ax.fresh(node)
+        n = len(tensors)
+        new = ax.table.axis(n, ("cat", tuple(((), 1, ax.param_name(t)) for t in tensors)), "other") \
+            if n > 1 else ()
+        return out[:dim] + [new] + out[dim:]
+
+    def carriable(self, node):
+        return [t for t in node.args[0] if isinstance(t, fx.Node)]
+
+    def linearize(self, node, ctx):
+        tensors = list(node.args[0])
+        shape = ctx.shape(node)
+        dim = norm_dim(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0), len(shape))
+        out_axis, n = ctx.axes(node)[dim], len(tensors)
+        pieces = []
+        for i, t in enumerate(tensors):
+            piece = _identity_piece(node, t, ctx)
+            if n > 1:
+                def make(i=i):
+                    e = torch.zeros(n, dtype=torch.float64)
+                    e[i] = 1.0
+                    return e
+
+                piece.factors = [Factor(ctx.constant(("stack", n, i), make, f"stack{i}"), (out_axis,))]
+            if piece.const is not None:
+                piece.label = ctx.param_name(t)
+            pieces.append(piece)
+        return Linearization(pieces)
+
+
 @rules_for(aten.roll)
 class RollRule(UnaryRule):
-    kind = LINEAR
+    linearity = LINEAR
 
     def _spec(self, node, nd):
         shifts = node.args[1]
@@ -385,7 +450,7 @@ class RollRule(UnaryRule):
 class PadRule(UnaryRule):
     """Zero padding (``constant_pad_nd``, and ``pad`` in constant mode): an embedding per padded axis."""
 
-    kind = LINEAR
+    linearity = LINEAR
 
     @staticmethod
     def _mode_value(node):
@@ -449,13 +514,13 @@ class PadRule(UnaryRule):
 class TupleRule(UnaryRule):
     """An op returning several tensors; ``getitem`` nodes read them."""
 
-    kind = LINEAR
+    linearity = LINEAR
 
     def item_axes(self, node, i, ax):
         return self.axes(node, ax)[i]
 
-    def item_kind(self, node, i) -> str:
-        return self.kind
+    def item_linearity(self, node, i) -> str:
+        return self.linearity
 
     def item_linearize(self, node, i, item: fx.Node, ctx) -> Linearization:
         raise NotImplementedError
@@ -538,7 +603,7 @@ class GetItemRule(Rule):
         return prod, rule_for(prod.target)
 
     @property
-    def kind(self):  # type: ignore[override]
+    def linearity(self):  # type: ignore[override]
         return LINEAR
 
     def axes(self, node, ax):
@@ -552,7 +617,7 @@ class GetItemRule(Rule):
         prod, rule = self._producer(node)
         if not isinstance(rule, TupleRule):
             return "nonlinear"
-        return {"linear": "linear", "norm": "norm"}.get(rule.item_kind(prod, node.args[1]), "nonlinear")
+        return {"linear": "linear", "norm": "norm"}.get(rule.item_linearity(prod, node.args[1]), "nonlinear")
 
     def carriable(self, node):
         prod, rule = self._producer(node)

@@ -35,7 +35,7 @@ def _flat(axes):
 class _LastDimsNorm(UnaryRule):
     """A norm over the trailing ``normalized_shape`` dims with affine parameters after it."""
 
-    kind = NORM
+    linearity = NORM
     n_params = 2
 
     def axes(self, node, ax):
@@ -125,8 +125,8 @@ class _SavedStatsRule(TupleRule):
         out = _bn_axes(node, ax, node.args[self.params])
         return [out, ax.fresh_like(node, 1), ax.fresh_like(node, 2)]
 
-    def item_kind(self, node, i):
-        return self.kind if i == 0 else "nonlinear"
+    def item_linearity(self, node, i):
+        return self.linearity if i == 0 else "nonlinear"
 
     def item_linearize(self, node, i, item, ctx):
         if i != 0:
@@ -150,7 +150,7 @@ class BatchNormEvalRule(_SavedStatsRule):
 
 @rules_for(aten.batch_norm)
 class BatchNormRule(UnaryRule):
-    kind = LINEAR
+    linearity = LINEAR
 
     def axes(self, node, ax):
         return _bn_axes(node, ax, node.args[1:5])
@@ -199,7 +199,7 @@ def _group_norm_linearize(node, x, groups, w, b, eps, ctx):
 class GroupNormRule(UnaryRule):
     """GroupNorm (channels first) with its per-sample group statistics frozen."""
 
-    kind = NORM
+    linearity = NORM
 
     def axes(self, node, ax):
         return _bn_axes(node, ax, node.args[2:4])
@@ -214,7 +214,7 @@ class NativeGroupNormRule(_SavedStatsRule):
     """``native_group_norm(x, w, b, N, C, HxW, groups, eps)``: item 0 as GroupNorm; the
     saved mean and rstd are statistics, not part of the stream."""
 
-    kind, norm, params = NORM, "GroupNorm", slice(1, 3)
+    linearity, norm, params = NORM, "GroupNorm", slice(1, 3)
 
     def output(self, node, ctx):
         x, w, b, _n, _c, _hw, groups, eps = node.args[:8]
@@ -226,7 +226,7 @@ class UnsupportedNormRule(TupleRule):
     """Norms whose frozen form is not implemented yet: fine inside branches,
     refused where the decomposition would have to pass through them."""
 
-    kind = NORM
+    linearity = NORM
 
     def axes(self, node, ax):
         return [list(ax.axes(node.args[0])), ax.fresh_like(node, 1), ax.fresh_like(node, 2)]
@@ -234,7 +234,7 @@ class UnsupportedNormRule(TupleRule):
     def item_axes(self, node, i, ax):
         return self.axes(node, ax)[i]
 
-    def item_kind(self, node, i):
+    def item_linearity(self, node, i):
         return NORM if i == 0 else "nonlinear"
 
     def item_linearize(self, node, i, item, ctx):

@@ -23,8 +23,8 @@ def _per_dim(v, n: int) -> list:
 
 def _pool_axes(node, ax, n_spatial: int):
     """Leading (batch, channel) atoms kept; every changed spatial axis gets a fresh grid atom.
-    Marks the node as mixing positions (a branch holding it is of kind ``conv``)."""
-    node.meta["fxd_spatial_mixing"] = True
+    Records the node as mixing positions (a branch holding it is of kind ``conv``)."""
+    ax.record_position_mixing(node)
     src = list(ax.axes(node.args[0]))
     in_shape, out_shape = ax.shape(node.args[0]), ax.shape(node)
     keys = KEYS.get(n_spatial, tuple(f"dim{i}" for i in range(n_spatial)))
@@ -50,7 +50,7 @@ class AvgPoolRule(UnaryRule):
     factorises over axes; ``divisor_override`` is a single scale.
     """
 
-    kind = LINEAR
+    linearity = LINEAR
 
     def axes(self, node, ax):
         return _pool_axes(node, ax, _n_spatial(node))
@@ -108,7 +108,7 @@ class AvgPoolRule(UnaryRule):
 class MaxPoolRule(Rule):
     """Max pooling: nonlinear (a CNN stem's, or inside a branch); axes as for any pooling."""
 
-    kind = NONLINEAR
+    linearity = NONLINEAR
 
     def axes(self, node, ax):
         return _pool_axes(node, ax, _n_spatial(node))

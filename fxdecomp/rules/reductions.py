@@ -7,37 +7,41 @@ import torch
 
 from ..core.atoms import In
 from ..core.terms import Factor, Linearization, Piece
-from .base import LINEAR, NONLINEAR, UnaryRule, norm_dim
+from .base import LINEAR, NONLINEAR, UnaryRule, bound_args, norm_dim
+from .movement import TupleRule
 from .registry import rules_for
 
 aten = torch.ops.aten
 
 
 def _reduce_spec(node, nd):
-    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    """(reduced dims, keepdim), read by argument name (every overload calls them ``dim`` and
+    ``keepdim``; no ``dim``, or an empty one, reduces everything)."""
+    args = bound_args(node)
+    dims = args.get("dim")
     if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
         dims = list(range(nd))
     elif isinstance(dims, int):
         dims = [dims]
-    keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-    return sorted(norm_dim(d, nd) for d in dims), bool(keep)
+    return sorted(norm_dim(d, nd) for d in dims), bool(args.get("keepdim") or False)
+
+
+def _reduced_axes(node, ax, src):
+    dims, keep = _reduce_spec(node, len(src))
+    return [() if i in dims else a for i, a in enumerate(src)] if keep else \
+        [a for i, a in enumerate(src) if i not in dims]
 
 
 class _Reduction(UnaryRule):
     def axes(self, node, ax):
-        src = list(ax.axes(node.args[0]))
-        dims, keep = _reduce_spec(node, len(src))
-        if isinstance(ax.shape(node), tuple) and len(ax.shape(node)) == len(src) and not keep:
-            keep = True  # reductions that keep dims implicitly
-        return [() if i in dims else a for i, a in enumerate(src)] if keep else \
-            [a for i, a in enumerate(src) if i not in dims]
+        return _reduced_axes(node, ax, list(ax.axes(node.args[0])))
 
 
 @rules_for(aten.mean, aten.sum)
 class MeanRule(_Reduction):
     """Mean (or sum) over axes: a ones factor on the reduced atoms, scaled."""
 
-    kind = LINEAR
+    linearity = LINEAR
 
 
     def linearize(self, node, ctx):
@@ -54,17 +58,28 @@ class MeanRule(_Reduction):
         return Linearization([Piece(const=ctx.const_factor(x), factors=factors, passthrough=atoms, coef=coef)])
 
 
-@rules_for(aten.amax, aten.amin, aten.var, aten.std, aten.linalg_vector_norm, aten.norm, aten.var_mean,
+@rules_for(aten.amax, aten.amin, aten.var, aten.std, aten.linalg_vector_norm, aten.norm,
            aten.logsumexp, aten.prod, aten.argmax, aten.argmin)
 class NonlinearReduction(_Reduction):
-    kind = NONLINEAR
+    linearity = NONLINEAR
+
+
+@rules_for(aten.var_mean, aten.std_mean)
+class MomentsRule(TupleRule):
+    """``var_mean``/``std_mean``: two reductions of the same axes, returned together."""
+
+    linearity = NONLINEAR
+
+    def axes(self, node, ax):
+        out = _reduced_axes(node, ax, list(ax.axes(node.args[0])))
+        return [out, list(out)]
 
 
 @rules_for(aten.adaptive_avg_pool2d, aten.adaptive_avg_pool1d, aten._adaptive_avg_pool2d)
 class AdaptiveAvgPoolRule(UnaryRule):
     """Adaptive average pooling: per spatial axis a fixed averaging matrix."""
 
-    kind = LINEAR
+    linearity = LINEAR
 
     def _out(self, node, shape):
         size = node.args[1]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .base import KINDS, NONLINEAR, Rule
+from .base import LINEARITIES, NONLINEAR, Rule
 
 _RULES: dict[Any, Rule] = {}
 
@@ -69,8 +69,8 @@ def register_rule(op: Any, rule: Rule | None = None, *, kind: str | None = None)
             )
     if not isinstance(rule, Rule):
         raise TypeError("rule must be an instance of fxdecomp.rules.Rule")
-    if rule.kind not in KINDS:
-        raise ValueError(f"rule.kind must be one of {KINDS}")
+    if rule.linearity not in LINEARITIES:
+        raise ValueError(f"rule.linearity must be one of {LINEARITIES}")
     _RULES[op] = rule
     return rule
 
