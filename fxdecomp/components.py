@@ -42,6 +42,17 @@ class Component:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def ancestors(self) -> tuple[str, ...]:
+        """The names this component's slice has at coarser granularities, finest first: a token's
+        head (``blocks.5.attn[h2]`` for ``blocks.5.attn[h2,t7]``), then its whole branch."""
+        base = self.name.split("[")[0]
+        out = []
+        if self.head is not None and self.token is not None:
+            out.append(f"{base}[h{self.head}]")
+        if base != self.name:
+            out.append(base)
+        return tuple(out)
+
 
 class ComponentTable(Sequence[Component]):
     """An ordered, searchable list of components."""

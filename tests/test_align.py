@@ -21,9 +21,11 @@ from fxdecomp.align import (
     clip_scores,
     collect,
     describe,
+    fit_probe,
     probe_accuracy,
     property_scores,
     rankdata,
+    readout_effects,
     representation,
     spearman,
     textspan,
@@ -261,10 +263,10 @@ def test_scores_rank_planted_components_and_constants_score_zero():
     assert cs["comp3"] == 0.0 and cs["comp0"] > 0.5 > abs(cs["comp1"])
 
 
-def test_property_score_is_the_mean_correlation_over_a_qr_basis():
+def test_property_score_is_the_mean_correlation_over_an_svd_basis():
     aligned, texts = synthetic_aligned(seed=3)
     ps = property_scores(aligned, ["x", "y"], text_embeddings=texts[:2])
-    basis, _ = np.linalg.qr(texts[:2].double().numpy().T)
+    basis = np.linalg.svd(F.normalize(texts[:2].double(), dim=1).numpy(), full_matrices=False)[2].T
     m = aligned.mapped.double().numpy()
     for i, name in enumerate(aligned.names):
         if name == "comp3":
@@ -419,16 +421,34 @@ def test_end_to_end_on_a_tiny_model(tiny_model, world_clip, world_images):
     assert torch.allclose(feats.clip, world_clip.encode_images(world_images["images"]), atol=1e-5)
     aligner = CompAlign.for_features(feats, lam=1.0, clip_name=world_clip.name)
     hist = aligner.fit(feats, epochs=3, batch_size=8, lr=3e-3, progress=False)
-    assert len(hist["loss"]) == 3 and all(np.isfinite(hist["loss"]))
+    assert len(hist["loss"]) == 3 and hist["loss"][-1] < hist["loss"][0]
     aligned = aligner.map(feats)
     descs = ["red", "blue", "green"]
     ps = property_scores(aligned, descs, clip=world_clip)
     cs = clip_scores(aligned, descs, clip=world_clip)
-    assert set(ps) == set(dm.components.names) and all(np.isfinite(list(ps.values())))
-    assert all(np.isfinite(list(cs.values())))
-    assert np.isfinite(spearman(ps, cs))
-    top = describe(aligned, dm.components.names[-2], ["circle", "sea", "red"], 2, clip=world_clip)
-    assert len(top) == 2 and all(np.isfinite(s) for _, s in top)
+    assert set(ps) == set(dm.components.names)
+    # the scores are what they say: correlations along the texts' (SVD) basis, and with CLIP's own reading
+    t = world_clip.encode_texts(descs).double()
+    basis = torch.linalg.svd(t, full_matrices=False)[2].T
+    m = aligned.mapped.double()
+    i = int(m.var(0).sum(-1).argmax())  # a component that varies (a constant scores 0)
+    name = dm.components.names[i]
+    want = np.mean([np.corrcoef((m[:, i] @ basis[:, j]).numpy(), (m.sum(1) @ basis[:, j]).numpy())[0, 1]
+                    for j in range(3)])
+    assert ps[name] == pytest.approx(want, abs=1e-6)
+    want_cs = np.mean([np.corrcoef((m[:, i] @ t[j]).numpy(), (aligned.clip.double() @ t[j]).numpy())[0, 1]
+                       for j in range(3)])
+    assert cs[name] == pytest.approx(want_cs, abs=1e-6)
+    assert -1 <= spearman(ps, cs) <= 1
+    words = ["circle", "sea", "red"]
+    top = describe(aligned, name, words, 2, clip=world_clip)
+    tw = world_clip.encode_texts(words).double()
+    tw = F.normalize(tw - tw.mean(0), dim=1)
+    x = m[:, i] - m[:, i].mean(0)
+    spread = (x @ tw.T).pow(2).mean(0).sqrt()
+    order = torch.argsort(spread, descending=True)[:2]
+    assert [w for w, _ in top] == [words[int(k)] for k in order]
+    assert [v for _, v in top] == pytest.approx([float(spread[k]) for k in order], rel=1e-6)
     with pytest.raises(InputError, match="d_clip"):
         CompAlign.for_features(feats, clip_dim=32).fit(feats, epochs=1, progress=False)
 
@@ -473,8 +493,11 @@ def test_training_from_a_stream(tiny_model, world_clip, world_images):
                     shuffle_seed=0)
     assert len(stream) == 2
     aligner = CompAlign(dm.components, 32, world_clip.dim)
-    hist = aligner.fit(stream, epochs=2, progress=False)
-    assert len(hist["cos"]) == 2 and all(np.isfinite(hist["cos"]))
+    feats = collect(dm, world_images["images"][:16], preprocess=transform_for(rep), clip=world_clip, progress=False)
+    before = heldout_cosine(aligner, feats)
+    hist = aligner.fit(stream, epochs=4, lr=1e-2, progress=False)
+    assert len(hist["cos"]) == 4 and hist["cos"][-1] < hist["cos"][0]
+    assert heldout_cosine(aligner, feats) > before + 0.05  # it learned the very images the stream gave it
     with pytest.raises(InputError, match="other components"):
         CompAlign(len(dm.components), 32, world_clip.dim).fit(stream, epochs=1, progress=False)
 
@@ -507,9 +530,18 @@ def test_open_clip_space_uses_its_templates_and_preprocessing():
     assert t.shape == (1, space.dim) and two.shape == (2, space.dim)
     assert torch.allclose(torch.cat([t, two]).norm(dim=1), torch.ones(3), atol=1e-5)
     assert space.encode_images(np.zeros((2, 50, 40, 3), np.uint8)).shape == (2, space.dim)
+    # each description: every template's normalised embedding, averaged, normalised again
+    tok = open_clip.get_tokenizer("ViT-S-32")
+    with torch.no_grad():
+        raw = F.normalize(space.model.encode_text(tok(["a photo of a dog.", "a dog"])).float(), dim=-1)
+    torch.testing.assert_close(two[0], F.normalize(raw.mean(0), dim=0), rtol=1e-5, atol=1e-5)
     with pytest.raises(InputError, match="no model"):
         ClipSpace.from_open_clip("not-a-clip")
-    assert open_clip is not None
+
+
+def heldout_cosine(aligner, feats) -> float:
+    with torch.no_grad():
+        return float(F.cosine_similarity(aligner.aligned(feats), feats.clip, dim=-1).mean())
 
 
 def test_features_validate_shapes():
@@ -517,3 +549,69 @@ def test_features_validate_shapes():
         Features(torch.zeros(4, 3, 2), None, table(2))
     with pytest.raises(InputError):
         Features(torch.zeros(4, 3, 2), torch.zeros(5, 8), table(3))
+
+
+# -- order-free scores, variance share, readout effects, finer maps --------------------------------------
+@pytest.mark.parametrize("method", ["paper", "share"])
+def test_scores_do_not_depend_on_the_order_of_the_descriptions(method):
+    aligned, texts = synthetic_aligned(seed=4)
+    ps = property_scores(aligned, ["x", "y", "z"], text_embeddings=texts, method=method)
+    for perm in ([2, 1, 0], [1, 2, 0]):
+        other = property_scores(aligned, [["x", "y", "z"][i] for i in perm], text_embeddings=texts[perm],
+                                method=method)
+        for name in aligned.names:
+            assert other[name] == pytest.approx(ps[name], abs=1e-12)
+
+
+def test_variance_shares_add_up_to_one_and_weigh_size():
+    aligned, texts = synthetic_aligned(seed=5)
+    share = property_scores(aligned, ["x", "y", "z"], text_embeddings=texts, method="share")
+    assert sum(share.values()) == pytest.approx(1.0, abs=1e-12)
+    assert share["comp3"] == pytest.approx(0.0, abs=1e-12)  # the constant
+    # a tiny copy of a strong component correlates perfectly but holds almost none of the variance
+    tiny = aligned.mapped.clone()
+    tiny = torch.cat([tiny, 1e-3 * tiny[:, :1]], 1)
+    more = Aligned(tiny, aligned.names + ["tiny"])
+    paper = property_scores(more, ["x"], text_embeddings=texts[:1], method="paper")
+    share = property_scores(more, ["x"], text_embeddings=texts[:1], method="share")
+    assert paper["tiny"] == pytest.approx(paper["comp0"], abs=1e-9) and paper["tiny"] > 0.5
+    assert share["tiny"] < 0.01 * share["comp0"]
+    with pytest.raises(InputError, match="method"):
+        property_scores(aligned, ["x"], text_embeddings=texts[:1], method="qr")
+
+
+def test_readout_effects_add_up_to_ablating_everything():
+    g = torch.Generator().manual_seed(0)
+    n, c, d = 400, 4, 6
+    y = torch.randint(0, 3, (2 * n,), generator=g)
+    contrib = torch.randn(2 * n, c, d, generator=g, dtype=torch.float64)
+    contrib[:, 1, :3] += 2.0 * F.one_hot(y, 3).double()  # component 1 writes the attribute
+    effects = readout_effects(contrib[:n], y[:n], contrib[n:], y[n:])
+    assert int(np.argmax(effects)) == 1 and effects[1] > 0.5
+    w, b = fit_probe(contrib[:n].sum(1), y[:n])
+    margin = lambda x: ((x @ w + b).gather(1, y[n:, None])[:, 0] - (x @ w + b).mean(1))  # noqa: E731
+    ablated = contrib[:n].mean(0).sum(0).expand(n, d)
+    drop = float((margin(contrib[n:].sum(1)) - margin(ablated)).mean())
+    assert effects.sum() == pytest.approx(drop, rel=1e-9)
+    acc = probe_accuracy(contrib[:n].sum(1), y[:n], contrib[n:].sum(1), y[n:])
+    assert acc == pytest.approx(float(((contrib[n:].sum(1) @ w + b).argmax(1) == y[n:]).double().mean()))
+
+
+def test_finer_components_are_read_with_their_heads_map(tiny_vit):
+    head = fxdecomp.decompose(tiny_vit, "head")
+    token = fxdecomp.decompose(tiny_vit, "token")
+    aligner = CompAlign(head.components, 32, 5, seed=2)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fine, coarse = token(x), head(x)
+    mapped = aligner.map_finer(fine)
+    # the tokens of a head, each mapped by the head's map, add up to the head mapped
+    regrouped = torch.zeros_like(aligner(coarse))
+    names = coarse.components.names
+    for c in fine.components:
+        key = c.ancestors()[0] if c.ancestors() and c.ancestors()[0] in names else c.name
+        regrouped[:, names.index(key)] += mapped[:, c.index]
+    torch.testing.assert_close(regrouped, aligner(coarse), rtol=1e-4, atol=1e-5)
+    other = CompAlign(["x"], 32, 5)
+    with pytest.raises(InputError, match="no map for component"):
+        other.map_finer(fine)

@@ -59,3 +59,19 @@ def test_views_are_new_images_of_the_same_size():
     x = evaluate.to_input(_data(8)["images"])
     v = train._views(x)
     assert v.shape == x.shape and not torch.equal(v, x)
+
+
+def test_fit_logs_one_loss_per_step_and_main_keeps_clip_l_opt_in():
+    data = _data(64)
+    model = models.vit(width=32, depth=1, heads=2)
+    log = []
+    t = train._on(torch.device("cpu"), data)
+
+    def loss(idx):
+        logits = models.split_logits(model(evaluate.to_input(t["images"][idx])))["colour"]
+        return torch.nn.functional.cross_entropy(logits, t["colour"][idx])
+
+    train._fit(model, list(model.parameters()), loss, 64, epochs=2, batch=16, lr=1e-3, device="cpu", desc="t", log=log)
+    assert len(log) == 8 and all(v > 0 for v in log)
+    # the old models' recipe and default set are unchanged; world-clip-l is trained only when named
+    assert train.ALL == ("vit", "swin", "ssl", "clip", "spurious") and train.CHOICES[-1] == "clip-l"

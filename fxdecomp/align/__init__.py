@@ -10,12 +10,12 @@ from .clip_space import ClipSpace, open_clip_templates, world_templates
 from .compalign import INITS, VARIANTS, CompAlign, train_aligner
 from .describe import describe, textspan
 from .features import Features, Stream, collect
-from .probes import auc, probe_accuracy, value_aucs
+from .probes import auc, fit_probe, probe_accuracy, readout_effects, value_aucs
 from .representation import representation
-from .scores import clip_scores, correlation, property_scores, rankdata, spearman
+from .scores import SCORE_METHODS, clip_scores, correlation, property_scores, rankdata, spearman, text_basis
 
 __all__ = [
-    "INITS", "VARIANTS", "Aligned", "ClipSpace", "CompAlign", "Features", "Stream", "auc", "clip_scores", "collect",
-    "correlation", "describe", "open_clip_templates", "probe_accuracy", "property_scores", "rankdata",
-    "representation", "spearman", "textspan", "train_aligner", "value_aucs", "world_templates",
+    "INITS", "SCORE_METHODS", "VARIANTS", "Aligned", "ClipSpace", "CompAlign", "Features", "Stream", "auc", "clip_scores", "collect",
+    "correlation", "describe", "fit_probe", "open_clip_templates", "probe_accuracy", "property_scores", "rankdata",
+    "readout_effects", "representation", "spearman", "text_basis", "textspan", "train_aligner", "value_aucs", "world_templates",
 ]

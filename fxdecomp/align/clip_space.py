@@ -71,12 +71,14 @@ class ClipSpace:
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Callable, preprocess: Callable,
-                 templates: Sequence[Template] = ("{}",), name: str = "clip"):
+                 templates: Sequence[Template] = ("{}",), name: str = "clip", spec: str | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.preprocess = preprocess
         self.templates = tuple(templates)
         self.name = name
+        #: What ``ClipSpace.by_name`` takes to build this space again (with the same checkpoint, if any).
+        self.spec = spec or name
         self._dim: int | None = None
 
     # -- construction --------------------------------------------------------------------------
@@ -104,20 +106,37 @@ class ClipSpace:
             from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
             mean, std = OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
         pre = tensor_preprocess(size, mean, std, cfg.get("interpolation", "bicubic"))
-        tag = f"open_clip:{name}" + (f":{pretrained}" if pretrained and checkpoint is None else "")
-        if checkpoint is not None:
-            tag += f":{Path(checkpoint).name}"
-        return cls(model, open_clip.get_tokenizer(name), pre, open_clip_templates(), tag)
+        spec = f"open_clip:{name}" + (f":{pretrained}" if pretrained and checkpoint is None else "")
+        tag = spec + (f":{Path(checkpoint).name}" if checkpoint is not None else "")
+        return cls(model, open_clip.get_tokenizer(name), pre, open_clip_templates(), tag, spec)
 
     @classmethod
-    def world(cls) -> ClipSpace:
-        """The small CLIP shipped with the synthetic world (offline)."""
+    def world(cls, name: str = "world-clip", path: str | Path | None = None) -> ClipSpace:
+        """A CLIP of the synthetic world (offline): ``world-clip`` (64 wide, shipped) or
+        ``world-clip-l`` (256 wide, the strong target space). The default stays ``world-clip``
+        until world-clip-l's trained file ships; until then ``path`` loads a trained file."""
         from ..world.models import IMAGE_SIZE, MEAN, STD
         from ..world.shipped import load_clip
 
-        model, tokenizer = load_clip()
+        model, tokenizer = load_clip(name, path=path)
         pre = tensor_preprocess((IMAGE_SIZE, IMAGE_SIZE), MEAN, STD, "bilinear")
-        return cls(model, tokenizer, pre, world_templates(), "world-clip")
+        tag = name if path is None else f"{name}:{Path(path).name}"
+        return cls(model, tokenizer, pre, world_templates(), tag, name)
+
+    @classmethod
+    def by_name(cls, spec: str, checkpoint: str | Path | None = None, device: str | torch.device = "cpu") -> ClipSpace:
+        """``world-clip`` (shipped), ``world-clip-l`` (``checkpoint``: its trained file, until it ships), or
+        ``open_clip:NAME[:TAG]`` (a pretrained tag downloads; ``checkpoint`` loads a local file instead)."""
+        if spec in ("world-clip", "world-clip-l"):
+            if spec == "world-clip" and checkpoint is not None:
+                raise InputError("world-clip is shipped with the package; it takes no --checkpoint")
+            return cls.world(spec, path=checkpoint).to(device)
+        lib, _, rest = spec.partition(":")
+        if lib != "open_clip" or not rest:
+            raise InputError(f"unknown CLIP {spec!r}: use world-clip, world-clip-l or open_clip:NAME[:TAG] "
+                             "(e.g. open_clip:ViT-L-14:laion2b_s32b_b82k, or open_clip:ViT-B-16 --checkpoint FILE)")
+        name, _, tag = rest.partition(":")
+        return cls.from_open_clip(name, pretrained=tag or None, checkpoint=checkpoint, device=device)
 
     # -- properties ------------------------------------------------------------------------------
     @property

@@ -82,8 +82,7 @@ class CompAlign(torch.nn.Module):
             _orthogonal_(weight[0], g)
             weight[1:] = weight[0]
         else:
-            for w in weight:
-                _orthogonal_(w, g)
+            _orthogonal_(weight, g)
         self.weight = torch.nn.Parameter(weight)
         self.bias = torch.nn.Parameter(torch.zeros(self.d_clip))
 
@@ -155,6 +154,39 @@ class CompAlign(torch.nn.Module):
         if clip is not None:
             self.check_clip_dim(clip.shape[1])
         return Aligned(mapped, list(self.names), clip, self.bias.detach().float().cpu())
+
+    def maps_for(self, components) -> list[int]:
+        """Which map applies to each of ``components``: its own, or for a component finer than the
+        aligner's (a token of a head the aligner maps), its head's or else its branch's map, the way
+        the paper reads a token's contribution with its head's map."""
+        own = {n: i for i, n in enumerate(self.names)}
+        out = []
+        for c in components:
+            hit = next((own[n] for n in (c.name, *c.ancestors()) if n in own), None)
+            if hit is None:
+                raise InputError(f"the aligner has no map for component {c.name!r} nor for a coarser one containing "
+                                 f"it ({', '.join(c.ancestors()) or 'none'}): align the same model at this "
+                                 "granularity or a coarser one")
+            out.append(0 if self.variant == "shared" else hit)
+        return out
+
+    @torch.no_grad()
+    def map_finer(self, contributions, components=None, batch_size: int = 256) -> torch.Tensor:
+        """[B, C, d_clip]: contributions at the aligner's granularity or a finer one (``Decomposition``,
+        or a tensor [B, C, d_model] with its ``components``), each mapped by :meth:`maps_for`."""
+        if isinstance(contributions, (Decomposition, Features)):
+            components = contributions.components if components is None else components
+            contributions = contributions.contributions
+        if components is None:
+            raise InputError("map_finer needs the components of the contributions")
+        if contributions.dim() != 3 or contributions.shape[1] != len(components):
+            raise InputError(f"contributions {list(contributions.shape)} do not fit {len(components)} components")
+        self.check(d_model=contributions.shape[2])
+        dtype = torch.promote_types(contributions.dtype, self.weight.dtype)
+        w = self.weight[self.maps_for(components)].to(dtype)
+        outs = [torch.einsum("bcd,cde->bce", contributions[i:i + batch_size].to(w), w)
+                for i in range(0, len(contributions), batch_size)]
+        return torch.cat(outs) if outs else contributions.new_zeros(0, len(components), self.d_clip)
 
     # -- checks -------------------------------------------------------------------------------------
     def _contributions(self, data) -> torch.Tensor:
@@ -243,7 +275,7 @@ class CompAlign(torch.nn.Module):
             weight, bias = f.get_tensor("weight"), f.get_tensor("bias")
         aligner = cls(json.loads(meta["names"]), int(meta["d_model"]), int(meta["d_clip"]), variant=meta["variant"],
                       lam=float(meta["lam"]), clip_name=json.loads(meta["clip_name"]),
-                      model_name=json.loads(meta["model_name"]))
+                      model_name=json.loads(meta["model_name"]), init="small")  # overwritten just below
         with torch.no_grad():
             aligner.weight.copy_(weight)
             aligner.bias.copy_(bias)
@@ -254,13 +286,19 @@ class CompAlign(torch.nn.Module):
 
 
 def _orthogonal_(w: torch.Tensor, generator: torch.Generator) -> None:
-    """Fill ``w`` with a random (semi-)orthogonal matrix."""
-    rows, cols = w.shape
-    a = torch.randn(max(rows, cols), min(rows, cols), generator=generator)
-    q, r = torch.linalg.qr(a)
-    q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+    """Fill ``w`` (a matrix, or a stack of them) with random (semi-)orthogonal matrices, one QR
+    for the whole stack: thousands of token maps start in a second, not a minute."""
+    rows, cols = w.shape[-2:]
+    a = torch.randn(*w.shape[:-2], max(rows, cols), min(rows, cols), generator=generator)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small factorisations: threads only wait on each other (badly, on a busy CPU)
+    try:
+        q, r = torch.linalg.qr(a)
+    finally:
+        torch.set_num_threads(threads)
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
     with torch.no_grad():
-        w.copy_(q if rows >= cols else q.T)
+        w.copy_(q if rows >= cols else q.transpose(-2, -1))
 
 
 def train_aligner(aligner: CompAlign, data, targets: torch.Tensor | None = None, *, epochs: int = 10,

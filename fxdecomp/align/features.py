@@ -176,7 +176,8 @@ def collect(dm: DecomposedModel, data, *, preprocess: Callable, clip: ClipSpace 
         preprocess: the model's eval preprocessing, raw batch -> model input
             (``fxdecomp.models_registry.transform_for(model)``).
         clip: the CLIP space whose image embeddings are the alignment targets (optional).
-        device: where to run; ``dm`` and ``clip`` are moved there.
+        device: where to run. ``dm`` and ``clip`` are moved there and stay there; ``dm`` shares its
+            parameters with the decomposed model, so the user's own model moves with it.
         cache: a folder; results are stored under a key made of everything they depend on
             (model and CLIP weights, granularity, components, the images or ``key``, both
             preprocessings) and reused only when all of it matches.

@@ -2,7 +2,8 @@
 
 CompAlign maps what a model *represents* into CLIP space; a classifier's logits
 are one linear read-out of that, with far fewer dimensions. ``representation``
-returns a copy of the model that stops before its classifier.
+returns a model that stops before its classifier: a copy when one has to be cut off, the
+model itself when it already stops there.
 """
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from ..errors import InputError
 
 
 def representation(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``model`` returning its pre-logits features (the original is left untouched).
+    """A model returning ``model``'s pre-logits features.
 
-    timm models: ``reset_classifier(0)`` on a deep copy (ViT: the final-norm class token;
-    Swin: the final norm, spatially averaged). Models that already return features
-    (timm with ``num_classes=0``, open_clip image towers) are returned as they are.
+    timm models with a classifier: ``reset_classifier(0)`` on a deep copy, so the original is left
+    untouched (ViT: the final-norm class token; Swin: the final norm, spatially averaged). Models
+    that already return features (timm with ``num_classes=0``, open_clip image towers) are returned
+    as they are, not copied: moving or converting the result moves or converts ``model`` itself.
     """
     if getattr(model, "num_classes", None) == 0:
         return model

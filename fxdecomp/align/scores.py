@@ -39,24 +39,53 @@ def _check(aligned: Aligned):
         raise InputError("scores take Aligned contributions: aligner.map(features)")
 
 
-def property_scores(aligned: Aligned, descriptions: Sequence[str], *, clip=None,
-                    text_embeddings: torch.Tensor | None = None) -> dict[str, float]:
-    """The paper's property-relevance score of every component: {name: score}.
+#: Property scores: ``"paper"`` (the paper's mean correlation) and ``"share"`` (variance share).
+SCORE_METHODS = ("paper", "share")
 
-    B = orthonormal basis (QR) of the property's k text embeddings; for each basis
-    direction b_j, score_i averages over j the correlation across images between the
-    component's projection s_ij = ⟨f_i(c_i(x)), b_j⟩ and the whole aligned
-    representation's t_j = ⟨Σ_i f_i(c_i(x)), b_j⟩.
+
+def text_basis(texts: torch.Tensor, center: bool = False) -> torch.Tensor:
+    """[d, r] orthonormal basis of the span of the text embeddings [k, d] (centred over the
+    descriptions first when ``center`` and k > 1), from an SVD: unlike Gram–Schmidt it does
+    not depend on the order the descriptions are listed in."""
+    t = texts.double()
+    if center and len(t) > 1:
+        t = t - t.mean(0)
+    _, sv, vh = torch.linalg.svd(t, full_matrices=False)
+    keep = sv > 1e-10 * sv.max().clamp_min(1e-300)
+    return vh[keep].T
+
+
+def property_scores(aligned: Aligned, descriptions: Sequence[str], *, clip=None,
+                    text_embeddings: torch.Tensor | None = None, method: str = "paper") -> dict[str, float]:
+    """The property-relevance score of every component: {name: score}.
+
+    With s_ij = ⟨f_i(c_i(x)), b_j⟩ the component's projection on basis direction b_j of the
+    property's text embeddings and t_j = Σ_i s_ij the whole aligned representation's:
+
+    * ``"paper"``: mean over j of Corr_x(s_ij, t_j), the paper's score, on an order-free (SVD)
+      basis of the text embeddings' span instead of the paper's Gram–Schmidt (QR) one;
+    * ``"share"``: Σ_j Cov_x(s_ij, t_j) / Σ_j Var_x(t_j) on a basis of the *centred* text
+      embeddings (what tells the descriptions apart): the component's share of the
+      representation's variance along the property. Shares add up to 1 over the components,
+      so a tiny component cannot score high by correlating perfectly.
     """
     _check(aligned)
+    if method not in SCORE_METHODS:
+        raise InputError(f"method must be one of {SCORE_METHODS}, got {method!r}")
     t = text_matrix(descriptions, clip, text_embeddings, aligned.dim)
     if len(t) > aligned.dim:
         raise InputError(f"{len(t)} descriptions span at most {aligned.dim} directions in a {aligned.dim}-d space")
-    basis, _ = torch.linalg.qr(t.T)  # [d, k]
-    s = aligned.mapped.double() @ basis  # [N, C, k]
-    total = s.sum(1)  # [N, k]
+    basis = text_basis(t, center=method == "share")  # [d, r]
+    s = aligned.mapped.double() @ basis  # [N, C, r]
+    total = s.sum(1)  # [N, r]
+    if method == "share":
+        sc, tc = s - s.mean(0), total - total.mean(0)
+        var = tc.pow(2).mean(0).sum()
+        if var <= 0:
+            return dict.fromkeys(aligned.names, 0.0)
+        return dict(zip(aligned.names, ((sc * tc.unsqueeze(1)).mean(0).sum(-1) / var).tolist()))
     ref = total.std(0, correction=0).clamp_min(1e-300)  # per direction
-    corr = correlation(s, total.unsqueeze(1), ref)  # [C, k]
+    corr = correlation(s, total.unsqueeze(1), ref)  # [C, r]
     return dict(zip(aligned.names, corr.mean(1).tolist()))
 
 

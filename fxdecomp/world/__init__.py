@@ -8,8 +8,8 @@ from .attributes import BACKGROUNDS, CATEGORICAL, COLOURS, FAMILIES, LOCATIONS, 
 from .captions import WordTokenizer, caption, prompts
 from .dataset import EVAL_SEED, GROUPS, World
 from .render import render
-from .shipped import NAMES, load, load_clip, load_probe, record
+from .shipped import CLIP_NAMES, NAMES, load, load_clip, load_probe, record
 
 __all__ = ["World", "Attributes", "render", "caption", "prompts", "WordTokenizer", "load", "load_clip",
-           "load_probe", "record", "NAMES", "CATEGORICAL", "SHAPES", "COLOURS", "PATTERNS", "LOCATIONS",
-           "FAMILIES", "BACKGROUNDS", "GROUPS", "EVAL_SEED"]
+           "load_probe", "record", "NAMES", "CLIP_NAMES", "CATEGORICAL", "SHAPES", "COLOURS", "PATTERNS",
+           "LOCATIONS", "FAMILIES", "BACKGROUNDS", "GROUPS", "EVAL_SEED"]

@@ -39,6 +39,20 @@ ATTRIBUTE_PROMPTS = {
 }
 
 
+#: world-clip-l's caption templates. Each names all five attributes, so that two images that differ
+#: in one attribute never share a caption (size is missing from four of ``TEMPLATES``), and most
+#: open with a zero-shot prompt's own words ("a photo of a {} object", "a photo of the {}"), so
+#: that the phrasings the model is read with are phrasings it was trained on.
+FULL_TEMPLATES = (
+    "a photo of a {size} {colour} {pattern} {shape} in the {location}",
+    "a photo of a {colour} object, a {size} {pattern} {shape} in the {location}",
+    "a photo of a {size} object, a {colour} {shape} with a {pattern} pattern in the {location}",
+    "a photo of a {pattern} object, a {size} {colour} {shape} in the {location}",
+    "a photo of the {location} with a {size} {colour} {pattern} {shape}",
+    "a {size} {shape} that is {colour} and {pattern}, {location} in the background",
+)
+
+
 def caption(attrs: Attributes, rng: np.random.Generator) -> str:
     """One caption of an image, phrased at random from its attributes."""
     template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
@@ -50,6 +64,20 @@ def caption(attrs: Attributes, rng: np.random.Generator) -> str:
 def _say(attr: str, value: str, rng) -> str:
     options = WORDS[attr][value]
     return options[int(rng.integers(len(options)))]
+
+
+def group_captions(members: list[Attributes], rng: np.random.Generator) -> list[str]:
+    """Captions of a group of images that differ from each other in few attributes: one
+    template and one choice of synonyms for the whole group, so the captions differ exactly
+    in the words of the attributes that differ (text-side hard negatives)."""
+    template = FULL_TEMPLATES[int(rng.integers(len(FULL_TEMPLATES)))]
+    pick = {k: float(rng.random()) for k in CATEGORICAL}
+    return [template.format(**{k: _pick(k, getattr(a, k), pick[k]) for k in CATEGORICAL}) for a in members]
+
+
+def _pick(attr: str, value: str, u: float) -> str:
+    options = WORDS[attr][value]
+    return options[int(u * len(options))]
 
 
 def prompts(attr: str) -> list[str]:

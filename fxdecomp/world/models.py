@@ -59,6 +59,34 @@ def clip() -> torch.nn.Module:
     return model
 
 
+#: world-clip-l's shape; saved in its record so that a file trained at another size loads too.
+CLIP_L = {"embed_dim": 256, "width": 256, "layers": 8, "text_width": 256, "text_layers": 6, "heads": 8}
+
+
+def clip_l(**config) -> torch.nn.Module:
+    """The world's strong CLIP, the stand-in for the paper's ViT-L/14 target: a joint space at
+    least as wide as the widest world model (192) and a twice-as-wide image tower of square
+    8x8 patch maps. ``config`` overrides entries of ``CLIP_L`` (tests train narrow copies);
+    the model keeps its config as ``world_config`` for the training record."""
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    unknown = set(config) - set(CLIP_L)
+    if unknown:
+        raise TypeError(f"clip_l() takes {', '.join(CLIP_L)}; not {', '.join(sorted(unknown))}")
+    cfg = {**CLIP_L, **config}
+    tok = tokenizer()
+    model = CLIP(
+        embed_dim=cfg["embed_dim"],
+        vision_cfg=CLIPVisionCfg(image_size=IMAGE_SIZE, patch_size=8, width=cfg["width"], layers=cfg["layers"],
+                                 head_width=cfg["width"] // cfg["heads"]),
+        text_cfg=CLIPTextCfg(context_length=tok.context_length, vocab_size=tok.vocab_size,
+                             width=cfg["text_width"], heads=cfg["heads"], layers=cfg["text_layers"]),
+    )
+    model.visual.image_mean, model.visual.image_std = MEAN, STD
+    model.world_config = cfg
+    return model
+
+
 def split_logits(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-attribute logits of a multi-attribute classifier."""
     return {k: logits[:, s] for k, s in HEAD_SLICES.items()}

@@ -1,12 +1,15 @@
 """Train the world's models and write them as safetensors plus a metrics record.
 
-    python -m fxdecomp.world.train --out fxdecomp/assets/world            # all models
-    python -m fxdecomp.world.train --out /tmp/w --models vit --scale 0.05  # a quick smoke run
+    python -m fxdecomp.world.train --out fxdecomp/assets/world                  # all models but clip-l
+    python -m fxdecomp.world.train --out /tmp/w --models vit --scale 0.05        # a quick smoke run
+    python -m fxdecomp.world.train --out fxdecomp/assets/world --models clip-l   # world-clip-l (GPU)
 
 Models: ``vit`` (supervised multi-attribute ViT), ``swin`` (supervised
 multi-attribute Swin), ``ssl`` (self-supervised ViT, SimCLR-style, with a
-linear probe), ``clip`` (contrastive image/text model on captions) and
-``spurious`` (ViT trained on the Waterbirds-style split). ``--scale`` shrinks
+linear probe), ``clip`` (contrastive image/text model on captions),
+``spurious`` (ViT trained on the Waterbirds-style split) and ``clip-l`` (the
+wide CLIP, trained against feature suppression: see ``train_clip_l``; not part
+of the default set, it needs a GPU: ``--models clip-l``). ``--scale`` shrinks
 the training set and epochs proportionally. Each model is written as one
 safetensors file whose metadata records how it was trained and its accuracy.
 """
@@ -19,16 +22,21 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import evaluate, models
-from .attributes import CATEGORICAL
+from .attributes import CATEGORICAL, SIZES, Attributes, sample
+from .captions import group_captions, prompts
 from .dataset import PROBE_SEED, SPURIOUS_TRAIN_SEED, TRAIN_SEED, World
+from .render import render
 
 ALL = ("vit", "swin", "ssl", "clip", "spurious")
+#: What ``--models`` accepts; ``clip-l`` is trained only when asked for (it needs a GPU).
+CHOICES = ALL + ("clip-l",)
 TRAIN_SIZE = 60_000
 SPURIOUS_SIZE = 20_000
 PROBE_SIZE = 5_000
@@ -43,8 +51,10 @@ def _schedule(opt, steps: int, warmup: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, lr)
 
 
-def _fit(model, params, loss_fn, n: int, epochs: int, batch: int, lr: float, device, desc: str, wd: float = 0.05):
-    """Shared AdamW + warmup-cosine loop over shuffled indices; ``loss_fn(idx)`` returns a loss."""
+def _fit(model, params, loss_fn, n: int, epochs: int, batch: int, lr: float, device, desc: str, wd: float = 0.05,
+         log: list | None = None):
+    """Shared AdamW + warmup-cosine loop over shuffled indices; ``loss_fn(idx)`` returns a loss
+    (appended to ``log`` at every step when given)."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
     steps = epochs * (n // batch)
     sched = _schedule(opt, steps, warmup=max(1, steps // 20))
@@ -62,6 +72,8 @@ def _fit(model, params, loss_fn, n: int, epochs: int, batch: int, lr: float, dev
             sched.step()
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            if log is not None:
+                log.append(loss.item())
     bar.close()
     return model.eval()
 
@@ -177,6 +189,172 @@ def train_clip(model, tokenizer, data: dict, device, epochs: int, batch: int = 5
     return _fit(model, list(model.parameters()), loss, len(t["images"]), epochs, batch, lr, device, "clip", wd=0.1)
 
 
+# -- world-clip-l: contrastive training against feature suppression ------------------------------
+#
+# A contrastive loss learns only what tells the captions of a batch apart. In random batches
+# colour, shape and location already do, so size (and, for a small model, shape) is never needed
+# and never learnt: feature suppression. Three changes make every attribute needed:
+#   1. hard negatives: images come in groups, an anchor and one variant per attribute that changes
+#      that attribute alone (same position, angle and texture seed), trained in the same batch;
+#   2. every attribute weighs: a zero-shot cross-entropy per attribute, image embeddings against
+#      the embeddings of that attribute's prompts, added to the caption loss;
+#   3. prompts match captions: captions name all five attributes, most in a zero-shot prompt's words.
+
+#: Images per contrast group: an anchor and one variant per attribute.
+GROUP = 1 + len(CATEGORICAL)
+CLIP_L_EPOCHS = 40
+CLIP_L_BATCH = 85 * GROUP  # 510 images, whole groups
+CLIP_L_LR = 5e-4
+#: Weight of the mean per-attribute zero-shot loss against the caption loss.
+ATTRIBUTE_WEIGHT = 1.0
+CLIP_L_OBJECTIVE = ("contrastive image/caption loss over batches of contrast groups (an anchor and one "
+                    "variant per attribute, differing in that attribute alone), images with identical "
+                    "attributes counted as positives; plus the mean over attributes of a zero-shot "
+                    "cross-entropy against that attribute's prompts")
+
+
+def vary(attrs: Attributes, attr: str, rng: np.random.Generator, image_size: int = 64) -> Attributes:
+    """``attrs`` with ``attr`` changed to another of its values, drawn at random. Position, angle
+    and the texture seed are kept, so the two images differ in that attribute alone (a new size
+    draws a radius in its range and moves the centre only as far as the object needs to fit)."""
+    others = [v for v in CATEGORICAL[attr] if v != getattr(attrs, attr)]
+    value = others[int(rng.integers(len(others)))]
+    if attr != "size":
+        return Attributes(**{**attrs.to_dict(), attr: value})
+    lo, hi = SIZES[value]
+    radius = int(round(rng.integers(lo, hi + 1) * image_size / 64))
+    margin = radius / image_size + 0.02
+    fit = lambda c: float(min(max(c, margin), 1 - margin))  # noqa: E731
+    return Attributes(**{**attrs.to_dict(), "size": value, "radius": radius, "cx": fit(attrs.cx),
+                         "cy": fit(attrs.cy)})
+
+
+def contrast_group(seed: int, g: int) -> tuple[list[Attributes], list[str]]:
+    """Group ``g``: attributes of an anchor drawn freely and of one variant per attribute
+    (``CATEGORICAL`` order), and their captions; a pure function of ``(seed, g)``."""
+    rng = np.random.default_rng([seed, g, 2])  # three entries: never one of World's (seed, i) streams
+    anchor = sample(rng)
+    members = [anchor] + [vary(anchor, attr, rng) for attr in CATEGORICAL]
+    return members, group_captions(members, rng)
+
+
+def _render_groups(seed: int, bounds: tuple[int, int]) -> dict:
+    images, caps, group = [], [], []
+    labels: dict[str, list[int]] = {k: [] for k in CATEGORICAL}
+    for g in range(*bounds):
+        members, texts = contrast_group(seed, g)
+        for attrs, text in zip(members, texts):
+            images.append(render(attrs)[0])
+            caps.append(text)
+            group.append(g)
+            for k, v in attrs.labels().items():
+                labels[k].append(v)
+    out = {"images": np.stack(images), "captions": caps, "group": np.asarray(group, dtype=np.int64)}
+    out.update({k: np.asarray(v, dtype=np.int64) for k, v in labels.items()})
+    return out
+
+
+def contrast_arrays(n_groups: int, seed: int = TRAIN_SEED, workers: int = 0, chunk: int = 128) -> dict:
+    """``n_groups`` contrast groups as arrays (``images``, one label array per attribute,
+    ``captions``, ``group``), group by group: images ``GROUP * g`` to ``GROUP * g + GROUP - 1``."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    bounds = [(s, min(s + chunk, n_groups)) for s in range(0, n_groups, chunk)]
+    if workers and len(bounds) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            parts = list(pool.map(_render_groups, [seed] * len(bounds), bounds))
+    else:
+        parts = [_render_groups(seed, b) for b in bounds]
+    return {k: sum((p[k] for p in parts), []) if k == "captions" else np.concatenate([p[k] for p in parts])
+            for k in parts[0]}
+
+
+def prompt_tokens(tokenizer) -> torch.Tensor:
+    """Token ids of every attribute's zero-shot prompts (``captions.prompts``), attribute after
+    attribute in ``CATEGORICAL`` order: the texts ``evaluate.zero_shot_metrics`` reads with."""
+    return tokenizer([p for attr in CATEGORICAL for p in prompts(attr)])
+
+
+def attribute_logits(model, prompt_ids: torch.Tensor, img: torch.Tensor, scale) -> dict[str, torch.Tensor]:
+    """Zero-shot logits per attribute: normalised image embeddings against the normalised text
+    embeddings of that attribute's prompts, so the loss trains what the evaluation reads."""
+    txt = model.encode_text(prompt_ids, normalize=True)
+    out, start = {}, 0
+    for attr, values in CATEGORICAL.items():
+        out[attr] = scale * img @ txt[start:start + len(values)].T
+        start += len(values)
+    return out
+
+
+def clip_l_losses(model, images: torch.Tensor, caption_ids: torch.Tensor, labels: dict[str, torch.Tensor],
+                  prompt_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The caption loss (``"contrastive"``) and one zero-shot loss per attribute for a batch of
+    model inputs (``evaluate.to_input``). In the caption loss every caption of an image with the same five
+    attributes counts as a match: those captions describe it as well as its own does."""
+    img = model.encode_image(images, normalize=True)
+    txt = model.encode_text(caption_ids, normalize=True)
+    scale = model.logit_scale.exp().clamp(max=100)
+    logits = scale * img @ txt.T
+    same = torch.stack([labels[k][:, None] == labels[k][None, :] for k in CATEGORICAL]).all(0).float()
+    target = same / same.sum(1, keepdim=True)  # symmetric pattern: also the target of logits.T
+    out = {"contrastive": (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2}
+    for attr, lg in attribute_logits(model, prompt_ids, img, scale).items():
+        out[attr] = F.cross_entropy(lg, labels[attr])
+    return out
+
+
+def clip_l_loss(losses: dict[str, torch.Tensor], attribute_weight: float = ATTRIBUTE_WEIGHT) -> torch.Tensor:
+    """Caption loss plus the weighted mean of the per-attribute losses."""
+    per_attr = torch.stack([losses[k] for k in CATEGORICAL]).mean()
+    return losses["contrastive"] + attribute_weight * per_attr
+
+
+def group_images(groups: torch.Tensor) -> torch.Tensor:
+    """Indices of the images of ``groups`` in ``contrast_arrays`` data: a batch is whole groups,
+    so every image meets the variants that differ from it in one attribute."""
+    return (groups[:, None] * GROUP + torch.arange(GROUP, device=groups.device)).flatten()
+
+
+def train_clip_l(model, tokenizer, data: dict, device, epochs: int, batch: int = CLIP_L_BATCH,
+                 lr: float = CLIP_L_LR, attribute_weight: float = ATTRIBUTE_WEIGHT, log: list | None = None):
+    """Train on ``contrast_arrays`` data: batches of whole groups (``batch // GROUP`` of them,
+    shuffled each epoch), loss ``clip_l_loss``. Per-step losses go to ``log`` when given."""
+    if len(data["images"]) % GROUP or batch < GROUP:
+        raise ValueError(f"train_clip_l takes contrast_arrays() data and a batch of at least {GROUP} images")
+    t = _on(device, data)
+    captions_ids = tokenizer(data["captions"]).to(device)
+    prompt_ids = prompt_tokens(tokenizer).to(device)
+    model.to(device)
+
+    def loss(groups):
+        idx = group_images(groups.to(device))
+        labels = {k: t[k][idx] for k in CATEGORICAL}
+        parts = clip_l_losses(model, evaluate.to_input(t["images"][idx]), captions_ids[idx], labels, prompt_ids)
+        return clip_l_loss(parts, attribute_weight)
+
+    n_groups = len(t["images"]) // GROUP
+    return _fit(model, list(model.parameters()), loss, n_groups, epochs, batch // GROUP, lr, device, "clip-l",
+                wd=0.1, log=log)
+
+
+def run_clip_l(data: dict, device, epochs: int, evals: dict, *, config: dict | None = None,
+               batch: int = CLIP_L_BATCH, lr: float = CLIP_L_LR):
+    """world-clip-l from ``contrast_arrays`` data: build (``config`` overrides ``models.CLIP_L``),
+    train, measure zero-shot on ``evals``; returns (model, metrics, record fields)."""
+    model, tok, log = models.clip_l(**(config or {})), models.tokenizer(), []
+    train_clip_l(model, tok, data, device, epochs, batch=batch, lr=lr, log=log)
+    metrics = evaluate.zero_shot_metrics(model, tok, evals, device)
+    k = max(1, len(log) // 10)
+    info = {"objective": CLIP_L_OBJECTIVE, "epochs": epochs, "batch": batch, "lr": lr, "group_size": GROUP,
+            "attribute_weight": ATTRIBUTE_WEIGHT, "train_images": len(data["images"]), "train_seed": TRAIN_SEED,
+            "train_set": "contrast_arrays(train_images // group_size, train_seed)",
+            "loss": {"first_steps": round(float(np.mean(log[:k])), 4), "last_steps": round(float(np.mean(log[-k:])), 4),
+                     "steps": len(log)},
+            "architecture": dict(model.world_config),
+            "tokenizer": {"words": tok.words, "context_length": tok.context_length}}
+    return model, metrics, info
+
+
 def save(out: Path, name: str, model, metrics: dict, info: dict, extra: dict | None = None) -> None:
     """One safetensors file per model; its metadata holds the training and metrics record."""
     out.mkdir(parents=True, exist_ok=True)
@@ -190,7 +368,8 @@ def save(out: Path, name: str, model, metrics: dict, info: dict, extra: dict | N
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Train the synthetic world's models.")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--models", nargs="+", choices=ALL, default=list(ALL))
+    p.add_argument("--models", nargs="+", choices=CHOICES, default=list(ALL),
+                   help="default: all but clip-l (world-clip-l is trained only when named; it needs a GPU)")
     p.add_argument("--scale", type=float, default=1.0, help="fraction of the training set and epochs")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
@@ -202,9 +381,10 @@ def main(argv=None) -> int:
     n = max(1024, int(TRAIN_SIZE * args.scale))
     ep = lambda e: max(1, round(e * min(1.0, args.scale * 4)))  # noqa: E731
     t0 = time.time()
-    train = World(n, TRAIN_SEED).arrays(workers=args.workers)
+    train = World(n, TRAIN_SEED).arrays(workers=args.workers) if set(args.models) & set(ALL) - {"spurious"} else None
+    contrast = contrast_arrays(n // GROUP, TRAIN_SEED, args.workers) if "clip-l" in args.models else None
     evals = evaluate.eval_split()
-    print(f"rendered {n} training images in {time.time() - t0:.0f} s")
+    print(f"rendered the training images in {time.time() - t0:.0f} s")
     common = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "train_images": n, "train_seed": TRAIN_SEED, "eval": f"World({evaluate.EVAL_SIZE}, seed=EVAL_SEED)"}
     for name in args.models:
@@ -234,6 +414,9 @@ def main(argv=None) -> int:
             tok = models.tokenizer()
             extra, info = None, {"objective": "contrastive image/caption (CLIP loss)", "epochs": epochs,
                                  "tokenizer": {"words": tok.words, "context_length": tok.context_length}}
+        elif name == "clip-l":
+            model, metrics, info = run_clip_l(contrast, device, ep(CLIP_L_EPOCHS), evals)
+            extra = None
         else:
             model = models.vit(num_classes=2, name="world-spurious")
             backbone = load_file(str(args.out / "world-vit.safetensors"))
