@@ -1,0 +1,10 @@
+"""Data sources read by the command line and the applications: image folders (flat or one
+subfolder per class), Waterbirds-layout folders (``metadata.csv``) and the synthetic world."""
+from .folder import ImageFolder
+from .images import EXTENSIONS, load_image
+from .source import describe_source, open_data, parse_world
+from .waterbirds import WaterbirdsFolder, is_waterbirds
+from .world import WorldImages, WorldSpurious
+
+__all__ = ["EXTENSIONS", "ImageFolder", "WaterbirdsFolder", "WorldImages", "WorldSpurious", "describe_source", "is_waterbirds",
+           "load_image", "open_data", "parse_world"]

@@ -1,0 +1,55 @@
+"""A folder of images: flat, or one subfolder per class (the ImageFolder layout)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from .images import is_image, load_image
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """Items are dicts: ``image`` (uint8 [3, size, size]), ``path``, ``index`` and, in the class-subfolder
+    layout, ``label`` (the class's index in ``classes``, sorted by name).
+
+    Files are listed once, sorted, so the order (and so every image's index) is the same on every run.
+    """
+
+    def __init__(self, root: str | Path, size: int = 224):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise InputError(f"{self.root} is not a folder of images")
+        self.size = int(size)
+        subdirs = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        top = sorted(p for p in self.root.iterdir() if p.is_file() and is_image(p))
+        self.classes: list[str] = []
+        self.labels: list[int] | None = None
+        if subdirs and not top:
+            files, labels = [], []
+            for c, d in enumerate(subdirs):
+                found = sorted(p for p in d.rglob("*") if p.is_file() and is_image(p))
+                files += found
+                labels += [c] * len(found)
+            self.classes = [d.name for d in subdirs]
+            self.labels = labels
+        else:
+            files = top
+        if not files:
+            raise InputError(f"no images in {self.root} (looked for {', '.join(('*.png', '*.jpg', '...'))} at the top "
+                             "level or one level of class subfolders)")
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"image": load_image(self.files[i], self.size), "path": str(self.files[i]), "index": i}
+        if self.labels is not None:
+            item["label"] = self.labels[i]
+        return item
+
+    def ids(self) -> list[str]:
+        """Each image's path relative to the root: what a run records."""
+        return [str(p.relative_to(self.root)) for p in self.files]
+

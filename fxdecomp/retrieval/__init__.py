@@ -1,0 +1,13 @@
+"""Text- and image-based retrieval with a model's components (the paper's applications).
+
+Image queries: nearest neighbours in the subspace of a property's components (their summed
+aligned contributions), chosen by ``property_components``. Text queries: images ranked along
+a description's text direction, read from the components ``description_components`` picks
+for it. ``precision_at_k`` measures both; ``image_grid`` draws what was found.
+"""
+from .choose import description_components, property_components, text_direction_against
+from .figure import image_grid
+from .search import by_text, component_sum, nearest, precision_at_k, top_images
+
+__all__ = ["by_text", "component_sum", "description_components", "image_grid", "nearest", "precision_at_k",
+           "property_components", "text_direction_against", "top_images"]
