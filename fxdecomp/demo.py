@@ -1,13 +1,23 @@
-"""``fxdecomp demo``: decompose a model on a few images and show what came out."""
+"""``fxdecomp demo``: the whole idea on the synthetic world, offline, in about a minute.
+
+Decompose world-vit on world images, check the sum against the model, map every component
+into the world CLIP with the shipped aligner, and print the largest components with their
+top descriptions and the property each scores highest on. ``--report DIR`` also decomposes
+the images into a run store and writes the HTML report.
+"""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
 from .compiler import decompose
 from .models_registry import DEFAULT, load, transform_for
 from .world import EVAL_SEED, World
+
+#: Images the words and scores are read from (scores correlate over images).
+WORD_IMAGES = 200
 
 
 def demo_images(model: torch.nn.Module, n: int) -> tuple[torch.Tensor, list[str]]:
@@ -19,8 +29,9 @@ def demo_images(model: torch.nn.Module, n: int) -> tuple[torch.Tensor, list[str]
 
 
 def run(model_name: str = DEFAULT, granularity: str = "head", batch: int = 4, top: int = 12,
-        float64: bool = False, checkpoint: str | None = None, pretrained: bool = False) -> float:
-    """Print the component table and the reconstruction error; returns the error."""
+        float64: bool = False, checkpoint: str | None = None, pretrained: bool = False,
+        report: str | Path | None = None) -> float:
+    """Print the components, their reconstruction error and (for world-vit) their words; returns the error."""
     model = load(model_name, checkpoint=checkpoint, pretrained=pretrained)
     dtype = torch.float64 if float64 else torch.float32
     model = model.to(dtype)
@@ -40,4 +51,56 @@ def run(model_name: str = DEFAULT, granularity: str = "head", batch: int = 4, to
     print(out.table(k=top))
     print(f"\nreconstruction: sum of {len(dm.components)} components vs model output, "
           f"max relative error {err:.2e} ({str(dtype).removeprefix('torch.')})")
+    if model_name == DEFAULT and granularity == "head" and checkpoint is None:
+        words(model, top=min(top, 8))
+    if report is not None:
+        write_demo_report(model_name, report)
     return err
+
+
+def words(model: torch.nn.Module, top: int = 8) -> None:
+    """The largest components of world-vit's representation in words (shipped aligner, world CLIP)."""
+    from .align import ClipSpace, collect, describe, property_scores, representation
+    from .report.vocabulary import world_properties
+    from .world.aligners import load_aligner
+
+    rep = representation(model.float())
+    dm = decompose(rep, "head")
+    clip = ClipSpace.world()
+    feats = collect(dm, World(WORD_IMAGES, EVAL_SEED).arrays()["images"], preprocess=transform_for(rep),
+                    progress=False)
+    aligned = load_aligner("world-vit").map(feats)
+    props = world_properties()
+    vocab = [w for ws in props.values() for w in ws]
+    text = clip.encode_texts(vocab)
+    scores = {p: property_scores(aligned, ws, clip=clip, method="share") for p, ws in props.items()}
+    norms = feats.contributions.norm(dim=2).mean(0)
+    order = [int(i) for i in torch.argsort(norms, descending=True)[:top]]
+    print(f"\nin words (representation components mapped into the world CLIP by the shipped aligner; "
+          f"{WORD_IMAGES} images):")
+    width = max(len(feats.names[i]) for i in order)
+    for i in order:
+        name = feats.names[i]
+        said = ", ".join(w for w, _ in describe(aligned, name, vocab, 3, text_embeddings=text))
+        best = max(scores, key=lambda p: scores[p][name])
+        print(f"  {name:<{width}}  says: {said:<28}  scores highest on {best} ({scores[best][name]:.2f})")
+
+
+def write_demo_report(model_name: str, folder: str | Path) -> None:
+    """A run of world images with the shipped aligner installed, and its report, in ``folder``."""
+    from .data import open_data
+    from .report import write_report
+    from .store import decompose_to_store, open_run
+    from .store.files import write_json
+    from .world.aligners import aligner_path
+
+    folder = Path(folder)
+    run_dir = folder / "run"
+    decompose_to_store(load(model_name), open_data(f"world:{WORD_IMAGES}"), run_dir, model_name=model_name,
+                       batch=50, workers=0, progress=False)
+    r = open_run(run_dir)
+    if not r.aligner_path().is_file():
+        r.aligner_path().write_bytes(aligner_path("world-vit").read_bytes())
+        write_json(run_dir / "aligner.json", {"clip": "world-clip", "checkpoint": None, "shipped": True})
+    page = write_report(r, folder, top=8)
+    print(f"\nreport: {page}")

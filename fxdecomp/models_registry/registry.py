@@ -79,6 +79,11 @@ def load(name: str = DEFAULT, *, pretrained: bool = False, checkpoint: str | Pat
         return model.eval()
     lib, _, arch = name.partition(":")
     if not arch:
+        import timm
+
+        if not timm.is_model(name.split(".")[0]):
+            raise InputError(f"unknown model {name!r}: use a preset ({', '.join(_PRESETS)}), 'timm:<arch>' or "
+                             "'open_clip:<arch>[:<pretrained tag>]'")
         lib, arch = "timm", name
     if lib == "timm":
         return _timm(arch, pretrained, checkpoint, **kwargs)

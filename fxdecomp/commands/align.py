@@ -1,0 +1,49 @@
+"""``fxdecomp align RUN --clip CLIP``: CompAlign trained from a run store."""
+from __future__ import annotations
+
+import os
+
+from .common import device_of, formatter, positive
+
+HELP = "map a run's components into a CLIP space (CompAlign), trained from the store"
+EPILOG = """examples:
+  fxdecomp align runs/vit --clip world-clip
+  fxdecomp align runs/deit --clip open_clip:ViT-L-14:laion2b_s32b_b82k --device cuda
+  fxdecomp align runs/deit --clip open_clip:ViT-B-16 --checkpoint clip.bin --lam 0
+
+CLIP embeddings of the run's images are computed once and kept in the run; the aligner is saved
+as RUN/aligner.safetensors. Memory holds one shard at a time, whatever the run's size."""
+
+
+def add(sub) -> None:
+    p = sub.add_parser("align", help=HELP, description=HELP, epilog=EPILOG, formatter_class=formatter)
+    p.add_argument("run", help="a run folder written by fxdecomp decompose")
+    p.add_argument("--clip", default="world-clip",
+                   help="world-clip, world-clip-l or open_clip:NAME[:TAG] (default: world-clip)")
+    p.add_argument("--checkpoint", help="local weights file for an open_clip CLIP (or world-clip-l's trained file)")
+    p.add_argument("--lam", type=float, default=1.0, help="weight of the orthogonality penalty (default: 1)")
+    p.add_argument("--epochs", type=positive(), default=10)
+    p.add_argument("--batch", type=positive(), default=32, help="aligner batch size (default: 32)")
+    p.add_argument("--lr", type=positive(float), default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from ..align import ClipSpace
+    from ..errors import InputError
+    from ..store import open_run
+    from ..store.align import align_run
+
+    if args.lam < 0:
+        raise InputError(f"--lam must be >= 0, got {args.lam}")
+    device = device_of(args.device)
+    run_ = open_run(args.run)
+    clip = ClipSpace.by_name(args.clip, checkpoint=args.checkpoint)
+    aligner = align_run(run_, clip, lam=args.lam, epochs=args.epochs, batch_size=args.batch, lr=args.lr,
+                        device=device, seed=args.seed, workers=args.workers, checkpoint=args.checkpoint)
+    print(f"aligned {len(aligner.names)} components of {run_.model_name} into {clip.name} (d_clip={aligner.d_clip}); "
+          f"saved {run_.aligner_path()}")
+    return 0

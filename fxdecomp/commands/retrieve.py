@@ -1,0 +1,75 @@
+"""``fxdecomp retrieve RUN``: images that share a property with a query image, or that match a text."""
+from __future__ import annotations
+
+from .common import formatter, positive
+
+HELP = "retrieve a run's images by example (in a property's component subspace) or by text"
+EPILOG = """examples (after fxdecomp align):
+  fxdecomp retrieve runs/vit --image 7 --property colour --out colour.png
+  fxdecomp retrieve runs/vit --text sea --against lake marsh forest desert city --out sea.png
+
+--property names one of the report's properties (the world's attributes, the paper's lists, or
+--properties FILE); its components are the k that score for it and not for the others. A text is
+read from the k components with the largest share of the variance along it (centred against
+--against, the other descriptions of its property). Prints the retrieved image ids."""
+
+
+def add(sub) -> None:
+    p = sub.add_parser("retrieve", help=HELP, description=HELP, epilog=EPILOG, formatter_class=formatter)
+    p.add_argument("run", help="a run folder with an aligner")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--image", help="query image index or id")
+    what.add_argument("--text", help="query text")
+    p.add_argument("--property", help="with --image: the property to match on")
+    p.add_argument("--against", nargs="*", default=(), help="with --text: the other descriptions of its property")
+    p.add_argument("--properties", help="JSON file of properties and their descriptions")
+    p.add_argument("--components", type=positive(), default=5, help="components to search with (default: 5)")
+    p.add_argument("--k", type=positive(), default=10, help="images to retrieve (default: 10)")
+    p.add_argument("--out", required=True, help="PNG file for the grid of retrieved images")
+    p.add_argument("--clip-checkpoint", help="local weights of the run's CLIP, if it was loaded from a file")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from ..align.scores import property_scores
+    from ..errors import InputError
+    from ..report.build import aligned_space
+    from ..report.vocabulary import properties_for
+    from ..retrieval import (by_text, component_sum, description_components, image_grid, nearest,
+                             property_components, text_direction_against)
+    from ..store import open_run
+    from .heatmap import image_index
+
+    r = open_run(args.run)
+    aligner, clip = aligned_space(r, args.clip_checkpoint)
+    if aligner is None:
+        raise InputError(f"retrieval reads components in CLIP space: run fxdecomp align {r.path} first")
+    aligned = aligner.map(r.features())
+    data = r.data()
+    if args.image is not None:
+        props = properties_for(r, args.properties)
+        if args.property not in props:
+            raise InputError(f"--image needs --property, one of {sorted(props)}")
+        scores = {p: property_scores(aligned, words, clip=clip, method="share") for p, words in props.items()}
+        chosen = property_components(scores, args.property, args.components)
+        q = image_index(r, args.image)
+        found = nearest(component_sum(aligned, chosen), [q], args.k)[0].tolist()
+        rows, queries, title = [(args.property, found)], [q], f"images like {r.ids[q]} in its {args.property}"
+    else:
+        texts = clip.encode_texts([args.text, *args.against])
+        direction = text_direction_against(texts, 0)
+        chosen = description_components(aligned, direction, args.components)
+        found = by_text(component_sum(aligned, chosen), direction, args.k).tolist()
+        rows, queries, title = [(f"'{args.text}'", found)], None, f"images for '{args.text}'"
+    need = list(dict.fromkeys([*(queries or []), *found]))  # only the images the figure shows
+    pictures = np.stack([data[i]["image"].permute(1, 2, 0).numpy() for i in need])
+    at = {i: k for k, i in enumerate(need)}
+    rows = [(label, [at[i] for i in idx]) for label, idx in rows]
+    queries = [at[q] for q in queries] if queries else None
+    image_grid(pictures, rows, queries=queries, path=args.out, title=title + f" (components: {', '.join(chosen)})")
+    print("components: " + ", ".join(chosen))
+    print("retrieved: " + ", ".join(r.ids[i] for i in found))
+    print(f"wrote {args.out}")
+    return 0

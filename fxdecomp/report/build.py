@@ -1,0 +1,118 @@
+"""``write_report(run, out)``: one self-contained HTML page that explains a run.
+
+The model, its reconstruction error and its largest components; for each, its top
+descriptions and the property it scores highest on (once ``fxdecomp align`` has run),
+the images it says most about and, at token granularity, where in them it reads;
+bar charts of every property's scores.
+"""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..align.aligned import Aligned
+from ..align.describe import describe
+from ..align.scores import property_scores
+from ..components import ComponentTable
+from ..decomposition import Decomposition
+from ..errors import InputError
+from ..heatmaps.heatmap import token_maps
+from ..store.files import publish, tmp_path
+from ..store.run import Run, open_run
+from . import figures
+from .vocabulary import properties_for
+
+
+def _template():
+    import jinja2
+
+    text = (resources.files("fxdecomp.report") / "templates" / "report.html.j2").read_text()
+    env = jinja2.Environment(autoescape=jinja2.select_autoescape(default=True), undefined=jinja2.StrictUndefined)
+    return env.from_string(text)
+
+
+def aligned_space(run: Run, checkpoint=None):
+    """(the run's aligner, its CLIP space), or (None, None) before ``fxdecomp align``."""
+    if not run.aligner_path().is_file():
+        return None, None
+    return run.aligner(), run.clip_space(checkpoint)
+
+
+def write_report(run, out, *, top: int = 12, images: int = 400, per_component: int = 8, properties=None,
+                 clip_checkpoint=None) -> Path:
+    """Write ``out/index.html`` for ``run`` (a path or a ``Run``); returns the page's path."""
+    run = run if isinstance(run, Run) else open_run(run)
+    if top < 1 or images < 2:
+        raise InputError("the report needs --top >= 1 and --images >= 2")
+    n = min(run.n, images)
+    idx = np.arange(n)
+    contrib = run.images(idx)
+    data = run.data()
+    pictures = np.stack([data[int(i)]["image"].permute(1, 2, 0).numpy() for i in idx])
+    token = run.granularity == "token"
+    aligner, clip = aligned_space(run, clip_checkpoint)
+    dec = Decomposition(contrib, run.components, contrib.sum(1))
+    mapped = aligner.map_finer(contrib, list(run.components)).float() if aligner is not None else None
+    if token:  # summaries per head: tokens (and their mapped contributions) summed
+        grouped = dec.group("head")
+        if mapped is not None:
+            mapped = Decomposition(mapped, run.components, mapped.sum(1)).group("head").contributions
+        summary = grouped
+    else:
+        summary = dec
+    comps: ComponentTable = summary.components
+    norms = summary.norms().mean(0)
+    order = [int(i) for i in torch.argsort(norms, descending=True)[:top]]
+    props = properties_for(run, properties)
+    aligned = Aligned(mapped, comps.names) if mapped is not None else None
+    scores = {p: property_scores(aligned, words, clip=clip, method="share") for p, words in props.items()} \
+        if aligned is not None else {}
+    vocab = list(dict.fromkeys(w for words in props.values() for w in words))
+    text = clip.encode_texts(vocab) if aligned is not None else None
+
+    sections = []
+    for j in order:
+        c = comps[j]
+        x = summary.contributions[:, j].double()
+        best = torch.topk((x - x.mean(0)).norm(dim=1), min(per_component, n)).indices.numpy()
+        entry = {"name": c.name, "kind": c.kind, "layer": "" if c.layer is None else c.layer,
+                 "norm": f"{float(norms[j]):.4g}", "images": figures.image_strip(pictures[best]),
+                 "descriptions": [], "property": None, "heatmaps": None}
+        if aligned is not None:
+            entry["descriptions"] = [(w, f"{s:.3g}") for w, s in describe(aligned, c.name, vocab, 5,
+                                                                           text_embeddings=text)]
+            best_prop = max(scores, key=lambda p: scores[p][c.name])
+            entry["property"] = (best_prop, f"{scores[best_prop][c.name]:.3f}")
+        if token and c.kind == "attn" and c.head is not None:
+            sel = best[:4]
+            sub = Decomposition(contrib[torch.as_tensor(sel)], run.components, contrib[torch.as_tensor(sel)].sum(1))
+            arrays = token_maps(sub, pictures.shape[1:3], component=c.name).numpy()
+            entry["heatmaps"] = figures.heatmap_strip(pictures[sel] / 255.0, arrays, [f"image {i}" for i in sel])
+        sections.append(entry)
+
+    charts = [{"property": p, "words": ", ".join(props[p]),
+               "chart": figures.bars([comps.names[i] for i in np.argsort([-s[n_] for n_ in comps.names])[:10]],
+                                     sorted((s[n_] for n_ in comps.names), reverse=True)[:10],
+                                     f"{p}: components by variance share", "share of the variance along the property")}
+              for p, s in scores.items()]
+    rec = run.manifest["reconstruction"]
+    page = _template().render(
+        title=f"{run.model_name}: components explained",
+        model=run.model_name, granularity=run.granularity, n_components=len(run.components), n_images=run.n,
+        shown=n, d_model=run.d_model, dtype=run.manifest["dtype"], source=run.manifest["source"],
+        error=f"{rec['max_relative_error']:.2e}",
+        error32=None if rec.get("max_relative_error_vs_float32") is None else f"{rec['max_relative_error_vs_float32']:.2e}",
+        clip=clip.name if clip is not None else None, versions=run.manifest["versions"],
+        largest=figures.bars([comps.names[i] for i in order], [float(norms[i]) for i in order],
+                             "largest components (mean norm of the contribution)", "mean norm"),
+        sections=sections, charts=charts, grouped=token)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "index.html"
+    tmp = tmp_path(path)
+    tmp.write_text(page)
+    publish(tmp, path)
+    return path

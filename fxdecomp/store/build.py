@@ -1,0 +1,232 @@
+"""Decomposing a data set into a run store: every image once, in shards, resumable, on one or many processes.
+
+``decompose_to_store(model, data, out)`` compiles ``representation(model)`` (what CompAlign
+maps and the applications read), writes each shard under a temporary name then renames it,
+skips shards a killed run already completed, and lets a ``torch.distributed`` process group
+split the shards by rank; rank 0 writes the manifest once every shard is there.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..align.representation import representation
+from ..compiler import decompose
+from ..data.source import describe_source
+from ..errors import InputError
+from ..models_registry.preprocess import input_size_of, normalization_of, transform_for
+from .files import clean_partials, read_json, write_json
+from .loader import loader
+from .manifest import FORMAT, check_same, digest, versions, weights_digest
+from .shards import SHARDS, ShardPlan, ShardWriter, complete, images_per_shard
+
+RUN = "run.json"
+MANIFEST = "manifest.json"
+HEAD = "head.safetensors"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+@dataclass
+class Progress:
+    """What a call did: shards written here, shards found complete, images per second of this call."""
+
+    written: int
+    skipped: int
+    images: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _dist():
+    d = torch.distributed
+    if d.is_available() and d.is_initialized():
+        return d.get_rank(), d.get_world_size(), d.barrier
+    return 0, 1, lambda: None
+
+
+def classifier_of(model: torch.nn.Module):
+    """The model's final linear classifier (timm's ``get_classifier()``), or None."""
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    return head if isinstance(head, torch.nn.Linear) else None
+
+
+def settings(model_name: str, checkpoint, rep, dm, width: int, data, granularity, layers, dtype_name, shard_images,
+             batch) -> dict:
+    """What ``run.json`` records: the identity settings first (``manifest.IDENTITY``), then the description."""
+    source = describe_source(data)
+    mean, std = normalization_of(rep)
+    return {
+        "format": FORMAT,
+        "model": {"name": model_name, "checkpoint": str(checkpoint) if checkpoint else None,
+                  "class": type(rep).__name__, "weights": weights_digest(rep)},
+        "granularity": granularity, "layers": sorted(layers) if layers is not None else None,
+        "dtype": dtype_name,
+        "preprocess": {"input_size": list(input_size_of(rep)), "mean": list(mean), "std": list(std),
+                       "resize": "short side, bilinear antialiased; centre crop", "source_size": source.get("size")},
+        "data": {"kind": source["kind"], "n": len(source["ids"]), "ids": digest(source["ids"]),
+                 "labels": digest(source["labels"])},
+        "components": digest(dm.components.names),
+        "shard_images": shard_images, "batch": batch,
+        # description (not compared): where the images are, what each one is, what the components are
+        "source": {k: v for k, v in source.items() if k not in ("ids", "labels")},
+        "images": {"ids": source["ids"], "labels": source["labels"]},
+        "component_table": [c.to_dict() for c in dm.components],
+        "d_model": width, "versions": versions(),
+    }
+
+
+def decompose_to_store(model: torch.nn.Module, data, out, *, model_name: str, checkpoint=None,
+                       granularity: str = "head", layers=None, batch: int = 64, device="cpu",
+                       dtype: str = "float32", shard_mb: float = 256, workers: int = 0,
+                       progress: bool = True) -> Progress:
+    """Decompose every image of ``data`` with ``model``'s representation and store it in ``out``."""
+    if dtype not in DTYPES:
+        raise InputError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    if len(data) == 0:
+        raise InputError("the data set has no images")
+    if batch < 1:
+        raise InputError(f"batch must be at least 1, got {batch}")
+    out = Path(out)
+    device = torch.device(device)
+    rank, world, barrier = _dist()
+    rep = representation(model).eval()
+    head = classifier_of(model)
+    low = DTYPES[dtype] in (torch.bfloat16, torch.float16)
+    ref32 = _copy(rep).float().to(device) if low else None  # the float32 forward a low-precision run is checked on
+    rep = rep.to(device=device, dtype=DTYPES[dtype])
+    dm = decompose(rep, granularity, layers=layers)
+    preprocess = transform_for(rep)
+    probe = next(iter(loader(data, ShardPlan(len(data), 1), [0], 1)))
+    with torch.no_grad():
+        width = int(rep(preprocess(probe.to(device)).to(DTYPES[dtype])).shape[-1])
+    bytes_per_image = len(dm.components) * width * torch.finfo(DTYPES[dtype]).bits // 8
+    plan = ShardPlan(len(data), images_per_shard(bytes_per_image, shard_mb, batch, len(data)))
+    config = settings(model_name, checkpoint, rep, dm, width, data, granularity, layers, dtype, plan.size, batch)
+
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if (out / RUN).is_file():
+            check_same(read_json(out / RUN), config, out)
+        elif any(out.iterdir()):
+            raise InputError(f"{out} is not empty and holds no run; choose a new --out folder")
+        else:
+            write_json(out / RUN, config)
+        if head is not None and not (out / HEAD).is_file():
+            _save_head(head, out / HEAD)
+        clean_partials(out)
+        clean_partials(out / SHARDS)
+    barrier()
+    if rank != 0:
+        check_same(read_json(out / RUN), config, out)
+
+    mine = plan.mine(rank, world)
+    todo = [i for i in mine if complete(out, i) is None]
+    start_time, images = time.perf_counter(), 0
+    if todo:
+        images = _run(dm, ref32, preprocess, data, plan, todo, out, width=width, batch=batch, device=device,
+                      dtype=DTYPES[dtype], workers=workers, progress=progress and rank == 0)
+    seconds = time.perf_counter() - start_time
+    barrier()
+    if rank == 0:
+        _finish(out, config, plan)
+    barrier()
+    return Progress(len(todo), len(mine) - len(todo), images, seconds)
+
+
+def _copy(module: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(module)
+
+
+def _save_head(head: torch.nn.Linear, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from .files import publish, tmp_path
+
+    tmp = tmp_path(path)
+    tensors = {"weight": head.weight.detach().float().cpu().contiguous()}
+    if head.bias is not None:
+        tensors["bias"] = head.bias.detach().float().cpu().contiguous()
+    save_file(tensors, str(tmp))
+    publish(tmp, path)
+
+
+@torch.no_grad()
+def _run(dm, ref32, preprocess, data, plan, todo, out, *, width, batch, device, dtype, workers, progress) -> int:
+    cuda = device.type == "cuda"
+    feed = loader(data, plan, todo, batch, workers=workers, pin=cuda)
+    writer = ShardWriter(out, depth=1)
+    bar = tqdm(total=sum(b - a for a, b in (plan.bounds(i) for i in todo)), disable=not progress,
+               desc=f"decompose {dm.model_name}", unit="img", smoothing=0.1)
+    shards, done = iter(todo), 0
+    current, filled, bufs, errs = None, 0, None, []
+    try:
+        for raw in feed:
+            if current is None or filled == plan.bounds(current)[1] - plan.bounds(current)[0]:
+                current = next(shards)
+                start, stop = plan.bounds(current)
+                n = stop - start
+                bufs = {"contributions": torch.empty((n, len(dm.components), width), dtype=dtype, pin_memory=cuda),
+                        "output": torch.empty((n, width), dtype=dtype, pin_memory=cuda)}
+                filled, errs = 0, {"output": 0.0, "float32": None}
+            x32 = preprocess(raw.to(device, non_blocking=True))
+            x = x32.to(dtype)
+            dec = dm(x)
+            b = x.shape[0]
+            bufs["contributions"][filled:filled + b].copy_(dec.contributions, non_blocking=True)
+            bufs["output"][filled:filled + b].copy_(dec.output, non_blocking=True)
+            errs["output"] = max(errs["output"], _rel_error(dec.contributions, dec.output))
+            if ref32 is not None and filled == 0:
+                e = _rel_error(dec.contributions, ref32(x32.float()))
+                errs["float32"] = e if errs["float32"] is None else max(errs["float32"], e)
+            filled += b
+            done += b
+            bar.update(b)
+            if filled == n:
+                ready = None
+                if cuda:
+                    ready = torch.cuda.Event()
+                    ready.record()
+                info = {"shard": current, "start": start, "stop": stop, "error": errs["output"],
+                        "error_vs_float32": errs["float32"]}
+                writer.put(current, {**bufs, "index": torch.arange(start, stop)}, info, ready)
+    finally:
+        bar.close()
+        writer.close()
+    return done
+
+
+def _rel_error(contributions: torch.Tensor, output: torch.Tensor) -> float:
+    total = contributions.float().sum(1)
+    ref = output.float()
+    diff = (total - ref).flatten(1).norm(dim=1)
+    return float((diff / ref.flatten(1).norm(dim=1).clamp_min(1e-30)).max())
+
+
+def _finish(out: Path, config: dict, plan: ShardPlan) -> None:
+    infos = []
+    missing = []
+    for i in range(plan.count):
+        info = complete(out, i)
+        if info is None:
+            missing.append(i)
+        else:
+            infos.append(info)
+    if missing:
+        raise InputError(f"shards {missing[:5]} of {out} are missing after every process finished; run the same "
+                         "command again to complete them")
+    errors = [s["error"] for s in infos]
+    vs32 = [s["error_vs_float32"] for s in infos if s.get("error_vs_float32") is not None]
+    manifest = {**config, "shards": infos, "complete": True,
+                "reconstruction": {"max_relative_error": max(errors),
+                                   "max_relative_error_vs_float32": max(vs32) if vs32 else None}}
+    write_json(out / MANIFEST, manifest)

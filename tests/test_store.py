@@ -1,0 +1,205 @@
+"""fxdecomp.store: runs on disk, resumed after a kill, split over processes, read lazily."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import fxdecomp
+from fxdecomp import InputError
+from fxdecomp.align import ClipSpace, CompAlign, collect
+from fxdecomp.data import open_data
+from fxdecomp.models_registry import load, transform_for
+from fxdecomp.store import decompose_to_store, differences, open_run
+from fxdecomp.store.align import align_run, embed_images
+from fxdecomp.world import World
+
+#: One numeric environment for every process compared byte for byte: CPU BLAS kernels may take other
+#: code paths (and round the last bit differently) with another thread count or memory layout, and
+#: the interpreter's hash seed changes that layout.
+NUMERICS = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+#: world-vit at head granularity: 45 components x 128 floats = 23 kB per image; 0.25 MB -> 10 images per shard
+SHARD_MB = 0.25
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def assert_same_store(a: Path, b: Path) -> None:
+    """The same files; identical bytes for everything but the contributions' last bits.
+
+    CPU BLAS kernels can round the last bit of a float32 differently from one process to another
+    (it depends on the process's numeric environment, not on the images), so contributions (to the
+    float32 bound of every exactness test), and
+    the checksums and reconstruction errors measured on them, are compared to float precision;
+    everything else, outputs and indices included, must be byte for byte the same.
+    """
+    from safetensors.torch import load_file
+
+    fa, fb = files_of(a), files_of(b)
+    assert sorted(fa) == sorted(fb)
+    loose = ("sha256", "error", "reconstruction")
+    for name in fa:
+        if name.endswith(".safetensors") and name.startswith("shards/"):
+            ta, tb = load_file(str(a / name)), load_file(str(b / name))
+            assert sorted(ta) == sorted(tb)
+            assert torch.equal(ta["index"], tb["index"]) and torch.equal(ta["output"], tb["output"]), name
+            diff = (ta["contributions"] - tb["contributions"]).double().flatten(1).norm(dim=1)
+            assert float((diff / ta["output"].double().norm(dim=1)).max()) < 1e-5, name  # the float32 bound
+        elif name.endswith(".json"):
+            ja, jb = json.loads(fa[name]), json.loads(fb[name])
+            strip = lambda d: {k: v for k, v in d.items() if k not in loose}  # noqa: E731
+            if name == "manifest.json":
+                ja["shards"], jb["shards"] = [strip(s) for s in ja["shards"]], [strip(s) for s in jb["shards"]]
+            assert strip(ja) == strip(jb), name
+        else:
+            assert fa[name] == fb[name], name
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "vit"
+    decompose_to_store(load("world-vit"), open_data("world:48:5"), out, model_name="world-vit", batch=10,
+                       shard_mb=SHARD_MB, progress=False)
+    return open_run(out)
+
+
+def test_a_run_holds_every_image_exactly(small_run):
+    r = small_run
+    assert r.n == 48 and len(r.manifest["shards"]) == 5 and r.manifest["shard_images"] == 10
+    assert [s["start"] for s in r.manifest["shards"]] == [0, 10, 20, 30, 40]
+    model = load("world-vit")
+    rep = fxdecomp.align.representation(model)
+    images = torch.from_numpy(World(48, 5).arrays()["images"]).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        ref = rep(transform_for(rep)(images))
+    everything = r.images(range(48))
+    torch.testing.assert_close(everything.sum(1), ref, rtol=1e-5, atol=1e-5)
+    assert r.error() < 1e-5
+    torch.testing.assert_close(r.outputs(), ref, rtol=1e-5, atol=1e-6)
+    # lazy reads agree with each other, in any order
+    name = "blocks.3.attn[h2]"
+    torch.testing.assert_close(r.component(name), everything[:, r.names.index(name)])
+    torch.testing.assert_close(r.images([47, 3, 12]), everything[[47, 3, 12]])
+    assert r.ids[:2] == ["world:5:0", "world:5:1"] and r.labels["shape"][7] == World(48, 5).attributes(7).labels()[
+        "shape"]
+    assert r.head() is not None and r.head().weight.shape == (27, 128)
+    # the manifest's checksums are those of the files
+    import hashlib
+
+    for s in r.manifest["shards"]:
+        assert hashlib.sha256((r.path / s["file"]).read_bytes()).hexdigest() == s["sha256"]
+
+
+def test_a_rerun_skips_finished_shards_and_a_different_one_is_refused(small_run, tmp_path):
+    r = small_run
+    again = decompose_to_store(load("world-vit"), open_data("world:48:5"), r.path, model_name="world-vit", batch=10,
+                               shard_mb=SHARD_MB, progress=False)
+    assert again.written == 0 and again.skipped == 5
+    with pytest.raises(InputError, match="granularity"):
+        decompose_to_store(load("world-vit"), open_data("world:48:5"), r.path, model_name="world-vit",
+                           granularity="block", batch=10, shard_mb=SHARD_MB, progress=False)
+    with pytest.raises(InputError, match="data.ids"):
+        decompose_to_store(load("world-vit"), open_data("world:48:6"), r.path, model_name="world-vit", batch=10,
+                           shard_mb=SHARD_MB, progress=False)
+    assert differences({"dtype": "float32"}, {"dtype": "bfloat16"}) == ['dtype: "float32" -> "bfloat16"']
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.txt").write_text("x")
+    with pytest.raises(InputError, match="not empty"):
+        decompose_to_store(load("world-vit"), open_data("world:4"), tmp_path / "junk", model_name="world-vit",
+                           progress=False)
+    with pytest.raises(InputError, match="not a complete fxdecomp run"):
+        open_run(tmp_path / "junk")
+
+
+def test_killed_with_sigkill_and_resumed_gives_the_same_store(tmp_path):
+    cmd = [sys.executable, "-m", "fxdecomp", "decompose", "world-vit", "world:120:3", "--batch", "10", "--shard-mb",
+           str(SHARD_MB), "--workers", "0", "--device", "cpu"]
+    env = NUMERICS
+    whole = tmp_path / "whole"
+    subprocess.run(cmd + ["--out", str(whole)], check=True, env=env, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed / "shards" / "00002.json").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = files_of(killed)
+    assert "manifest.json" not in partial and 0 < sum(k.endswith(".json") for k in partial) - 1 < 12
+    with pytest.raises(InputError, match="not complete"):
+        open_run(killed)
+    res = subprocess.run(cmd + ["--out", str(killed)], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "were already complete" in res.stdout
+    assert_same_store(killed, whole)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_write_the_same_store_as_one(tmp_path):
+    args = ["decompose", "world-vit", "world:50:4", "--batch", "10", "--shard-mb", str(SHARD_MB), "--workers", "0",
+            "--device", "cpu"]
+    env = NUMERICS
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, "-m", "fxdecomp", *args, "--out", str(one)], check=True, env=env,
+                   capture_output=True)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          f"--master-port={free_port()}", "-m", "fxdecomp", *args, "--out", str(two)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert_same_store(two, one)
+    assert res.stdout.count("reconstruction max relative error") == 1  # rank 0 reports
+
+
+def test_compalign_trains_from_the_store_shard_by_shard(small_run):
+    r = small_run
+    clip = ClipSpace.world()
+    emb = embed_images(r, clip, progress=False)
+    assert emb.shape == (48, 64) and r.has_clip("world-clip")
+    # the same embeddings collect() computes for the same images
+    images = World(48, 5).arrays()["images"]
+    dm = fxdecomp.decompose(fxdecomp.align.representation(load("world-vit")), "head")
+    feats = collect(dm, images, preprocess=transform_for(load("world-vit")), clip=clip, progress=False)
+    torch.testing.assert_close(emb, feats.clip, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(r.features().contributions, feats.contributions, rtol=1e-5, atol=1e-5)
+    stream = r.stream("world-clip", batch_size=8, shuffle_seed=0)
+    seen = torch.cat([t for _, t in stream])
+    assert len(seen) == 48 and len(stream) == 4 * 2 + 1  # batches never cross a shard: 10, 10, 10, 10, 8
+    # every image exactly once per epoch, contributions paired with their own CLIP target
+    order = [int(torch.nonzero((emb == t).all(1))[0]) for t in seen]
+    assert sorted(order) == list(range(48))
+    first = next(iter(r.stream("world-clip", batch_size=48, shuffle_seed=1)))
+    rows = [int(torch.nonzero((emb == t).all(1))[0]) for t in first[1]]
+    torch.testing.assert_close(first[0], r.images(rows))
+    aligner = align_run(r, clip, epochs=2, progress=False)
+    loaded = r.aligner()
+    assert isinstance(loaded, CompAlign) and torch.equal(loaded.weight, aligner.weight)
+    assert r.clip_space().name == "world-clip"
+
+
+def test_low_precision_runs_report_both_errors(tmp_path):
+    out = tmp_path / "bf16"
+    decompose_to_store(load("world-vit"), open_data("world:8"), out, model_name="world-vit", dtype="bfloat16",
+                       batch=8, progress=False)
+    r = open_run(out)
+    rec = r.manifest["reconstruction"]
+    assert 0 < rec["max_relative_error"] < 0.05 and 0 < rec["max_relative_error_vs_float32"] < 0.05
+    assert r.images([0]).dtype == torch.float32 and r.manifest["dtype"] == "bfloat16"
+    with pytest.raises(InputError, match="dtype"):
+        decompose_to_store(load("world-vit"), open_data("world:8"), out, model_name="world-vit", dtype="int8",
+                           progress=False)
