@@ -234,14 +234,14 @@ def run_model(name: str, clip: ClipSpace, train: dict, test: dict, args) -> dict
     for attr, values in CATEGORICAL.items():
         descs = [WORDS[attr][v][0] for v in values]
         t = clip.encode_texts(descs)
-        ps = property_scores(aligned_te, descs, text_embeddings=t)
+        ps = property_scores(aligned_te, descs, text_embeddings=t, method="paper")
         cs = clip_scores(aligned_te, descs, text_embeddings=t)
         rho = spearman({n: ps[n] for n in active_names}, {n: cs[n] for n in active_names})
         # Selection on the training split only; the method's aligner is the one judged, the
         # baselines' rankings are shown beside it.
         gaps = {}
         for label in aligners:
-            ranking = property_scores(aligned_tr[label], descs, text_embeddings=t)
+            ranking = property_scores(aligned_tr[label], descs, text_embeddings=t, method="paper")
             order = sorted(active_names, key=lambda n: ranking[n], reverse=True)
             accs = [group_probe(ftr, fte, group, train[attr], test[attr], len(values))
                     for group in (order[:N_PROBE], order[-N_PROBE:])]

@@ -252,8 +252,8 @@ def test_scores_invariant_to_component_order():
 
 def test_scores_rank_planted_components_and_constants_score_zero():
     aligned, texts = synthetic_aligned()
-    ps = property_scores(aligned, ["x", "y", "z"], text_embeddings=texts)
-    only_x = property_scores(aligned, ["x"], text_embeddings=texts[:1])
+    ps = property_scores(aligned, ["x", "y", "z"], text_embeddings=texts, method="paper")
+    only_x = property_scores(aligned, ["x"], text_embeddings=texts[:1], method="paper")
     assert all(np.isfinite(v) for v in ps.values())
     assert ps["comp3"] == 0.0 and only_x["comp3"] == 0.0
     # comp0 and comp5 read only x, comp1 and comp4 never do
@@ -265,7 +265,7 @@ def test_scores_rank_planted_components_and_constants_score_zero():
 
 def test_property_score_is_the_mean_correlation_over_an_svd_basis():
     aligned, texts = synthetic_aligned(seed=3)
-    ps = property_scores(aligned, ["x", "y"], text_embeddings=texts[:2])
+    ps = property_scores(aligned, ["x", "y"], text_embeddings=texts[:2], method="paper")
     basis = np.linalg.svd(F.normalize(texts[:2].double(), dim=1).numpy(), full_matrices=False)[2].T
     m = aligned.mapped.double().numpy()
     for i, name in enumerate(aligned.names):
@@ -424,7 +424,7 @@ def test_end_to_end_on_a_tiny_model(tiny_model, world_clip, world_images):
     assert len(hist["loss"]) == 3 and hist["loss"][-1] < hist["loss"][0]
     aligned = aligner.map(feats)
     descs = ["red", "blue", "green"]
-    ps = property_scores(aligned, descs, clip=world_clip)
+    ps = property_scores(aligned, descs, clip=world_clip, method="paper")
     cs = clip_scores(aligned, descs, clip=world_clip)
     assert set(ps) == set(dm.components.names)
     # the scores are what they say: correlations along the texts' (SVD) basis, and with CLIP's own reading
