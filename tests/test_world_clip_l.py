@@ -235,7 +235,7 @@ def test_command_line_trains_clip_l_only_when_named(tmp_path, monkeypatch):
 def test_world_clip_l_is_shipped_or_says_how_to_train_it():
     try:
         file = shipped.path("world-clip-l")
-    except fxdecomp.InputError as err:
+    except fxdecomp.InputError:
         for call in (lambda: shipped.load_clip("world-clip-l"), lambda: ClipSpace.world("world-clip-l"),
                      lambda: shipped.record("world-clip-l")):
             with pytest.raises(fxdecomp.InputError) as got:
