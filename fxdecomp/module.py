@@ -9,6 +9,7 @@ import torch.fx as fx
 from .components import ComponentTable
 from .decomposition import Decomposition
 from .errors import InputError
+from .graphs import GraphedForward
 from .passes.codegen import DTYPE_REF
 
 
@@ -37,6 +38,7 @@ class DecomposedModel(torch.nn.Module):
         self.notes = notes
         #: Stream nonlinearities written as frozen gates (``decompose(..., linearize=True)``).
         self.linearised = list(linearised)
+        self._graphed: GraphedForward | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -61,6 +63,8 @@ class DecomposedModel(torch.nn.Module):
         after = self.device
         if after != before:
             _move_fixed_devices(self.graph_module, before, after)
+        if getattr(self, "_graphed", None) is not None:  # captured graphs hold the old buffers: recapture
+            self._graphed = GraphedForward(self.graph_module)
         return out
 
     @property
@@ -73,9 +77,21 @@ class DecomposedModel(torch.nn.Module):
         """The generated Python of the decomposing forward."""
         return self.graph_module.code
 
+    def cuda_graphs(self, enabled: bool = True) -> "DecomposedModel":
+        """Replay the decomposing forward as CUDA graphs, one captured per batch size (for
+        inference on a CUDA device; at batch 1-8 the forward is bound by kernel launches).
+        Returns the module. Call it after ``dm.cuda()``; images must then be CUDA tensors,
+        passed under ``torch.no_grad()`` or ``torch.inference_mode()``."""
+        if enabled and self.device.type != "cuda":
+            raise InputError(f"CUDA graphs need the compiled module on a CUDA device, but it is on {self.device}; "
+                             "call dm.cuda() first")
+        self._graphed = GraphedForward(self.graph_module) if enabled else None
+        return self
+
     def forward(self, images: torch.Tensor) -> Decomposition:
         self._check(images)
-        output, stored = self.graph_module(images)
+        run = self._graphed if self._graphed is not None else self.graph_module
+        output, stored = run(images)
         return Decomposition(stored.transpose(0, 1), self.components, output)
 
     def _check(self, images) -> None:

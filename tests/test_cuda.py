@@ -42,3 +42,32 @@ def test_images_on_the_wrong_device_are_refused():
     dm = fxdecomp.decompose(small_vit().cuda(), "head")
     with pytest.raises(fxdecomp.InputError, match="cuda"):
         dm(torch.randn(2, 3, 32, 32))
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_cuda_graph_replay_equals_the_eager_forward(batch):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = small_vit(depth=3, num_classes=5).cuda()
+    eager = fxdecomp.decompose(model, "head")
+    graphed = fxdecomp.decompose(model, "head").cuda_graphs()
+    with torch.inference_mode():
+        for seed in range(3):  # the first call captures, the later ones replay on new images
+            x = images(eager, batch=batch, seed=seed).cuda()
+            want, got = eager(x), graphed(x)
+            assert torch.allclose(got.contributions, want.contributions, rtol=1e-5, atol=1e-6)
+            assert rel_err(got.total(), model(x)) <= bound(torch.float32)
+    assert len(graphed._graphed.graphs) == 1
+
+
+def test_cuda_graphs_recapture_after_conversion_and_refuse_gradients():
+    model = small_vit(depth=2).cuda()
+    dm = fxdecomp.decompose(model, "head").cuda_graphs()
+    x = images(dm, batch=2).cuda()
+    with torch.no_grad():
+        dm(x)
+        model.double()
+        dm.double()
+        assert not dm._graphed.graphs  # the old graphs held float32 buffers
+        assert rel_err(dm(x.double()).total(), model(x.double())) <= bound(torch.float64)
+    with pytest.raises(fxdecomp.InputError, match="no_grad"):
+        dm(x.double())

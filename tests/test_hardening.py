@@ -221,3 +221,17 @@ def test_collapse_warning_does_not_offer_linearize_where_it_cannot_help():
         x = images(dm)
         with torch.no_grad():
             assert rel_err(dm(x).total(), model(x)) <= 1e-5
+
+
+def test_cuda_graphs_are_refused_off_a_cuda_device_naming_the_fix():
+    from fxdecomp.graphs import check_replayable
+
+    dm = fxdecomp.decompose(small_vit(depth=1), "head")
+    with pytest.raises(fxdecomp.InputError, match=r"dm\.cuda\(\) first"):
+        dm.cuda_graphs()
+    assert dm.cuda_graphs(False) is dm  # turning them off is always allowed; the eager forward stays exact
+    x = images(dm, batch=2)
+    with torch.no_grad():
+        assert torch.equal(dm(x).contributions, dm.graph_module(x)[1].transpose(0, 1))
+    with pytest.raises(fxdecomp.InputError, match=r"images\.cuda\(\)"):
+        check_replayable(x)
