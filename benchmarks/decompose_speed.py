@@ -8,7 +8,7 @@ For every (device, batch, granularity) it times the model's own forward and the
 decomposing forward alternately (median of --repeats), and reports the ratio,
 decomposed images/s, and peak memory of each (GPU: allocator peak; CPU: the
 process's peak RSS, reset before each measurement). Weights are random: speed
-does not depend on them. Targets (issue: compiler) are checked at the end.
+does not depend on them. Its targets are checked at the end.
 """
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ Each aligner variant is trained with --seeds seeds; match rates are mean ± sd o
 Components whose contributions do not vary over the training images (constants) are left
 out of every ranking and rate. world-spurious is not run: its representation is world-vit's
 frozen backbone (only its head differs), so it would repeat world-vit's numbers.
-Targets (issue 5) are checked at the end; results go to --out as JSON and a figure.
+Its targets are checked at the end; results go to --out as JSON and a figure.
 """
 from __future__ import annotations
 

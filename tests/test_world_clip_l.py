@@ -246,7 +246,7 @@ def test_world_clip_l_is_shipped_or_says_how_to_train_it():
         assert "world-clip-l" not in {p.name for p in presets()}
         assert ClipSpace.world().name == "world-clip"  # the default until world-clip-l ships
         return
-    # once shipped: the bar, re-measured on the whole evaluation split
+    # once shipped: the target zero-shot accuracies, re-measured on the whole evaluation split
     model, tok = shipped.load_clip("world-clip-l")
     got = evaluate.zero_shot_metrics(model, tok)
     want = shipped.read_record(file)["metrics"]
