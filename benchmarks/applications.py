@@ -53,6 +53,7 @@ from fxdecomp.spurious import find_and_remove, varying
 from fxdecomp.world import CATEGORICAL, World, load
 from fxdecomp.world.captions import WORDS, prompts
 from fxdecomp.world.models import HEAD_SLICES
+from memory import peak_rss_mb  # benchmarks/memory.py
 
 PARTS = ("spurious", "segmentation", "heatmaps", "retrieval")
 #: Base seeds of every split drawn here (none is a split a shipped model was trained or evaluated on,
@@ -321,13 +322,6 @@ def check_targets(res: dict) -> list[str]:
         lines.append(f"text retrieval {name}: P@10 >= 0.9 for every colour and location word: "
                      f"{'MET' if not low else 'NOT MET (' + ', '.join(low) + ')'}")
     return lines
-
-
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main(argv=None) -> int:

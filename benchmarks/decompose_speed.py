@@ -20,25 +20,11 @@ import time
 from pathlib import Path
 
 import torch
+from memory import peak_rss_mb, reset_peak_rss  # benchmarks/memory.py
 
 TARGETS = {("cpu", "head"): 1.5, ("cuda", "head"): 1.3}
 #: small batches on CUDA (head granularity), where kernel launches dominate: batch -> ratio
 SMALL_BATCH_TARGETS = {1: 1.5, 8: 1.2}
-
-
-def _rss_reset() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _rss_peak_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class Meter:
@@ -54,13 +40,13 @@ class Meter:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
-            _rss_reset()
+            reset_peak_rss()
 
     def peak_mb(self) -> float:
         self.sync()
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20
-        return _rss_peak_mb()
+        return peak_rss_mb()
 
 
 def bench(model_name: str, device: torch.device, batch: int, granularity: str, repeats: int, seed: int = 0,

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from memory import peak_rss_mb  # benchmarks/memory.py
 
 TARGETS = {"ratio": 0.9, "imagenet_val_seconds": 60.0}
 IMAGENET_VAL = 50_000
@@ -49,13 +50,6 @@ class RandomImages(torch.utils.data.Dataset):
 
     def ids(self) -> list[str]:
         return [f"random:{self.seed}:{i}" for i in range(self.n)]
-
-
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 @torch.no_grad()
