@@ -145,3 +145,20 @@ def test_nonpolynomial_symbols():
     assert nonpolynomial(x * y + 3 * x ** 2) == set()
     assert nonpolynomial(x / sympy.sqrt(y) + sympy.exp(z)) == {y, z}
     assert nonpolynomial(1 / (x + y)) == {x, y}
+
+
+def test_opaque_functions_with_arguments_of_their_own_are_not_read_symbolically():
+    """Opaque functions are evaluated by name with torch's defaults, so a call that passes
+    more (gelu's approximate, clamp's bounds) must stay with the op rules."""
+    from fxdecomp.passes.symbolic import is_pointwise
+
+    class Calls(nn.Module):
+        def forward(self, x):
+            return F.gelu(x) + F.gelu(x, approximate="tanh") + torch.clamp(x, -1, 1) + torch.relu(x)
+
+    gm = torch.export.export(Calls(), (torch.randn(2, 3),)).module()
+    names = {n.target.__name__.split(".")[0]: is_pointwise(n) for n in gm.graph.nodes
+             if n.op == "call_function" and n.target is not torch.ops.aten.add.Tensor}
+    calls = [n for n in gm.graph.nodes if n.op == "call_function" and "gelu" in str(n.target)]
+    assert [is_pointwise(n) for n in calls] == [True, False]
+    assert names["relu"] and not names["clamp"]

@@ -74,11 +74,15 @@ _OPS = {
     aten.alias: (("self",), lambda a: a["self"]),
     aten.detach: (("self",), lambda a: a["self"]),
 }
-#: pointwise functions kept opaque: an expression holding one of a variable is not affine in it
+#: pointwise functions kept opaque: an expression holding one of a variable is not affine in it. They
+#: are evaluated by name with torch's defaults (kernels.POINTWISE_FUNCTIONS), so a call that passes any
+#: other argument (gelu's approximate, clamp's bounds, leaky_relu's slope) is not expressible here.
+_OPAQUE = set()
 for _name in ("relu", "gelu", "silu", "hardswish", "hardsigmoid", "abs", "sin", "cos", "erf", "softplus", "mish",
               "leaky_relu", "elu", "clamp", "clamp_min", "clamp_max", "sign"):
     _fn = sympy.Function(_name)
     _OPS[getattr(aten, _name)] = (("self",), lambda a, f=_fn: f(a["self"]))
+    _OPAQUE.add(getattr(aten, _name))
 _OPS[operator.add] = (("self", "other"), lambda a: a["self"] + a["other"])
 _OPS[operator.sub] = (("self", "other"), lambda a: a["self"] - a["other"])
 _OPS[operator.mul] = (("self", "other"), lambda a: a["self"] * a["other"])
@@ -88,7 +92,10 @@ _OPS[operator.truediv] = (("self", "other"), lambda a: a["self"] / a["other"])
 def _spec(node: fx.Node):
     if node.op != "call_function":
         return None
-    return _OPS.get(getattr(node.target, "overloadpacket", node.target))
+    op = getattr(node.target, "overloadpacket", node.target)
+    if op in _OPAQUE and (len(node.args) > 1 or node.kwargs):
+        return None
+    return _OPS.get(op)
 
 
 def _args(node: fx.Node, names) -> dict:
