@@ -58,13 +58,12 @@ from fxdecomp.align import (
     value_aucs,
 )
 from fxdecomp.models_registry import transform_for
+from fxdecomp.spurious.ablation import component_means, mean_ablate
 from fxdecomp.world import CATEGORICAL, EVAL_SEED, World, load
 from fxdecomp.world.captions import WORDS
-from fxdecomp.world.evaluate import eval_split
+from fxdecomp.world.dataset import ALIGN_SEED
 
 MODELS = ("world-vit", "world-swin", "world-ssl")
-#: Training images for the aligners and probes: a seed no shipped model was trained or evaluated on.
-ALIGN_SEED = 2
 TOP_K = 10
 N_PROBE = 3
 TARGET_GAP = 20.0  # points
@@ -101,10 +100,6 @@ def group_probe(ftr, fte, group: list[str], train_labels, test_labels, n_values:
 
 
 # -- the readout ground truth: what a property score claims ------------------------------------------
-#: Score methods compared against the readout: the project's two (on the method's aligner), the
-#: paper's own Gram-Schmidt basis (order-dependent), the CLIP-score baseline, and the variance share
-#: read through the shared map (a ranking without per-component maps).
-SCORE_METHODS = ("share", "paper", "paper_qr", "clip", "share_shared")
 READOUT_GAIN = 0.20  # a model x attribute is judged when its whole-representation probe beats chance by this
 TARGET_SPEARMAN, TARGET_SHARE = 0.6, 0.7
 
@@ -121,6 +116,9 @@ def paper_qr_scores(aligned, t) -> dict:
 
 
 def method_scores(aligned_tr: dict, descs, t, lam: str) -> dict:
+    """Score methods compared against the readout: the project's two (on the method's aligner), the
+    paper's own Gram-Schmidt basis (order-dependent), the CLIP-score baseline, and the variance share
+    read through the shared map (a ranking without per-component maps)."""
     return {"share": property_scores(aligned_tr[lam], descs, text_embeddings=t, method="share"),
             "paper": property_scores(aligned_tr[lam], descs, text_embeddings=t, method="paper"),
             "paper_qr": paper_qr_scores(aligned_tr[lam], t),
@@ -130,9 +128,7 @@ def method_scores(aligned_tr: dict, descs, t, lam: str) -> dict:
 
 def ablated_accuracy(w, b, test: torch.Tensor, labels, means: torch.Tensor, idx) -> float:
     """The probe's held-out accuracy once the components ``idx`` are replaced by their training means."""
-    x = test.double().sum(1)
-    if len(idx):
-        x = x - (test[:, idx].double() - means[idx]).sum(1)
+    x = mean_ablate(test, means, idx)
     return float(((x @ w + b).argmax(1).numpy() == np.asarray(labels)).mean())
 
 
@@ -140,7 +136,7 @@ def readout_truth(ftr, fte, train_y, test_y, n_values, active: list[int], scores
     """Each method's ranking against the components' exact effects on a linear readout of the attribute."""
     effects = readout_effects(ftr.contributions, train_y, fte.contributions, test_y, n_values)
     w, b = fit_probe(ftr.contributions.sum(1), train_y, n_values)
-    means = ftr.contributions.double().mean(0)
+    means = component_means(ftr.contributions)
     e = {ftr.names[i]: float(effects[i]) for i in active}
     total = float(effects.sum())
     top3 = lambda order: sum(e[n] for n in order[:3]) / total  # noqa: E731
@@ -352,7 +348,7 @@ def readout_report(results: list[dict]) -> list[str]:
     judged = [(r["model"], a, p["readout"]) for r in results for a, p in r["properties"].items()
               if p["readout"]["judged"]]
     lines.append(f"\n== readout targets on the {len(judged)} judged model x attributes")
-    for m in SCORE_METHODS:
+    for m in (judged[0][2]["methods"] if judged else {}):
         ok = [ro["methods"][m]["spearman"] >= TARGET_SPEARMAN and ro["methods"][m]["share_of_oracle"] >= TARGET_SHARE
               for _, _, ro in judged]
         rho = np.mean([ro["methods"][m]["spearman"] for _, _, ro in judged]) if judged else float("nan")
@@ -435,7 +431,7 @@ def main(argv=None) -> int:
     print(f"rendering {args.train} training and {args.eval} held-out images ...", flush=True)
     shift = 1000 * args.seed
     train = World(args.train, ALIGN_SEED + shift).arrays()
-    test = eval_split(args.eval) if shift == 0 else World(args.eval, EVAL_SEED + shift).arrays()
+    test = World(args.eval, EVAL_SEED + shift).arrays()
     clip = ClipSpace.world(args.clip)
     results = []
     for name in args.models:

@@ -11,12 +11,10 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from .dataset import World
+from .dataset import ALIGN_SEED, World
 from .shipped import path as model_path
 
 ALIGNED = ("world-vit",)
-#: A split no shipped model was trained or evaluated on.
-ALIGN_SEED = 2
 IMAGES = 4000
 EPOCHS = 10
 
@@ -60,8 +58,9 @@ def main(argv=None) -> int:
     for name in args.models:
         aligner = train(name)
         args.out.mkdir(parents=True, exist_ok=True)
-        aligner.save(args.out / f"{name}.compalign.safetensors")
-        print(f"wrote {args.out / f'{name}.compalign.safetensors'}")
+        file = args.out / aligner_path(name).name
+        aligner.save(file)
+        print(f"wrote {file}")
     return 0
 
 
