@@ -237,13 +237,12 @@ def run_retrieval(args, clip, out: Path) -> tuple[dict, dict, CompAlign]:
         atr, ate = aligner.map(ftr), aligner.map(fte)
         candidates = varying(ftr)
         scores = {a: property_scores(atr, words(a), clip=clip, method="share") for a in CATEGORICAL}
-        whole = fte.contributions.double().sum(1)
-        rows, per = [], {}
+        base = nearest(fte.contributions.double().sum(1), queries, 10)  # the whole representation's neighbours
+        per = {}
         for attr in CATEGORICAL:
             k = args.property_components or choose_k(scores, attr, candidates, atr, train, args.retrieval_val)
             chosen = property_components(scores, attr, k, candidates, exclusive=False)
             found = nearest(component_sum(ate, chosen), queries, 10)
-            base = nearest(whole, queries, 10)
             papers = property_components(scores, attr, k, candidates, exclusive=True)
             per[attr] = {"p10_components": precision_at_k(found, test[attr][queries], test[attr]),
                          "p10_whole": precision_at_k(base, test[attr][queries], test[attr]), "components": chosen,
@@ -253,18 +252,18 @@ def run_retrieval(args, clip, out: Path) -> tuple[dict, dict, CompAlign]:
                                                            test[attr][queries], test[attr])}
             if name == "world-vit":
                 q = int(queries[0])
-                rows.append((f"{attr}: query", found[0].tolist()))
                 marks = [[test[attr][i] == test[attr][q] for i in found[0].tolist()]]
                 image_grid(test["images"], [(f"{attr} ({', '.join(chosen[:2])}...)", found[0].tolist())],
                            queries=[q], marks=marks, path=out / f"retrieval_{attr}.png",
                            title=f"world-vit: nearest neighbours in the {attr} components' subspace")
         results[name] = per
-        text_p10[name] = {}
+        text_p10[name], read = {}, {}  # read: word -> (its direction, its components)
         for attr in CATEGORICAL:
             t = clip.encode_texts(words(attr))
             for v, word in enumerate(words(attr)):
                 direction = text_direction_against(t, v)
                 chosen = description_components(atr, direction, args.components, candidates)
+                read[word] = (direction, chosen)
                 top = by_text(component_sum(ate, chosen), direction, 10)
                 text_p10[name][word] = float((test[attr][top.numpy()] == v).mean())
         print(f"-- {name}: image-based P@10: components / whole representation (paper's exclusive rule; "
@@ -277,9 +276,8 @@ def run_retrieval(args, clip, out: Path) -> tuple[dict, dict, CompAlign]:
         if name == "world-vit":
             top_rows = []
             for attr in ("colour", "location"):
-                for v, word in enumerate(words(attr)[:3]):
-                    direction = text_direction_against(clip.encode_texts(words(attr)), v)
-                    chosen = description_components(atr, direction, args.components, candidates)
+                for word in words(attr)[:3]:
+                    direction, chosen = read[word]
                     top_rows.append((f"'{word}'", by_text(component_sum(ate, chosen), direction, 8).tolist()))
             image_grid(test["images"], top_rows, path=out / "retrieval_text.png",
                        title="world-vit: top images for a text, read from its components")

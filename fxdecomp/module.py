@@ -63,7 +63,7 @@ class DecomposedModel(torch.nn.Module):
         after = self.device
         if after != before:
             _move_fixed_devices(self.graph_module, before, after)
-        if getattr(self, "_graphed", None) is not None:  # captured graphs hold the old buffers: recapture
+        if self._graphed is not None:  # captured graphs hold the old buffers: recapture
             self._graphed = GraphedForward(self.graph_module)
         return out
 
@@ -109,16 +109,13 @@ class DecomposedModel(torch.nn.Module):
             raise InputError(
                 f"images are {images.dtype} but {self.model_name} was compiled for {self.dtype}; convert them "
                 f"with images.to({self.dtype}) (or decompose a {images.dtype} copy of the model).")
-        dev = self._device()
-        if dev is not None and images.device != dev:
+        dev = self.device
+        if images.device != dev:
             raise InputError(f"images are on {images.device} but the compiled module is on {dev}; move them "
                              f"with images.to('{dev}').")
         if not self.dynamic_batch and images.shape[0] != self.example_batch:
             raise InputError(f"this model could only be compiled for batch size {self.example_batch}; got "
                              f"{images.shape[0]} images.")
-
-    def _device(self):
-        return self.device
 
     def _check_converted(self) -> None:
         """The model converted or moved under the compiled module (its parameters are shared,

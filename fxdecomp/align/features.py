@@ -125,7 +125,7 @@ def _run_batch(dm: DecomposedModel, clip: ClipSpace | None, preprocess: Callable
 
 
 def _device_of(dm: DecomposedModel, device) -> torch.device:
-    return torch.device(device) if device is not None else (dm._device() or torch.device("cpu"))
+    return torch.device(device) if device is not None else dm.device
 
 
 class Stream:

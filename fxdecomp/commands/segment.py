@@ -29,7 +29,7 @@ def run(args) -> int:
 
     from ..decomposition import Decomposition
     from ..segment import position_maps, segmentation_figure, segmentation_scores
-    from ..segment.metrics import normalise, to_size
+    from ..segment.metrics import foreground
     from ..store import open_run
     from ..store.files import publish, tmp_path
 
@@ -41,8 +41,7 @@ def run(args) -> int:
         dec = Decomposition(block, r.components, block.sum(1))
         maps.append(position_maps(dec, size=size, layers=args.layers).float())
     maps = torch.cat(maps)
-    soft = normalise(to_size(maps, size))
-    masks = soft > soft.reshape(len(soft), -1).mean(1).view(-1, 1, 1)
+    _, masks = foreground(maps, size)
     folder = r.path / "segment"
     folder.mkdir(exist_ok=True)
     path = folder / "maps.safetensors"
@@ -51,12 +50,13 @@ def run(args) -> int:
     publish(tmp, path)
     n = min(args.examples, r.n)
     pictures = np.stack([data[i]["image"].permute(1, 2, 0).numpy() for i in range(n)])
-    truth = data.masks()[:n] if hasattr(data, "masks") else masks[:n].numpy()
+    world = data.masks() if hasattr(data, "masks") else None  # rendered once: the world's exact masks
+    truth = world[:n] if world is not None else masks[:n].numpy()
     segmentation_figure(pictures, truth, {"decompose": maps[:n]}, n=n, path=folder / "examples.png",
                         title=f"{r.model_name}: position maps and their foreground")
     print(f"wrote {path} ({r.n} maps and masks) and {folder / 'examples.png'}")
-    if hasattr(data, "masks"):
-        s = segmentation_scores(maps, data.masks())
+    if world is not None:
+        s = segmentation_scores(maps, world)
         print(f"against the world's object masks: pixel accuracy {s['pixel_acc']:.3f}, mIoU {s['miou']:.3f}, "
               f"mAP {s['map']:.3f}")
     return 0

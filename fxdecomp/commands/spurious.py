@@ -27,13 +27,12 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from ..report.build import aligned_space
     from ..store import open_run
     from ..store.files import write_json
     from ..spurious.over_run import from_run
 
     r = open_run(args.run)
-    _, clip = aligned_space(r, args.clip_checkpoint)
+    clip = r.clip_space(args.clip_checkpoint)
     if clip is None:
         from ..errors import InputError
 

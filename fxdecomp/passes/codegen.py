@@ -61,9 +61,7 @@ class CodeGen:
     # -- graph -----------------------------------------------------------------------------------
     def build(self, groups: list[Group], terms_by_spec: dict, n_components: int) -> fx.GraphModule:
         """The traced forward, then every group's terms written into the contributions."""
-        out_axes = self.out_node.meta["fxd_atoms"]
-        if not out_axes or not out_axes[0] or out_axes[0][0] is not self.table.batch:
-            raise UnsupportedOpError("the model's output does not have the batch as its first axis")
+        out_axes = self.out_node.meta["fxd_atoms"]  # batch first: the axes pass checked it (check_output)
         rest_atoms = tuple(a for axis in out_axes[1:] for a in axis)
         needed_stats = self._needed_stats(terms_by_spec)
         g = self.graph

@@ -44,6 +44,13 @@ def to_size(maps: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(maps.unsqueeze(1).double(), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
 
 
+def foreground(maps: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
+    """(soft, mask): maps [N, h, w] resized to ``size`` and scaled to [0, 1], and the foreground each
+    thresholds at its own mean (the protocol's threshold)."""
+    soft = normalise(to_size(maps.detach().cpu(), size))
+    return soft, soft > soft.reshape(len(soft), -1).mean(1).view(-1, 1, 1)
+
+
 def segmentation_scores(maps: torch.Tensor, masks) -> dict[str, float]:
     """{"pixel_acc", "miou", "map"} of heatmaps [N, h, w] (any grid, resized to the masks) against
     boolean foreground masks [N, H, W]."""
@@ -51,8 +58,7 @@ def segmentation_scores(maps: torch.Tensor, masks) -> dict[str, float]:
     if masks.dim() != 3 or maps.dim() != 3 or len(maps) != len(masks):
         raise InputError(f"need maps [N, h, w] and masks [N, H, W] for the same images, got {list(maps.shape)} "
                          f"and {list(masks.shape)}")
-    soft = normalise(to_size(maps.detach().cpu(), masks.shape[-2:]))
-    pred = soft > soft.reshape(len(soft), -1).mean(1).view(-1, 1, 1)
+    soft, pred = foreground(maps, masks.shape[-2:])
     correct = (pred == masks).sum().item()
     inter = [((~pred) & (~masks)).sum().item(), (pred & masks).sum().item()]
     union = [((~pred) | (~masks)).sum().item(), (pred | masks).sum().item()]

@@ -168,26 +168,25 @@ def _run(dm, ref32, preprocess, data, plan, todo, out, *, width, batch, device, 
     bar = tqdm(total=sum(b - a for a, b in (plan.bounds(i) for i in todo)), disable=not progress,
                desc=f"decompose {dm.model_name}", unit="img", smoothing=0.1)
     shards, done = iter(todo), 0
-    current, filled, bufs, errs = None, 0, None, []
+    current, filled, n, bufs, errs = None, 0, 0, None, {}
     try:
         for raw in feed:
-            if current is None or filled == plan.bounds(current)[1] - plan.bounds(current)[0]:
+            if current is None or filled == n:
                 current = next(shards)
                 start, stop = plan.bounds(current)
                 n = stop - start
                 bufs = {"contributions": torch.empty((n, len(dm.components), width), dtype=dtype, pin_memory=cuda),
                         "output": torch.empty((n, width), dtype=dtype, pin_memory=cuda)}
-                filled, errs = 0, {"output": 0.0, "float32": None}
+                filled, errs = 0, {"output": None, "float32": None}  # device tensors: no wait per batch
             x32 = preprocess(raw.to(device, non_blocking=True))
             x = x32.to(dtype)
             dec = dm(x)
             b = x.shape[0]
             bufs["contributions"][filled:filled + b].copy_(dec.contributions, non_blocking=True)
             bufs["output"][filled:filled + b].copy_(dec.output, non_blocking=True)
-            errs["output"] = max(errs["output"], _rel_error(dec.contributions, dec.output))
+            errs["output"] = _running_max(errs["output"], _rel_error(dec.contributions, dec.output))
             if ref32 is not None and filled == 0:
-                e = _rel_error(dec.contributions, ref32(x32.float()))
-                errs["float32"] = e if errs["float32"] is None else max(errs["float32"], e)
+                errs["float32"] = _running_max(errs["float32"], _rel_error(dec.contributions, ref32(x32)))
             filled += b
             done += b
             bar.update(b)
@@ -196,8 +195,8 @@ def _run(dm, ref32, preprocess, data, plan, todo, out, *, width, batch, device, 
                 if cuda:
                     ready = torch.cuda.Event()
                     ready.record()
-                info = {"shard": current, "start": start, "stop": stop, "error": errs["output"],
-                        "error_vs_float32": errs["float32"]}
+                info = {"shard": current, "start": start, "stop": stop, "error": float(errs["output"]),
+                        "error_vs_float32": None if errs["float32"] is None else float(errs["float32"])}
                 writer.put(current, {**bufs, "index": torch.arange(start, stop)}, info, ready)
     finally:
         bar.close()
@@ -205,11 +204,16 @@ def _run(dm, ref32, preprocess, data, plan, todo, out, *, width, batch, device, 
     return done
 
 
-def _rel_error(contributions: torch.Tensor, output: torch.Tensor) -> float:
+def _rel_error(contributions: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """The largest relative error of the batch, a 0-d tensor on the batch's device."""
     total = contributions.float().sum(1)
     ref = output.float()
     diff = (total - ref).flatten(1).norm(dim=1)
-    return float((diff / ref.flatten(1).norm(dim=1).clamp_min(1e-30)).max())
+    return (diff / ref.flatten(1).norm(dim=1).clamp_min(1e-30)).max()
+
+
+def _running_max(old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+    return new if old is None else torch.maximum(old, new)
 
 
 def _finish(out: Path, config: dict, plan: ShardPlan) -> None:
