@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..components import ComponentTable
 from ..errors import InputError
+from ..hashing import json_digest, module_digest, safe_name, tensors_digest
 from ..module import DecomposedModel
 from .clip_space import ClipSpace
 from .images import as_batch
@@ -195,8 +196,8 @@ def collect(dm: DecomposedModel, data, *, preprocess: Callable, clip: ClipSpace 
     path = full_key = None
     if cache is not None:
         full_key = _cache_key(dm, clip, source, preprocess, key)
-        digest = hashlib.sha256(json.dumps(full_key, sort_keys=True).encode()).hexdigest()[:20]
-        path = Path(cache) / f"{_safe(dm.model_name)}-{dm.granularity}-{len(source)}-{digest}.safetensors"
+        digest = json_digest(full_key)[:20]
+        path = Path(cache) / f"{safe_name(dm.model_name)}-{dm.granularity}-{len(source)}-{digest}.safetensors"
         hit = _read_cache(path, full_key, dm.components)
         if hit is not None:
             return hit
@@ -216,28 +217,10 @@ def collect(dm: DecomposedModel, data, *, preprocess: Callable, clip: ClipSpace 
 
 
 # -- caching ----------------------------------------------------------------------------------------
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-
-
-def _hash_tensors(tensors) -> str:
-    h = hashlib.sha256()
-    for name, t in tensors:
-        h.update(name.encode())
-        t = t.detach().cpu().contiguous()
-        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def _hash_module(module: torch.nn.Module) -> str:
-    return _hash_tensors(sorted(module.state_dict().items()))
-
-
 def _cache_key(dm: DecomposedModel, clip: ClipSpace | None, source: _Source, preprocess, key) -> dict:
     data = source.data
     if isinstance(data, (np.ndarray, torch.Tensor)):
-        data_id = "array:" + _hash_tensors([("images", torch.as_tensor(np.asarray(data)))])
+        data_id = "array:" + tensors_digest([("images", torch.as_tensor(np.asarray(data)))])
     else:
         if key is None:
             key = _auto_key(source.data.dataset if source.loader else source.data)
@@ -250,14 +233,14 @@ def _cache_key(dm: DecomposedModel, clip: ClipSpace | None, source: _Source, pre
         "format": CACHE_FORMAT,
         "model": dm.model_name, "granularity": dm.granularity, "layers": sorted(dm.layers) if dm.layers else None,
         "components": hashlib.sha256("\n".join(dm.components.names).encode()).hexdigest(),
-        "weights": _hash_module(dm.graph_module), "dtype": str(dm.dtype), "input": list(dm.input_shape),
-        "n": len(source), "data": data_id, "first_batch": _hash_tensors([("raw", first)]),
-        "preprocess": _hash_tensors([("x", preprocess(first).float())]),
+        "weights": module_digest(dm.graph_module), "dtype": str(dm.dtype), "input": list(dm.input_shape),
+        "n": len(source), "data": data_id, "first_batch": tensors_digest([("raw", first)]),
+        "preprocess": tensors_digest([("x", preprocess(first).float())]),
         "clip": None,
     }
     if clip is not None:
-        parts["clip"] = {"name": clip.name, "weights": _hash_module(clip.visual),
-                         "preprocess": _hash_tensors([("x", clip.preprocess(first).float())])}
+        parts["clip"] = {"name": clip.name, "weights": module_digest(clip.visual),
+                         "preprocess": tensors_digest([("x", clip.preprocess(first).float())])}
     if key is not None:
         parts["key"] = key
     return parts

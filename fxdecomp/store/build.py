@@ -21,7 +21,8 @@ from ..errors import InputError
 from ..models_registry.preprocess import input_size_of, normalization_of, transform_for
 from .files import clean_partials, read_json, write_json
 from .loader import loader
-from .manifest import FORMAT, check_same, digest, versions, weights_digest
+from ..hashing import json_digest, module_digest
+from .manifest import FORMAT, check_same, versions
 from .shards import SHARDS, ShardPlan, ShardWriter, complete, images_per_shard
 
 RUN = "run.json"
@@ -66,14 +67,14 @@ def settings(model_name: str, checkpoint, rep, dm, width: int, data, granularity
     return {
         "format": FORMAT,
         "model": {"name": model_name, "checkpoint": str(checkpoint) if checkpoint else None,
-                  "class": type(rep).__name__, "weights": weights_digest(rep)},
+                  "class": type(rep).__name__, "weights": module_digest(rep)},
         "granularity": granularity, "layers": sorted(layers) if layers is not None else None,
         "dtype": dtype_name,
         "preprocess": {"input_size": list(input_size_of(rep)), "mean": list(mean), "std": list(std),
                        "resize": "short side, bilinear antialiased; centre crop", "source_size": source.get("size")},
-        "data": {"kind": source["kind"], "n": len(source["ids"]), "ids": digest(source["ids"]),
-                 "labels": digest(source["labels"])},
-        "components": digest(dm.components.names),
+        "data": {"kind": source["kind"], "n": len(source["ids"]), "ids": json_digest(source["ids"]),
+                 "labels": json_digest(source["labels"])},
+        "components": json_digest(dm.components.names),
         "shard_images": shard_images, "batch": batch,
         # description (not compared): where the images are, what each one is, what the components are
         "source": {k: v for k, v in source.items() if k not in ("ids", "labels")},

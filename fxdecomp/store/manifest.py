@@ -6,7 +6,6 @@ models' (or two preprocessings') contributions; ``differences`` names what chang
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 
@@ -19,24 +18,6 @@ FORMAT = "fxdecomp.run/1"
 #: Keys of the settings whose change makes a different run (everything else is description).
 IDENTITY = ("format", "model", "granularity", "layers", "dtype", "preprocess", "data", "components", "shard_images",
             "batch")
-
-
-def digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
-def tensor_digest(tensors) -> str:
-    h = hashlib.sha256()
-    for name, t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(name.encode() + str(t.dtype).encode() + str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    """A hash of every parameter and buffer (names, dtypes, shapes, bytes)."""
-    return tensor_digest(sorted(module.state_dict().items()))
 
 
 def versions() -> dict:

@@ -11,6 +11,7 @@ from safetensors import safe_open
 
 from ..components import Component, ComponentTable
 from ..errors import InputError
+from ..hashing import safe_name
 from .files import read_json
 
 MANIFEST = "manifest.json"
@@ -79,7 +80,7 @@ class Run:
         from ..data.folder import ImageFolder
         from ..data.waterbirds import WaterbirdsFolder
         from ..data.world import WorldImages
-        from .manifest import digest
+        from ..hashing import json_digest
 
         src = self.manifest["source"]
         kind = src["kind"]
@@ -91,7 +92,7 @@ class Run:
             data = ImageFolder(src["root"], size=src["size"])
         else:
             raise InputError(f"{self.path}: unknown data kind {kind!r}")
-        if digest(data.ids()) != self.manifest["data"]["ids"]:
+        if json_digest(data.ids()) != self.manifest["data"]["ids"]:
             raise InputError(f"the images at {src.get('root', kind)} are not the ones this run decomposed (files were "
                              "added, removed or renamed); decompose them again into a new run")
         return data
@@ -154,7 +155,7 @@ class Run:
 
     # -- what later commands add ------------------------------------------------------------------------
     def clip_folder(self, clip: str) -> Path:
-        return self.path / "clip" / _safe(clip)
+        return self.path / "clip" / safe_name(clip)
 
     def has_clip(self, clip: str) -> bool:
         return (self.clip_folder(clip) / "complete.json").is_file()
@@ -233,7 +234,3 @@ class RunStream:
             for s in range(0, len(block), self.batch_size):
                 sel = torch.as_tensor(inner[s:s + self.batch_size])
                 yield block[sel], self.targets[start + sel]
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
