@@ -1,7 +1,18 @@
-"""The last steps every figure of the applications shares: a title, a tight layout, a file."""
+"""What every figure of the applications shares: pyplot on a file backend, and the last steps (a
+title, a tight layout, a file)."""
 from __future__ import annotations
 
 from pathlib import Path
+
+
+def pyplot():
+    """matplotlib.pyplot, on the Agg backend unless one was chosen already (figures go to files)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def finish(fig, title: str | None = None, path: str | Path | None = None, dpi: int = 110):

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..figure import pyplot
 from .layout import token_layout
 from .maps import pixel_maps
 from .values import along_direction, members, norms, shares
@@ -140,13 +141,8 @@ def _picture(image) -> np.ndarray:
 
 def draw(array: np.ndarray, picture: np.ndarray | None = None, *, ax=None, title: str = "", signed: bool = True):
     """Overlay ``array`` on ``picture`` in ``ax`` (a new figure when None); returns the figure."""
-    import matplotlib
-
     if ax is None:
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(3.2, 3.2))
+        fig, ax = pyplot().subplots(figsize=(3.2, 3.2))
     else:
         fig = ax.figure
     if picture is not None:

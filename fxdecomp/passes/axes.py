@@ -22,7 +22,7 @@ from ..errors import RuleError, UnsupportedOpError
 from ..rules.registry import rule_for
 from .dataflow import SHAPE, is_varying
 from .shapes import item_shapes, shape_of
-from .where import describe
+from .where import describe, op_ref
 
 #: ops that only reshape, view or cast their first argument
 PASS_THROUGH = {"view", "reshape", "expand", "to", "_to_copy", "clone", "unsqueeze", "squeeze",
@@ -155,8 +155,7 @@ class AxisAnalysis:
 
     @staticmethod
     def _rule_bug(node, rule, what: str) -> RuleError:
-        target = node.target
-        tname = f"torch.ops.{target}" if hasattr(target, "overloadpacket") else repr(target)
+        tname = op_ref(node.target)
         return RuleError(
             f"{describe(node)}: its rule {type(rule).__module__}.{type(rule).__name__} {what} while "
             f"labelling axes. This is a bug in the rule, not in the model: fix the rule's axes(), or "
@@ -190,8 +189,7 @@ class AxisAnalysis:
             if note is not None:
                 return f"the batch is lost at {note}"
             if rule_for(node.target) is None:
-                target = node.target
-                tname = f"torch.ops.{target}" if hasattr(target, "overloadpacket") else repr(target)
+                tname = op_ref(node.target)
                 return (f"the batch is lost at {describe(node)}, which has no rule, so its output's axes "
                         f"are unknown. Teach it with fxdecomp.register_rule({tname}, MyRule()) (a Rule whose "
                         f"axes() says how its output's axes relate to its input's).")

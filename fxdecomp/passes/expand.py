@@ -52,7 +52,7 @@ from .dataflow import CONST, PARAM, is_varying
 from .demand import Demand, analyse_demand
 from .shapes import shape_of
 from .stream import Stream, output_node
-from .where import describe, module_of
+from .where import describe, module_of, op_ref
 
 
 def _nonzero_at_zero(node: fx.Node) -> bool:
@@ -494,8 +494,7 @@ class Expander:
 
     def unsupported(self, node: fx.Node, why: str | None) -> UnsupportedOpError:
         where = "on the residual stream" if node in self.stream else "in the linear tail of a residual branch"
-        target = node.target
-        tname = f"torch.ops.{target}" if hasattr(target, "overloadpacket") else repr(target)
+        tname = op_ref(node.target)
         if why is None:
             return UnsupportedOpError(
                 f"{describe(node)} lies {where}, so the decomposition must pass through "

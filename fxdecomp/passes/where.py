@@ -27,3 +27,8 @@ def describe(node: fx.Node) -> str:
     mod = module_of(node)
     loc = f" in module '{mod}' ({module_type_of(node)})" if mod else ""
     return f"node '{node.name}' ({node.target}){loc}"
+
+
+def op_ref(target) -> str:
+    """How a user names the op in Python (``torch.ops.aten.gelu.default``), for register_rule hints."""
+    return f"torch.ops.{target}" if hasattr(target, "overloadpacket") else repr(target)

@@ -6,18 +6,11 @@ import io
 
 import numpy as np
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+from ..figure import pyplot
 
 
 def data_uri(fig, dpi: int = 100) -> str:
-    plt = _plt()
+    plt = pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
@@ -25,7 +18,7 @@ def data_uri(fig, dpi: int = 100) -> str:
 
 
 def bars(labels, values, title: str, xlabel: str, color: str = "tab:blue") -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 0.28 * len(labels) + 0.9))
     y = np.arange(len(labels))[::-1]
     ax.barh(y, values, color=color)
@@ -37,7 +30,7 @@ def bars(labels, values, title: str, xlabel: str, color: str = "tab:blue") -> st
 
 
 def image_strip(images: np.ndarray, captions=None) -> str:
-    plt = _plt()
+    plt = pyplot()
     n = len(images)
     fig, axes = plt.subplots(1, n, figsize=(1.05 * n, 1.25), squeeze=False)
     for k, ax in enumerate(axes[0]):
@@ -51,7 +44,7 @@ def image_strip(images: np.ndarray, captions=None) -> str:
 def heatmap_strip(pictures, arrays, titles) -> str:
     from ..heatmaps.heatmap import draw
 
-    plt = _plt()
+    plt = pyplot()
     n = len(pictures)
     fig, axes = plt.subplots(1, n, figsize=(1.6 * n, 1.75), squeeze=False)
     for ax, pic, arr, title in zip(axes[0], pictures, arrays, titles):

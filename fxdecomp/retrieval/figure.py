@@ -5,17 +5,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..figure import finish
+from ..figure import finish, pyplot
 
 
 def image_grid(images, rows: Sequence[tuple[str, Sequence[int]]], *, queries: Sequence[int | None] | None = None,
                marks: Sequence[Sequence[bool]] | None = None, path=None, title: str = "", cell: float = 1.1):
     """One row per (title, image indices). With ``queries``, a row starts with its query image
     (framed); ``marks`` frames each retrieved image green (True) or red (False). Returns the figure."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     images = np.asarray(images)
     lead = 1 if queries is not None else 0

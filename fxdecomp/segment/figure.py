@@ -4,17 +4,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..figure import finish
+from ..figure import finish, pyplot
 from .metrics import normalise, to_size
 
 
 def segmentation_figure(images, masks, maps: dict[str, torch.Tensor], n: int = 6, path=None, title: str = ""):
     """Rows: the first ``n`` images; columns: the image, its mask, each method's map (its
     foreground, above the map's mean, outlined). Saved to ``path`` when given; returns the figure."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     images = np.asarray(images)[:n]
     masks = np.asarray(masks)[:n]

@@ -9,13 +9,13 @@ oracle ranking when one is given.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..errors import InputError
-from ..figure import finish
+from ..figure import finish, pyplot
 from .ablation import component_means, mean_ablate
 from .groups import group_accuracies
 from .ranking import random_rankings
@@ -56,9 +56,6 @@ class Removal:
                "oracle_worst_after": self.oracle_after["worst"] if self.oracle_after else None,
                "oracle_avg_after": self.oracle_after["average"] if self.oracle_after else None, "k": self.k}
 
-    def to_dict(self) -> dict:
-        return {**self.summary(), **{"ablated": self.ablated, "curves": self.curves}, "detail": asdict(self)}
-
     def table(self) -> str:
         rows = [("before", self.before), (f"top-{self.k} by score, ablated", self.after),
                 (f"{self.k} random components (mean of draws)", self.random_after)]
@@ -70,10 +67,7 @@ class Removal:
         return "\n".join(lines)
 
     def figure(self, path=None, title: str = ""):
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
         for ax, split in zip(axes, ("validation", "test")):
