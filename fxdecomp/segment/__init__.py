@@ -8,7 +8,7 @@ decomposition's component table placing their attention maps (windows and merged
 included); ``segmentation_scores`` is pixel accuracy, mIoU and mAP.
 """
 from .attention import AttentionRecorder, explicit_mha, explicit_sdpa
-from .baselines import BASELINES, READOUTS, baseline, chefer, gradcam, readout_of, rollout
+from .baselines import BASELINES, READOUTS, baseline, baselines, chefer, gradcam, readout_of, rollout
 from .evaluate import METHODS, evaluate_segmentation, method_maps
 from .figure import segmentation_figure
 from .geometry import Stage, attention_stages, dense, merge_matrix
@@ -16,6 +16,6 @@ from .maps import REDUCTIONS, position_maps
 from .metrics import average_precision, normalise, segmentation_scores
 
 __all__ = ["AttentionRecorder", "BASELINES", "METHODS", "READOUTS", "REDUCTIONS", "Stage", "attention_stages",
-           "average_precision", "baseline", "chefer", "dense", "evaluate_segmentation", "explicit_mha",
+           "average_precision", "baseline", "baselines", "chefer", "dense", "evaluate_segmentation", "explicit_mha",
            "explicit_sdpa", "gradcam", "merge_matrix", "method_maps", "normalise", "position_maps", "readout_of",
            "rollout", "segmentation_figure", "segmentation_scores"]

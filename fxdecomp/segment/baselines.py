@@ -89,36 +89,26 @@ def _read(r: torch.Tensor, stages: Sequence[Stage], readout: str) -> torch.Tenso
     return row[:, first.cells].reshape(-1, *first.grid)
 
 
-def rollout(model, images, components: Sequence[Component], readout: str | None = None) -> torch.Tensor:
-    stages = attention_stages(components)
-    with torch.no_grad():
-        maps, _ = record(model, images, stages)
-
+def _rollout(stages, maps, grads, readout: str, batch: int) -> torch.Tensor:
     def update(r, a):
         mixed = 0.5 * a.mean(1) + 0.5 * torch.eye(a.shape[-1], dtype=a.dtype)
         return mixed / mixed.sum(-1, keepdim=True).clamp_min(1e-12) @ r
 
-    return _read(_propagate(stages, maps, update, len(images)), stages, readout or readout_of(model, stages))
+    return _read(_propagate(stages, maps, update, batch), stages, readout)
 
 
-def chefer(model, images, components: Sequence[Component], direction, readout: str | None = None) -> torch.Tensor:
-    stages = attention_stages(components)
-    maps, grads = record(model, images, stages, direction)
-
+def _chefer(stages, maps, grads, readout: str, batch: int) -> torch.Tensor:
     def update(r, ag):
         a, g = ag
         return r + (g * a).clamp_min(0).mean(1) @ r
 
-    return _read(_propagate(stages, list(zip(maps, grads)), update, len(images)), stages, readout or readout_of(model, stages))
+    return _read(_propagate(stages, list(zip(maps, grads)), update, batch), stages, readout)
 
 
-def gradcam(model, images, components: Sequence[Component], direction, readout: str | None = None) -> torch.Tensor:
-    stages = attention_stages(components)
-    maps, grads = record(model, images, stages, direction)
-    last, a = stages[-1], maps[-1]
-    readout = readout or readout_of(model, stages)
+def _gradcam(stages, maps, grads, readout: str, batch: int) -> torch.Tensor:
     if readout not in READOUTS:
         raise InputError(f"readout must be one of {READOUTS}, got {readout!r}")
+    last, a = stages[-1], maps[-1]
     rows = [0] if readout == "cls" else list(range(last.cells.start, last.size))
     a_read = a[:, :, rows][:, :, :, last.cells]  # [B, heads, rows, cells]
     weight = grads[-1][:, :, rows][:, :, :, last.cells].mean(dim=(2, 3), keepdim=True)
@@ -126,13 +116,43 @@ def gradcam(model, images, components: Sequence[Component], direction, readout: 
     return cam.reshape(-1, *last.grid)
 
 
+_FROM_RECORDING = {"rollout": _rollout, "chefer": _chefer, "gradcam": _gradcam}
+
+
+def baselines(names: Sequence[str], model, images, components: Sequence[Component], direction=None,
+              readout: str | None = None) -> dict[str, torch.Tensor]:
+    """{name: maps} for several of ``BASELINES`` from one recorded forward (and one backward, when a
+    gradient-based one is asked for: ``direction`` is then needed)."""
+    bad = [n for n in names if n not in BASELINES]
+    if bad:
+        raise InputError(f"unknown baseline(s) {bad}; use {BASELINES}")
+    gradients = [n for n in names if n != "rollout"]
+    if gradients and direction is None:
+        raise InputError(f"{gradients[0]} needs a direction of the model's output to explain (e.g. the one-hot of "
+                         "each image's class)")
+    stages = attention_stages(components)
+    if gradients:
+        maps, grads = record(model, images, stages, direction)
+    else:
+        with torch.no_grad():
+            maps, grads = record(model, images, stages)
+    maps = [m.detach() for m in maps]
+    readout = readout or readout_of(model, stages)
+    return {n: _FROM_RECORDING[n](stages, maps, grads, readout, len(images)) for n in names}
+
+
+def rollout(model, images, components: Sequence[Component], readout: str | None = None) -> torch.Tensor:
+    return baselines(["rollout"], model, images, components, readout=readout)["rollout"]
+
+
+def chefer(model, images, components: Sequence[Component], direction, readout: str | None = None) -> torch.Tensor:
+    return baselines(["chefer"], model, images, components, direction, readout)["chefer"]
+
+
+def gradcam(model, images, components: Sequence[Component], direction, readout: str | None = None) -> torch.Tensor:
+    return baselines(["gradcam"], model, images, components, direction, readout)["gradcam"]
+
+
 def baseline(name: str, model, images, components, direction=None, readout: str | None = None) -> torch.Tensor:
     """One of ``BASELINES`` by name (``direction`` is needed by the gradient-based ones)."""
-    if name == "rollout":
-        return rollout(model, images, components, readout)
-    if name not in BASELINES:
-        raise InputError(f"unknown baseline {name!r}; use one of {BASELINES}")
-    if direction is None:
-        raise InputError(f"{name} needs a direction of the model's output to explain (e.g. the one-hot of each "
-                         "image's class)")
-    return (chefer if name == "chefer" else gradcam)(model, images, components, direction, readout)
+    return baselines([name], model, images, components, direction, readout)[name]

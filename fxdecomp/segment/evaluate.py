@@ -7,7 +7,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from .baselines import BASELINES, baseline
+from .baselines import BASELINES, baselines
 from .maps import position_maps
 from .metrics import segmentation_scores
 
@@ -38,9 +38,10 @@ def method_maps(model, dm, images: torch.Tensor, *, directions: torch.Tensor | N
             with torch.no_grad():
                 dec = dm(x.to(dm.dtype))
             out["decompose"].append(position_maps(dec, size=size, direction=d, layers=layers, reduce=reduce).cpu())
-        for m in methods:
-            if m != "decompose":
-                out[m].append(baseline(m, model, x, dm.components, d).detach().cpu())
+        others = [m for m in methods if m != "decompose"]
+        if others:  # one recorded forward (and backward) serves every baseline
+            for m, v in baselines(others, model, x, dm.components, d).items():
+                out[m].append(v.detach().cpu())
     return {m: torch.cat(v) for m, v in out.items()}
 
 
