@@ -134,21 +134,17 @@ def run_segmentation(args, clip, out: Path) -> dict:
         kw = dict(size=val["images"].shape[1:3], batch_size=args.batch, progress=not args.quiet)
         # layers for the tuned variant: chosen on the validation split only
         xv = pre(images_of(val))
-        best, best_score = None, -1.0
-        for lo, hi in layer_ranges(dm):
-            m = method_maps(model, dm, xv, methods=["decompose"], layers=range(lo, hi + 1), desc=f"{name}: layers "
-                            f"{lo}-{hi} (validation)", **kw)
-            s = mean_score(evaluate_segmentation(m, val["masks"])["decompose"])
-            if s > best_score:
-                best, best_score = (lo, hi), s
+        ranges = layer_ranges(dm)
+        tried = method_maps(model, dm, xv, methods=[], desc=f"{name}: layer ranges (validation)",
+                            variants={r: {"layers": range(r[0], r[1] + 1)} for r in ranges}, **kw)
+        val_scores = evaluate_segmentation(tried, val["masks"])
+        best = max(ranges, key=lambda r: mean_score(val_scores[r]))  # the first of equals, as before
         x = pre(images_of(test))
         d = directions(name, test, clip, dm(x[:2]).output.shape[1])
-        maps = method_maps(model, dm, x, directions=d, desc=f"{name}: maps", **kw)
-        maps["decompose_signed"] = method_maps(model, dm, x, directions=d, methods=["decompose"], reduce="signed",
-                                               desc=f"{name}: signed", **kw)["decompose"]
-        maps["decompose_chosen_layers"] = method_maps(model, dm, x, methods=["decompose"],
-                                                      layers=range(best[0], best[1] + 1),
-                                                      desc=f"{name}: chosen layers", **kw)["decompose"]
+        maps = method_maps(model, dm, x, directions=d, desc=f"{name}: maps",
+                           variants={"decompose_signed": {"reduce": "signed"},
+                                     "decompose_chosen_layers": {"layers": range(best[0], best[1] + 1),
+                                                                 "reduce": "norm"}}, **kw)
         scores = evaluate_segmentation(maps, test["masks"])
         scores["decompose_chosen_layers"]["layers"] = list(best)
         results[name] = scores
