@@ -60,8 +60,8 @@ def run(model_name: str = DEFAULT, granularity: str = "head", batch: int = 4, to
 
 def words(model: torch.nn.Module, top: int = 8) -> None:
     """The largest components of world-vit's representation in words (shipped aligner, world CLIP)."""
-    from .align import ClipSpace, collect, describe, property_scores, representation
-    from .report.vocabulary import world_properties
+    from .align import ClipSpace, collect, describe, representation
+    from .report.vocabulary import scored_vocabulary, world_properties
     from .world.aligners import load_aligner
 
     rep = representation(model.float())
@@ -70,10 +70,7 @@ def words(model: torch.nn.Module, top: int = 8) -> None:
     feats = collect(dm, World(WORD_IMAGES, EVAL_SEED).arrays()["images"], preprocess=transform_for(rep),
                     progress=False)
     aligned = load_aligner("world-vit").map(feats)
-    props = world_properties()
-    vocab = [w for ws in props.values() for w in ws]
-    text = clip.encode_texts(vocab)
-    scores = {p: property_scores(aligned, ws, clip=clip, method="share") for p, ws in props.items()}
+    vocab, text, scores = scored_vocabulary(aligned, world_properties(), clip)
     norms = feats.contributions.norm(dim=2).mean(0)
     order = [int(i) for i in torch.argsort(norms, descending=True)[:top]]
     print(f"\nin words (representation components mapped into the world CLIP by the shipped aligner; "

@@ -15,7 +15,6 @@ import torch
 
 from ..align.aligned import Aligned
 from ..align.describe import describe
-from ..align.scores import property_scores
 from ..components import ComponentTable
 from ..decomposition import Decomposition
 from ..errors import InputError
@@ -23,7 +22,7 @@ from ..heatmaps.heatmap import token_maps
 from ..store.files import publish, tmp_path
 from ..store.run import Run, open_run
 from . import figures
-from .vocabulary import properties_for
+from .vocabulary import properties_for, scored_vocabulary
 
 
 def _template():
@@ -68,10 +67,7 @@ def write_report(run, out, *, top: int = 12, images: int = 400, per_component: i
     order = [int(i) for i in torch.argsort(norms, descending=True)[:top]]
     props = properties_for(run, properties)
     aligned = Aligned(mapped, comps.names) if mapped is not None else None
-    scores = {p: property_scores(aligned, words, clip=clip, method="share") for p, words in props.items()} \
-        if aligned is not None else {}
-    vocab = list(dict.fromkeys(w for words in props.values() for w in words))
-    text = clip.encode_texts(vocab) if aligned is not None else None
+    vocab, text, scores = scored_vocabulary(aligned, props, clip) if aligned is not None else ([], None, {})
 
     sections = []
     for j in order:

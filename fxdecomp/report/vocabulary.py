@@ -42,3 +42,16 @@ def properties_for(run, path: str | Path | None = None) -> dict[str, list[str]]:
             raise InputError(f"{path} must map each property to a non-empty list of descriptions")
         return props
     return world_properties() if run.manifest["source"]["kind"] == "world" else dict(PAPER_PROPERTIES)
+
+
+def scored_vocabulary(aligned, props: dict[str, list[str]], clip):
+    """(vocabulary, its text embeddings, {property: {component: variance share}}), the words put
+    through CLIP once: the descriptions and the property scores read the same embeddings."""
+    from ..align.scores import property_scores
+
+    vocab = list(dict.fromkeys(w for words in props.values() for w in words))
+    text = clip.encode_texts(vocab)
+    row = {w: i for i, w in enumerate(vocab)}
+    scores = {p: property_scores(aligned, words, text_embeddings=text[[row[w] for w in words]], method="share")
+              for p, words in props.items()}
+    return vocab, text, scores
