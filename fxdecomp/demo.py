@@ -88,7 +88,7 @@ def write_demo_report(model_name: str, folder: str | Path) -> None:
     from .data import open_data
     from .report import write_report
     from .store import decompose_to_store, open_run
-    from .store.files import write_json
+    from .store.files import ALIGNER_RECORD, write_json
     from .world.aligners import aligner_path
 
     folder = Path(folder)
@@ -98,6 +98,6 @@ def write_demo_report(model_name: str, folder: str | Path) -> None:
     r = open_run(run_dir)
     if not r.aligner_path().is_file():
         r.aligner_path().write_bytes(aligner_path("world-vit").read_bytes())
-        write_json(run_dir / "aligner.json", {"clip": "world-clip", "checkpoint": None, "shipped": True})
+        write_json(run_dir / ALIGNER_RECORD, {"clip": "world-clip", "checkpoint": None, "shipped": True})
     page = write_report(r, folder, top=8)
     print(f"\nreport: {page}")

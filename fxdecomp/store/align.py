@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 
 from ..align.clip_space import ClipSpace
 from ..align.compalign import CompAlign
-from .files import publish, tmp_path, write_json
+from .files import ALIGNER_RECORD, publish, tmp_path, write_json
 from .loader import loader
 from .run import Run
 from .shards import ShardPlan
@@ -52,7 +52,7 @@ def align_run(run: Run, clip: ClipSpace, *, lam: float = 1.0, epochs: int = 10, 
     tmp = tmp_path(path)
     aligner.save(tmp)
     publish(tmp, path)
-    write_json(run.path / "aligner.json", {"clip": clip.spec, "checkpoint": str(checkpoint) if checkpoint else None,
+    write_json(run.path / ALIGNER_RECORD, {"clip": clip.spec, "checkpoint": str(checkpoint) if checkpoint else None,
                                            "lam": lam, "epochs": epochs, "batch_size": batch_size,
                                            "lr": lr, "seed": seed, "final_cosine": 1 - history["cos"][-1]})
     return aligner

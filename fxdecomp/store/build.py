@@ -19,15 +19,12 @@ from ..compiler import decompose
 from ..data.source import describe_source
 from ..errors import InputError
 from ..models_registry.preprocess import input_size_of, normalization_of, transform_for
-from .files import clean_partials, read_json, write_json
+from .files import HEAD, MANIFEST, RUN, clean_partials, read_json, write_json
 from .loader import loader
 from ..hashing import json_digest, module_digest
 from .manifest import FORMAT, check_same, versions
 from .shards import SHARDS, ShardPlan, ShardWriter, complete, images_per_shard
 
-RUN = "run.json"
-MANIFEST = "manifest.json"
-HEAD = "head.safetensors"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 

@@ -7,6 +7,13 @@ import os
 from pathlib import Path
 
 TMP = ".tmp"
+#: The files of a run folder: its settings (written first), its manifest (written last, once every
+#: shard is complete), a classifier's head, and what ``fxdecomp align`` adds.
+RUN = "run.json"
+MANIFEST = "manifest.json"
+HEAD = "head.safetensors"
+ALIGNER = "aligner.safetensors"
+ALIGNER_RECORD = "aligner.json"
 
 
 def tmp_path(path: Path) -> Path:

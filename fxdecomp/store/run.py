@@ -12,9 +12,8 @@ from safetensors import safe_open
 from ..components import Component, ComponentTable
 from ..errors import InputError
 from ..hashing import safe_name
-from .files import read_json
+from .files import ALIGNER, ALIGNER_RECORD, HEAD, MANIFEST, RUN, read_json
 
-MANIFEST = "manifest.json"
 
 
 def open_run(path) -> "Run":
@@ -34,7 +33,7 @@ class Run:
         self.path = Path(path)
         if not (self.path / MANIFEST).is_file():
             hint = (" (a decomposition was started there but is not complete: run the same fxdecomp decompose "
-                    "command again to finish it)") if (self.path / "run.json").is_file() else ""
+                    "command again to finish it)") if (self.path / RUN).is_file() else ""
             raise InputError(f"{self.path} is not a complete fxdecomp run{hint}")
         self.manifest = read_json(self.path / MANIFEST)
         self.components = ComponentTable(Component(**c) for c in self.manifest["component_table"])
@@ -170,7 +169,7 @@ class Run:
             return f.get_tensor("clip").float()
 
     def aligner_path(self) -> Path:
-        return self.path / "aligner.safetensors"
+        return self.path / ALIGNER
 
     def aligner(self):
         """The CompAlign ``fxdecomp align`` trained for this run."""
@@ -185,7 +184,7 @@ class Run:
         overrides the local weights file recorded when it was aligned."""
         from ..align.clip_space import ClipSpace
 
-        info = self.path / "aligner.json"
+        info = self.path / ALIGNER_RECORD
         if not info.is_file():
             return None
         rec = read_json(info)
@@ -193,7 +192,7 @@ class Run:
 
     def head(self) -> torch.nn.Linear | None:
         """The model's linear classifier, if it had one (logits = head(representation))."""
-        path = self.path / "head.safetensors"
+        path = self.path / HEAD
         if not path.is_file():
             return None
         from safetensors.torch import load_file
