@@ -115,14 +115,19 @@ def remove_spurious(names: Sequence[str], ranking: Sequence[str], train: Split, 
                 "average": float(np.mean([a["average"] for a in accs]))}
 
     oracle_ids = [index[n] for n in oracle] if oracle is not None else None
-    curves: dict = {"validation": {"score": [a["worst"] for a in val_curve]}, "test": {}}
-    curves["test"]["score"] = [_accuracy(test, means, ids[:kk])["worst"] for kk in range(max_k + 1)]
-    curves["test"]["random (mean)"] = [random_at(test, kk)["worst"] for kk in range(max_k + 1)]
-    curves["validation"]["random (mean)"] = [random_at(validation, kk)["worst"] for kk in range(max_k + 1)]
+    ks = range(max_k + 1)
+    test_curve = [_accuracy(test, means, ids[:kk]) for kk in ks]
+    random_test = [random_at(test, kk) for kk in ks]
+    curves: dict = {"validation": {"score": [a["worst"] for a in val_curve],
+                                   "random (mean)": [random_at(validation, kk)["worst"] for kk in ks]},
+                    "test": {"score": [a["worst"] for a in test_curve],
+                             "random (mean)": [a["worst"] for a in random_test]}}
+    oracle_test = None
     if oracle_ids is not None:
-        for split, name in ((validation, "validation"), (test, "test")):
-            curves[name]["oracle"] = [_accuracy(split, means, oracle_ids[:kk])["worst"] for kk in range(max_k + 1)]
-    return Removal(k=k, ablated=list(ranking[:k]), before=_accuracy(test, means, []),
-                   after=_accuracy(test, means, ids[:k]), random_after=random_at(test, k),
-                   oracle_after=_accuracy(test, means, oracle_ids[:k]) if oracle_ids is not None else None,
+        curves["validation"]["oracle"] = [_accuracy(validation, means, oracle_ids[:kk])["worst"] for kk in ks]
+        oracle_test = [_accuracy(test, means, oracle_ids[:kk]) for kk in ks]
+        curves["test"]["oracle"] = [a["worst"] for a in oracle_test]
+    # the table's figures are points of the test curves (k <= max_k)
+    return Removal(k=k, ablated=list(ranking[:k]), before=test_curve[0], after=test_curve[k],
+                   random_after=random_test[k], oracle_after=oracle_test[k] if oracle_test is not None else None,
                    curves=curves)
