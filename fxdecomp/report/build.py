@@ -40,6 +40,25 @@ def aligned_space(run: Run, checkpoint=None):
     return run.aligner(), run.clip_space(checkpoint)
 
 
+class _Pictures:
+    """Images of the run as [H, W, 3] arrays, by index or index array, each decoded once."""
+
+    def __init__(self, data):
+        self.data, self.cache = data, {}
+
+    def one(self, i: int) -> np.ndarray:
+        if i not in self.cache:
+            self.cache[i] = self.data[i]["image"].permute(1, 2, 0).numpy()
+        return self.cache[i]
+
+    def __getitem__(self, idx) -> np.ndarray:
+        return np.stack([self.one(int(i)) for i in np.atleast_1d(idx)])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.one(0).shape[:2]
+
+
 def write_report(run, out, *, top: int = 12, images: int = 400, per_component: int = 8, properties=None,
                  clip_checkpoint=None) -> Path:
     """Write ``out/index.html`` for ``run`` (a path or a ``Run``); returns the page's path."""
@@ -50,7 +69,7 @@ def write_report(run, out, *, top: int = 12, images: int = 400, per_component: i
     idx = np.arange(n)
     contrib = run.images(idx)
     data = run.data()
-    pictures = np.stack([data[int(i)]["image"].permute(1, 2, 0).numpy() for i in idx])
+    pictures = _Pictures(data)  # decoded on first use: the page shows a few dozen of the images read
     token = run.granularity == "token"
     aligner, clip = aligned_space(run, clip_checkpoint)
     dec = Decomposition(contrib, run.components, contrib.sum(1))
@@ -85,7 +104,7 @@ def write_report(run, out, *, top: int = 12, images: int = 400, per_component: i
         if token and c.kind == "attn" and c.head is not None:
             sel = best[:4]
             sub = Decomposition(contrib[torch.as_tensor(sel)], run.components, contrib[torch.as_tensor(sel)].sum(1))
-            arrays = token_maps(sub, pictures.shape[1:3], component=c.name).numpy()
+            arrays = token_maps(sub, pictures.size, component=c.name).numpy()
             entry["heatmaps"] = figures.heatmap_strip(pictures[sel] / 255.0, arrays, [f"image {i}" for i in sel])
         sections.append(entry)
 
