@@ -235,3 +235,34 @@ def test_cuda_graphs_are_refused_off_a_cuda_device_naming_the_fix():
         assert torch.equal(dm(x).contributions, dm.graph_module(x)[1].transpose(0, 1))
     with pytest.raises(fxdecomp.InputError, match=r"images\.cuda\(\)"):
         check_replayable(x)
+
+
+SAME_IN_EVERY_PROCESS = """
+import hashlib, torch, timm, fxdecomp
+torch.manual_seed(0)
+m = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=56, window_size=7, embed_dim=24,
+                      depths=(1, 1), num_heads=(2, 4), num_classes=5).eval()
+dm = fxdecomp.decompose(m, "head")
+x = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(1))
+with torch.no_grad():
+    c = dm(x).contributions
+print(hashlib.sha256(dm.code.encode()).hexdigest(), hashlib.sha256(c.numpy().tobytes()).hexdigest())
+"""
+
+
+def test_every_process_compiles_the_same_code_and_computes_the_same_bits():
+    """The generated code depends on the model alone, never on where objects sit in memory or
+    on the hash seed: a contraction's atom order once followed object addresses, so the same
+    Swin compiled in another process could get other einsum layouts and other last bits."""
+    import os
+    import subprocess
+    import sys
+
+    procs = [subprocess.Popen([sys.executable, "-c", SAME_IN_EVERY_PROCESS], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True,
+                              env={**os.environ, "PYTHONHASHSEED": str(seed), "OMP_NUM_THREADS": "1"})
+             for seed in (0, 1, 2, 3)]
+    outs = [p.communicate(timeout=300)[0].split() for p in procs]
+    assert all(len(o) == 2 for o in outs), outs
+    assert len({o[0] for o in outs}) == 1, "the generated code differs between processes"
+    assert len({o[1] for o in outs}) == 1, "the contributions differ between processes"

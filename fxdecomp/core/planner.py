@@ -48,6 +48,7 @@ def plan(operands: Sequence[tuple[Hashable, tuple]], output: tuple, size: dict,
     """
     n = len(operands)
     atom_sets = [frozenset(a) for _, a in operands]
+    canon = _canonical_order(operands, output)
     out = frozenset(output)
     gathers = gathers or {}
     if n == 1:
@@ -97,7 +98,7 @@ def plan(operands: Sequence[tuple[Hashable, tuple]], output: tuple, size: dict,
                     c2, t2 = best[other]
                     c = c1 + c2 + cost_of(sub, other, res[sub], res[other])
                     if choice is None or c < choice[0]:
-                        choice = (c, Pair(t1, t2, tuple(sorted(res[m], key=id))))
+                        choice = (c, Pair(t1, t2, canon(res[m])))
                 sub = (sub - 1) & m
             if key(m) in known:
                 choice = (0.0, choice[1])
@@ -112,9 +113,27 @@ def plan(operands: Sequence[tuple[Hashable, tuple]], output: tuple, size: dict,
     chain: object = Leaf(0)
     for i in range(1, n):
         chain = Pair(chain, Leaf(i), ())
-    greedy = _greedy(atom_sets, keys, out, total, known, size)
-    costed = [_costed(t, atom_sets, keys, out, total, known, size, gathers) for t in (greedy, chain)]
+    greedy = _greedy(atom_sets, keys, out, total, known, size, canon)
+    costed = [_costed(t, atom_sets, keys, out, total, known, size, gathers, canon) for t in (greedy, chain)]
     return min(costed, key=lambda ct: ct[0])[1]
+
+
+def _canonical_order(operands, output):
+    """Orders a partial product's atoms by where they first appear (operands, then output).
+
+    The order fixes the generated einsums' equations, and so the memory layouts their kernels
+    see. It must depend on the term alone, never on object addresses: otherwise the same model
+    compiled in two processes gets different code, which rounds differently."""
+    rank: dict = {}
+    for _, atoms in operands:
+        for a in atoms:
+            rank.setdefault(a, len(rank))
+    for a in output:
+        rank.setdefault(a, len(rank))
+
+    def canon(atoms) -> tuple:
+        return tuple(sorted(atoms, key=rank.__getitem__))
+    return canon
 
 
 def _result(inside: Counter, out: frozenset, total: Counter) -> frozenset:
@@ -122,7 +141,7 @@ def _result(inside: Counter, out: frozenset, total: Counter) -> frozenset:
     return frozenset(a for a, c in inside.items() if a in out or total[a] > c)
 
 
-def _costed(tree, atom_sets, keys, out, total, known, size, gathers) -> tuple[float, object]:
+def _costed(tree, atom_sets, keys, out, total, known, size, gathers, canon) -> tuple[float, object]:
     """(cost, the same tree with each pair's result atoms filled in)."""
 
     def walk(t):
@@ -139,13 +158,13 @@ def _costed(tree, atom_sets, keys, out, total, known, size, gathers) -> tuple[fl
             if g is not None and g not in res:
                 union = union - {g}
         here = 0.0 if (ks, res) in known else cl + cr + prod(size[a] for a in union)
-        return here, Pair(tl, tr, tuple(sorted(res, key=id))), inside, ks, res
+        return here, Pair(tl, tr, canon(res)), inside, ks, res
 
     cost, filled, *_ = walk(tree)
     return cost, filled
 
 
-def _greedy(atom_sets, keys, out, total, known, size):
+def _greedy(atom_sets, keys, out, total, known, size, canon):
     """Repeatedly contract the pair that shrinks the network most (pairs sharing an atom
     the output does not keep first: sharing the batch reduces nothing). A pair's score
     depends only on which operands it holds, so each is scored once; only pairs sharing
@@ -202,7 +221,7 @@ def _greedy(atom_sets, keys, out, total, known, size):
         inside = ii + ij
         res = _result(inside, out, total)
         merged = mi | mj
-        state[merged] = (Pair(ti, tj, tuple(sorted(res, key=id))), inside, ki | kj, res,
+        state[merged] = (Pair(ti, tj, canon(res)), inside, ki | kj, res,
                          prod(size[a] for a in res))
         for a in res - out:
             for other in holders.get(a, ()):
