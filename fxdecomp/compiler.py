@@ -15,6 +15,7 @@ from .passes.codegen import CodeGen
 from .passes.dataflow import classify_values
 from .passes.expand import Expander
 from .passes.granularity import GRANULARITIES, component_table, plan_groups
+from .passes.hoist import hoist_weight_products
 from .passes.labels import label
 from .passes.shapes import propagate
 from .passes.stream import find_stream, output_node
@@ -97,6 +98,7 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
     cg = CodeGen(gm, inp, output_node(gm), axes.table, dtype, device, nominal_batch=plan_batch)
     components = component_table(groups, axes.table)
     fwd = cg.build(groups, by_spec, total)                       # 10 codegen
+    hoist_weight_products(fwd, cg.forward_names)                 # 11 hoist
     return DecomposedModel(fwd, components, input_shape=tuple(example.shape[1:]), dtype=dtype,
                            granularity=granularity, layers=layers, dynamic_batch=dynamic,
                            example_batch=example.shape[0], model_name=name, notes=notes,

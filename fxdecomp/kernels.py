@@ -129,7 +129,7 @@ def contract_into(out, start, count, view_shape, present, equation, x, y, coef=1
             x = x * coef
         else:
             y = y * coef
-    grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
+    grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad or out.requires_grad)
     if not accumulate and not grad and all(present) and dst.is_contiguous():
         ins, res = equation.split("->")
         sx, sy = ins.split(",")

@@ -3,7 +3,9 @@
 Finding the cheapest order is what makes decomposition demand-driven: a
 class-token readout selects one row of the attention weights before anything
 is multiplied, and the readout's weight matrices are multiplied together (once,
-shared by every term) before they meet per-token activations. Small networks
+shared by every term) before they meet per-token activations. A product of fixed
+operands alone (weights, constants: no batch axis) is computed once and kept (the
+hoist pass), so it costs only the memory of its result. Small networks
 (the usual case) are planned exactly by dynamic programming over subsets;
 larger ones (a component carried through many layers) take the cheaper of a
 greedy order and the order the walk met the factors in. Intermediates other
@@ -38,13 +40,15 @@ class Pair:
 
 
 def plan(operands: Sequence[tuple[Hashable, tuple]], output: tuple, size: dict,
-         known: Container = frozenset(), gathers: dict | None = None):
+         known: Container = frozenset(), gathers: dict | None = None, fixed: Container[int] = frozenset()):
     """Return a contraction tree over ``operands`` producing the ``output`` atoms.
 
     ``operands`` are (key, atoms) pairs; ``known`` holds keys (see
     :func:`subset_key`) of intermediates that are free to reuse. ``gathers`` maps
     an operand's index to the atom it selects from (a convolution's taps): meeting
-    such an operand costs an index, not a product over that atom.
+    such an operand costs an index, not a product over that atom. ``fixed`` holds the
+    indices of operands that do not depend on the images: a product of those alone is
+    made once, so it costs the size of its result instead of its multiplications.
     """
     n = len(operands)
     atom_sets = [frozenset(a) for _, a in operands]
@@ -54,6 +58,7 @@ def plan(operands: Sequence[tuple[Hashable, tuple]], output: tuple, size: dict,
     if n == 1:
         return Leaf(0)
     full = (1 << n) - 1
+    fixed_mask = sum(1 << i for i in range(n) if i in fixed)
 
     def atoms_of(mask):
         s = set()
@@ -73,6 +78,8 @@ def plan(operands: Sequence[tuple[Hashable, tuple]], output: tuple, size: dict,
         return subset_key([operands[i][0] for i in range(n) if mask >> i & 1], result_atoms(mask))
 
     def cost_of(m1, m2, r1, r2):
+        if (m1 | m2) & ~fixed_mask == 0:
+            return prod(size[a] for a in result_atoms(m1 | m2))
         union = r1 | r2
         for m in (m1, m2):
             g = gathers.get(m.bit_length() - 1) if m & (m - 1) == 0 else None
@@ -114,7 +121,7 @@ def plan(operands: Sequence[tuple[Hashable, tuple]], output: tuple, size: dict,
     for i in range(1, n):
         chain = Pair(chain, Leaf(i), ())
     greedy = _greedy(atom_sets, keys, out, total, known, size, canon)
-    costed = [_costed(t, atom_sets, keys, out, total, known, size, gathers, canon) for t in (greedy, chain)]
+    costed = [_costed(t, atom_sets, keys, out, total, known, size, gathers, fixed, canon) for t in (greedy, chain)]
     return min(costed, key=lambda ct: ct[0])[1]
 
 
@@ -141,15 +148,15 @@ def _result(inside: Counter, out: frozenset, total: Counter) -> frozenset:
     return frozenset(a for a, c in inside.items() if a in out or total[a] > c)
 
 
-def _costed(tree, atom_sets, keys, out, total, known, size, gathers, canon) -> tuple[float, object]:
+def _costed(tree, atom_sets, keys, out, total, known, size, gathers, fixed, canon) -> tuple[float, object]:
     """(cost, the same tree with each pair's result atoms filled in)."""
 
     def walk(t):
         if isinstance(t, Leaf):
             inside = Counter(atom_sets[t.index])
-            return 0.0, t, inside, frozenset([keys[t.index]]), _result(inside, out, total)
-        cl, tl, il, kl, rl = walk(t.left)
-        cr, tr, ir, kr, rr = walk(t.right)
+            return 0.0, t, inside, frozenset([keys[t.index]]), _result(inside, out, total), t.index in fixed
+        cl, tl, il, kl, rl, fl = walk(t.left)
+        cr, tr, ir, kr, rr, fr = walk(t.right)
         inside, ks = il + ir, kl | kr
         res = _result(inside, out, total)
         union = rl | rr
@@ -157,8 +164,13 @@ def _costed(tree, atom_sets, keys, out, total, known, size, gathers, canon) -> t
             g = gathers.get(side.index) if isinstance(side, Leaf) else None
             if g is not None and g not in res:
                 union = union - {g}
-        here = 0.0 if (ks, res) in known else cl + cr + prod(size[a] for a in union)
-        return here, Pair(tl, tr, canon(res)), inside, ks, res
+        if (ks, res) in known:
+            here = 0.0
+        elif fl and fr:  # made once: its memory, not its multiplications
+            here = cl + cr + prod(size[a] for a in res)
+        else:
+            here = cl + cr + prod(size[a] for a in union)
+        return here, Pair(tl, tr, canon(res)), inside, ks, res, fl and fr
 
     cost, filled, *_ = walk(tree)
     return cost, filled

@@ -57,6 +57,7 @@ class CodeGen:
         self.buffers: dict = {}
         self.folded: dict = {}  # constants reshaped/indexed at compile time
         self.plans: dict = {}  # contraction trees by the atoms of a term's operands
+        self.forward_names: set[str] = set()
 
     # -- graph -----------------------------------------------------------------------------------
     def build(self, groups: list[Group], terms_by_spec: dict, n_components: int) -> fx.GraphModule:
@@ -78,6 +79,7 @@ class CodeGen:
             else:
                 self.env[node] = g.node_copy(node, lambda n: self.env[n])
         forward_nodes = set(g.nodes)
+        self.forward_names = {n.name for n in forward_nodes}  # the model's own forward, for the hoist pass
         out_val = self.env[self.out_node]
         out_shape = tuple(self.out_node.meta["tensor_meta"].shape[1:])
         buf = g.call_function(kernels.new_contributions, (self.env[self.inp], n_components, out_shape,
@@ -235,7 +237,9 @@ class CodeGen:
         shape = (tuple(a for _, a in keys), present, tuple(gathers))
         tree = self.plans.get(shape)
         if tree is None:
-            tree = self.plans[shape] = plan([(k, k[1]) for k in keys], present, sizes, self.memo.keys(), gathers)
+            fixed = {i for i, (_, a) in enumerate(keys) if self.table.batch not in a}  # weights, constants
+            tree = self.plans[shape] = plan([(k, k[1]) for k in keys], present, sizes, self.memo.keys(), gathers,
+                                            fixed)
         return keys, tree, present, mask
 
     def _partial(self, src: PartialSum) -> fx.Node:
