@@ -27,8 +27,8 @@ def hoist_weight_products(gm: fx.GraphModule, forward: set[str]) -> int:
     fixed = _image_independent(g)
     roots = [n for n in g.nodes if n in fixed and n.op == "call_function" and n.name not in forward
              and any(u not in fixed for u in n.users)]
-    values = _evaluate(gm, _ancestors(roots))
-    roots = [r for r in roots if not _view_of_weight(values, r)]
+    views = _views_of_weights(gm, roots)
+    roots = [r for r in roots if r not in views]
     if not roots:
         return 0
     needed = _ancestors(roots)
@@ -89,29 +89,34 @@ def _ancestors(roots) -> set:
     return seen
 
 
-def _evaluate(gm: fx.GraphModule, nodes: set) -> dict:
-    """The values of ``nodes`` (image-independent, closed under inputs) on the current weights."""
-    env: dict = {}
+def _views_of_weights(gm: fx.GraphModule, roots: list) -> set:
+    """The roots whose value only re-indexes a weight (it shares that weight's memory).
+
+    Evaluated once on the current weights, each intermediate freed after its last use, as the
+    generated code frees them."""
+    nodes = _ancestors(roots)
+    order = [n for n in gm.graph.nodes if n in nodes]
+    last = {a: i for i, n in enumerate(order) for a in n.all_input_nodes}
+    wanted, weights, views, env = set(roots), set(), set(), {}
     with torch.no_grad():
-        for n in gm.graph.nodes:
-            if n not in nodes:
-                continue
+        for i, n in enumerate(order):
             if n.op == "get_attr":
                 env[n] = _fetch(gm, n.target)
+                if isinstance(env[n], torch.Tensor):
+                    weights.add(env[n].untyped_storage().data_ptr())
             else:
                 env[n] = n.target(*fx.node.map_arg(n.args, env.__getitem__),
                                   **fx.node.map_arg(n.kwargs, env.__getitem__))
-    return env
-
-
-def _view_of_weight(values: dict, root: fx.Node) -> bool:
-    """Whether ``root`` only re-indexes a weight (its value shares that weight's memory)."""
-    value = values[root]
-    if not isinstance(value, torch.Tensor):
-        return True
-    storage = value.untyped_storage().data_ptr()
-    return any(isinstance(v, torch.Tensor) and v.untyped_storage().data_ptr() == storage
-               for n, v in values.items() if n.op == "get_attr")
+            if n in wanted:
+                v = env[n]
+                if not isinstance(v, torch.Tensor) or v.untyped_storage().data_ptr() in weights:
+                    views.add(n)
+            for a in n.all_input_nodes:
+                if last[a] == i:
+                    del env[a]
+            if n not in last:
+                del env[n]
+    return views
 
 
 def _fetch(gm: fx.GraphModule, target: str):
