@@ -38,6 +38,7 @@ from fxdecomp.align import ClipSpace, CompAlign, collect, property_scores, repre
 from fxdecomp.data import WorldSpurious
 from fxdecomp.heatmaps import heatmap
 from fxdecomp.models_registry import transform_for
+from fxdecomp.peak_memory import peak_rss_mb
 from fxdecomp.retrieval import (
     by_text,
     component_sum,
@@ -53,7 +54,6 @@ from fxdecomp.spurious import find_and_remove, varying
 from fxdecomp.world import CATEGORICAL, World, load
 from fxdecomp.world.captions import WORDS, prompts
 from fxdecomp.world.models import HEAD_SLICES
-from memory import peak_rss_mb  # benchmarks/memory.py
 
 PARTS = ("spurious", "segmentation", "heatmaps", "retrieval")
 #: Base seeds of every split drawn here (none is a split a shipped model was trained or evaluated on,

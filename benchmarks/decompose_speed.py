@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 import torch
-from memory import peak_rss_mb, reset_peak_rss  # benchmarks/memory.py
+
+from fxdecomp.peak_memory import peak_rss_mb, reset_peak_rss
 
 TARGETS = {("cpu", "head"): 1.5, ("cuda", "head"): 1.3}
 #: small batches on CUDA (head granularity), where kernel launches dominate: batch -> ratio

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from memory import peak_rss_mb  # benchmarks/memory.py
+
+from fxdecomp.peak_memory import peak_rss_mb
 
 TARGETS = {"ratio": 0.9, "imagenet_val_seconds": 60.0}
 IMAGENET_VAL = 50_000
