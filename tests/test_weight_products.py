@@ -7,7 +7,7 @@ import torch
 
 import fxdecomp
 from conftest import bound, images, rel_err, small_vit
-from fxdecomp.passes.hoist import SUBMODULE, _image_independent
+from fxdecomp.passes.hoist import SUBMODULE, _fetch, _image_independent
 from fxdecomp.weight_products import Widened
 
 
@@ -44,13 +44,6 @@ def test_products_are_rounded_once_from_float64():
         assert torch.equal(k, w.float())
         assert (k.double() - w).abs().max() <= (n.double() - w).abs().max()
         assert ((k.double() - w).abs() <= w.abs() * 2.0 ** -24 + 1e-45).all()
-
-
-def _fetch(gm, target):
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def test_products_are_made_once_and_again_after_a_weight_changes():
