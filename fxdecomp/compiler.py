@@ -1,6 +1,7 @@
 """``decompose(model)``: trace once, run the passes, return a decomposing module."""
 from __future__ import annotations
 
+import operator
 import warnings
 from typing import Iterable
 
@@ -20,6 +21,7 @@ from .passes.labels import label
 from .passes.shapes import propagate
 from .passes.stream import find_stream, output_node
 from .passes.trace import trace
+from .shared_weights import SharedWeights
 
 
 def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iterable[int] | None = None,
@@ -49,8 +51,13 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
     Norm statistics, attention weights and activations are frozen at their actual values
     for each batch, so the decomposition is exact: ``dm(x).total() == model(x)``.
     """
+    if not isinstance(model, torch.nn.Module):
+        hint = (f": load it first, e.g. fxdecomp.models_registry.load({model!r})" if isinstance(model, str) else
+                "")
+        raise InputError(f"decompose() takes a torch.nn.Module, got {type(model).__name__} {model!r:.60}{hint}")
     if granularity not in GRANULARITIES:
         raise InputError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    layers = _layer_numbers(layers, granularity)
     param = next(iter(model.parameters()), None)
     dtype = param.dtype if param is not None else torch.get_default_dtype()
     device = param.device if param is not None else torch.device("cpu")
@@ -84,7 +91,6 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
 
     known_layers = sorted({lab.layer for lab in labels if lab.layer is not None})
     if layers is not None:
-        layers = set(int(i) for i in layers)
         bad = layers - set(known_layers)
         if bad:
             raise InputError(f"no layer(s) {sorted(bad)} in {name}; its layers are "
@@ -102,4 +108,22 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
     return DecomposedModel(fwd, components, input_shape=tuple(example.shape[1:]), dtype=dtype,
                            granularity=granularity, layers=layers, dynamic_batch=dynamic,
                            example_batch=example.shape[0], model_name=name, notes=notes,
-                           linearised=expander.linearised)
+                           linearised=expander.linearised, shared=SharedWeights(model, fwd))
+
+
+def _layer_numbers(layers, granularity: str) -> set[int] | None:
+    """``layers`` as a set of ints; floats (5.5 would become 5), booleans (True would become 1) and
+    strings are refused, as is ``layers`` at block granularity, where it would change nothing."""
+    if layers is None:
+        return None
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+        raise InputError(f"layers must be a list of layer numbers, got {layers!r}")
+    out = set()
+    for i in layers:
+        if isinstance(i, bool) or not hasattr(i, "__index__"):
+            raise InputError(f"layers must be whole layer numbers, got {i!r} in {list(layers)!r}")
+        out.add(operator.index(i))
+    if granularity == "block":
+        raise InputError(f"layers={sorted(out)} splits those layers finer than blocks, so it has no effect at block "
+                         "granularity: drop it, or choose granularity 'head' or 'token'")
+    return out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import operator
 from dataclasses import asdict, dataclass, fields
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -109,17 +110,21 @@ class ComponentTable(Sequence[Component]):
         """Indices from a name, an index, a list of either, or a predicate."""
         if callable(selector) and not isinstance(selector, str):
             return self.where(selector)
-        if isinstance(selector, (str, int)):
+        if is_single(selector):
             selector = [selector]
+        elif isinstance(selector, (bytes, float, complex, bool)) or not hasattr(selector, "__iter__"):
+            raise UnknownComponentError(_bad_selector(selector))
         out = []
         for s in selector:
             if isinstance(s, str):
                 out.append(self.index(s))
-            else:
-                i = int(s)
+            elif is_single(s):
+                i = operator.index(s)
                 if not -len(self) <= i < len(self):
                     raise UnknownComponentError(f"component index {i} out of range (0..{len(self) - 1})")
                 out.append(i % len(self))
+            else:
+                raise UnknownComponentError(_bad_selector(s))
         return out
 
     def table(self, rows: Sequence[int] | None = None, extra: dict | None = None) -> str:
@@ -138,6 +143,24 @@ class ComponentTable(Sequence[Component]):
         line = "  ".join(h.ljust(w) for h, w in zip(head, widths))
         body = ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in data]
         return "\n".join([line, "-" * len(line)] + body)
+
+
+def is_single(selector) -> bool:
+    """A name or a whole-number index (an int, a NumPy integer, a 0-d integer tensor), not a bool."""
+    if isinstance(selector, str):
+        return True
+    if isinstance(selector, bool) or not hasattr(selector, "__index__"):
+        return False
+    try:
+        operator.index(selector)
+    except TypeError:
+        return False
+    return True
+
+
+def _bad_selector(s) -> str:
+    return (f"cannot select components with {s!r} ({type(s).__name__}): use a name, a whole-number index, a list "
+            "of them, or a predicate")
 
 
 def _matches(value, want) -> bool:

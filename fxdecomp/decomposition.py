@@ -6,8 +6,8 @@ from typing import Callable, Hashable
 
 import torch
 
-from .components import Component, ComponentTable
-from .errors import UnknownComponentError
+from .components import Component, ComponentTable, is_single
+from .errors import InputError, UnknownComponentError
 
 GROUPINGS = ("branch", "block", "head", "layer", "kind", "module")
 
@@ -42,14 +42,16 @@ class Decomposition:
     def error(self) -> float:
         """Largest relative reconstruction error over the batch (‖Σc − y‖ / ‖y‖)."""
         b = self.output.shape[0]
+        if b == 0:
+            raise InputError("error() of a decomposition of no images: there is nothing to compare; decompose at "
+                             "least one image")
         diff = (self.total() - self.output).detach().reshape(b, -1).double().norm(dim=1)
         ref = self.output.detach().reshape(b, -1).double().norm(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
         return float((diff / ref).max())
 
     def norms(self) -> torch.Tensor:
         """[B, C] Euclidean norm of every contribution."""
-        b, c = self.contributions.shape[:2]
-        return self.contributions.reshape(b, c, -1).norm(dim=2)
+        return self.contributions.flatten(2).norm(dim=2)
 
     def to(self, *args, **kwargs) -> "Decomposition":
         return Decomposition(self.contributions.to(*args, **kwargs), self.components, self.output.to(*args, **kwargs))
@@ -61,7 +63,7 @@ class Decomposition:
     def __getitem__(self, selector) -> torch.Tensor:
         """Contributions [B, *out] of one component (by name or index), or [B, k, *out] of several."""
         idx = self.components.resolve(selector)
-        if isinstance(selector, (str, int)):
+        if is_single(selector):
             return self.contributions[:, idx[0]]
         return self.contributions[:, idx]
 

@@ -20,9 +20,14 @@ class GraphedForward:
         self.forward = forward
         self.warmup = warmup
         self.graphs: dict = {}
+        self._addresses: tuple | None = None
 
     def __call__(self, images: torch.Tensor) -> tuple:
         check_replayable(images)
+        addresses = self._memory()
+        if addresses != self._addresses:  # a weight got new memory (``w.data = ...``): graphs read the old one
+            self.graphs.clear()
+            self._addresses = addresses
         key = (tuple(images.shape), images.dtype, images.device)
         entry = self.graphs.get(key)
         if entry is None:
@@ -31,6 +36,13 @@ class GraphedForward:
         static_in.copy_(images)
         graph.replay()
         return tuple(t.clone() for t in static_out)
+
+    def _memory(self) -> tuple:
+        """Where every parameter and buffer of the forward lives: what a captured graph reads."""
+        module = self.forward if isinstance(self.forward, torch.nn.Module) else None
+        if module is None:
+            return ()
+        return tuple(t.data_ptr() for t in (*module.parameters(), *module.buffers()))
 
     def _capture(self, images: torch.Tensor):
         with torch.inference_mode(False):  # a normal tensor: later calls may copy into it outside inference mode

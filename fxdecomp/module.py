@@ -11,6 +11,7 @@ from .decomposition import Decomposition
 from .errors import InputError
 from .graphs import GraphedForward
 from .passes.codegen import DTYPE_REF
+from .shared_weights import SharedWeights
 
 
 class DecomposedModel(torch.nn.Module):
@@ -23,9 +24,11 @@ class DecomposedModel(torch.nn.Module):
 
     def __init__(self, forward_module: fx.GraphModule, components: ComponentTable, *, input_shape: tuple,
                  dtype: torch.dtype, granularity: str, layers, dynamic_batch: bool, example_batch: int,
-                 model_name: str, notes: list[str], linearised: list[str] = ()):
+                 model_name: str, notes: list[str], linearised: list[str] = (), shared: SharedWeights | None = None):
         super().__init__()
         self.graph_module = forward_module
+        #: what the compiled module shares with the model, checked on every call (see ``shared_weights``)
+        self.shared = shared
         if not isinstance(getattr(forward_module, DTYPE_REF, None), torch.Tensor):
             forward_module.register_buffer(DTYPE_REF, torch.empty(0, dtype=dtype), persistent=False)
         self.components = components
@@ -63,6 +66,8 @@ class DecomposedModel(torch.nn.Module):
         after = self.device
         if after != before:
             _move_fixed_devices(self.graph_module, before, after)
+        if self.shared is not None:
+            self.shared.adopt_converted(self.graph_module)
         if self._graphed is not None:  # captured graphs hold the old buffers: recapture
             self._graphed = GraphedForward(self.graph_module)
         return out
@@ -99,13 +104,15 @@ class DecomposedModel(torch.nn.Module):
             raise InputError(f"expected a tensor of images, got {type(images).__name__}")
         want = self.input_shape
         if images.dim() != len(want) + 1 or tuple(images.shape[1:]) != want:
-            raise InputError(
-                f"{self.model_name} was compiled for images of shape [B, {', '.join(map(str, want))}]; got "
-                f"{list(images.shape)}. Resize/crop them with the model's preprocessing "
-                f"(fxdecomp.models_registry.transform_for(model)) or compile for this size with "
-                f"fxdecomp.decompose(model, input_size={tuple(images.shape[1:])}).")
+            raise InputError(self._shape_message(images))
         self._check_converted()
+        if self.shared is not None:
+            self.shared.check()
         if images.dtype != self.dtype:
+            if not images.is_floating_point():
+                raise InputError(
+                    f"images are {images.dtype}, but {self.model_name} takes preprocessed {self.dtype} images: "
+                    f"preprocess them with fxdecomp.models_registry.transform_for(model)(images).to({self.dtype}).")
             raise InputError(
                 f"images are {images.dtype} but {self.model_name} was compiled for {self.dtype}; convert them "
                 f"with images.to({self.dtype}) (or decompose a {images.dtype} copy of the model).")
@@ -116,6 +123,30 @@ class DecomposedModel(torch.nn.Module):
         if not self.dynamic_batch and images.shape[0] != self.example_batch:
             raise InputError(f"this model could only be compiled for batch size {self.example_batch}; got "
                              f"{images.shape[0]} images.")
+
+    def _shape_message(self, images: torch.Tensor) -> str:
+        """What is wrong with the shape of ``images``, and a fix that works for it."""
+        want = self.input_shape
+        head = (f"{self.model_name} was compiled for images of shape [B, {', '.join(map(str, want))}]; got "
+                f"{list(images.shape)}. ")
+        got = tuple(images.shape)
+        if got == want:
+            return head + "That is one image: add the batch axis with images.unsqueeze(0)."
+        if images.dim() != len(want) + 1:
+            return head + f"Pass a batch of {len(want)}-axis images."
+        if len(want) == 3 and got[1] != want[0]:
+            c, need = got[1], want[0]
+            if c == 1 and need == 3:
+                fix = "repeat the grey channel with images.expand(-1, 3, -1, -1)"
+            elif c == 4 and need == 3:
+                fix = "drop the alpha channel with images[:, :3]"
+            else:
+                fix = f"give it {need}-channel images"
+            return head + f"The model takes {need}-channel images: {fix}."
+        return head + ("Resize/crop the raw images with the model's preprocessing: "
+                       "fxdecomp.models_registry.transform_for(model)(images) (uint8 or 0..1 float images of any "
+                       "size). Only a model built for other sizes can be compiled for this one "
+                       f"(fxdecomp.decompose(model, input_size={got[1:]})).")
 
     def _check_converted(self) -> None:
         """The model converted or moved under the compiled module (its parameters are shared,

@@ -14,12 +14,16 @@ import torch.fx as fx
 
 
 class WeightProducts(torch.nn.Module):
-    """``forward(*weights) -> tuple of products``, cached on the weights' identity and version.
+    """``forward(*weights) -> tuple of products``, cached on the weights' identity, version and content.
 
     The cache is used only without autograd (under ``torch.no_grad()`` or
     ``torch.inference_mode()``); with autograd on, the products are computed on every call in
     the module's own dtype, so gradients reach the weights as before. An in-place change to a
-    weight (its version counter), a new tensor in its place, or ``dm.to(...)`` recomputes them.
+    weight (its version counter), a new tensor in its place, or ``dm.to(...)`` recomputes them, and
+    so does a change that moves no version counter (``w.data.mul_(2)``: ``.data`` is a view with a
+    counter of its own): every call also takes a fingerprint of each weight's values, ``uᵀ W v``
+    for fixed random ``u`` and ``v``, one read of the weights (about 0.4% of a DeiT-B forward at
+    batch 8 on a CPU; one wait for the device on a GPU).
     """
 
     def __init__(self, graph: fx.Graph):
@@ -27,16 +31,19 @@ class WeightProducts(torch.nn.Module):
         self.products = fx.GraphModule(torch.nn.Module(), graph, class_name="WeightProductsGraph")
         self._key: tuple | None = None
         self._values: tuple | None = None
+        self._prints: torch.Tensor | None = None
+        self._probes: dict = {}
 
     def forward(self, *weights: torch.Tensor) -> tuple:
         if torch.is_grad_enabled():
             return tuple(self.products(*weights))
+        if _capturing(weights):  # values recorded in a CUDA graph exist only on replay: keep nothing
+            return self._compute(weights)
         key = tuple(_identity(w) for w in weights)
-        if key != self._key:
-            values = self._compute(weights)
-            if _capturing(weights):  # values recorded in a CUDA graph exist only on replay: keep nothing
-                return values
-            self._key, self._values = key, values
+        prints = self._fingerprints(weights)
+        if key != self._key or self._prints is None or not torch.equal(prints, self._prints):
+            self._values = self._compute(weights)
+            self._key, self._prints = key, prints
         return self._values
 
     def _compute(self, weights) -> tuple:
@@ -47,8 +54,32 @@ class WeightProducts(torch.nn.Module):
         wide = tuple(Widened(self.products).run(*weights))
         return tuple(v.to(n.dtype) if v.is_floating_point() else n for v, n in zip(wide, native))
 
+    def _fingerprints(self, weights) -> torch.Tensor:
+        """[n] float64: ``uᵀ W v`` of each weight (viewed as a matrix [first axis, the rest])."""
+        mats = [w.reshape(w.shape[0] if w.dim() else 1, -1) for w in weights if isinstance(w, torch.Tensor)]
+        size = (max((m.shape[0] for m in mats), default=1), max((m.shape[1] for m in mats), default=1))
+        out = []
+        for m in mats:
+            if not m.is_floating_point():
+                m = m.to(torch.float64)
+            u, v = self._probe(m.dtype, m.device, size)
+            out.append(torch.dot(torch.mv(m, v[:m.shape[1]]), u[:m.shape[0]]).to(torch.float64))
+        return torch.stack(out) if out else torch.zeros(0, dtype=torch.float64)
+
+    def _probe(self, dtype, device, size) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fixed random vectors (u, v) of lengths ``size``, per dtype and device."""
+        have = self._probes.get((dtype, device))
+        if have is None or (len(have[0]), len(have[1])) != size:
+            g = torch.Generator().manual_seed(0)
+            u = torch.randn(size[0], generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+            v = torch.randn(size[1], generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+            have = self._probes[(dtype, device)] = (u, v)
+        return have
+
     def _apply(self, fn, recurse=True):
-        self._key = self._values = None  # products on the old device or dtype: recompute on the next call
+        # products on the old device or dtype: recompute on the next call
+        self._key = self._values = self._prints = None
+        self._probes = {}
         return super()._apply(fn, recurse)
 
 

@@ -144,3 +144,60 @@ def test_unknown_component(tiny_vit):
         out.group("neuron")
     with pytest.raises(fxdecomp.UnknownComponentError, match="no field"):
         out.select(depth=3)
+
+
+def test_built_in_errors_become_errors_naming_the_fix(tiny_vit):
+    with pytest.raises(fxdecomp.InputError, match=r"takes a torch.nn.Module.*models_registry.load\('world-vit'\)"):
+        fxdecomp.decompose("world-vit")
+    for layers in ([1.5], [True], "1", [1, "x"]):  # 1.5 and True were taken as layer 1
+        with pytest.raises(fxdecomp.InputError, match="layers must be"):
+            fxdecomp.decompose(tiny_vit, "head", layers=layers)
+    with pytest.raises(fxdecomp.InputError, match="no effect at block granularity"):
+        fxdecomp.decompose(tiny_vit, "block", layers=[1])
+    import numpy as np
+
+    dm = fxdecomp.decompose(tiny_vit, "head", layers=[np.int64(1)])
+    assert dm.layers == {1}
+    with torch.no_grad():
+        out = dm(images(dm))
+    for bad in (1.5, True, None, [0.5], b"x"):
+        with pytest.raises(fxdecomp.UnknownComponentError, match="cannot select components"):
+            out[bad]
+    assert torch.equal(out[np.int64(2)], out[2]) and out[2].shape == out.output.shape
+    empty = out.select(kind="conv")  # a ViT has none: an empty selection, whose summaries are empty
+    assert len(empty) == 0 and empty.top() == [] and empty.table().count("\n") == 1
+    assert empty.norms().shape == (3, 0)
+    with torch.no_grad():
+        none = dm(images(dm, batch=0))
+    with pytest.raises(fxdecomp.InputError, match="no images"):
+        none.error()
+    from fxdecomp.align import Stream
+
+    with pytest.raises(fxdecomp.InputError, match="batch_size must be a whole number"):
+        Stream(dm, torch.zeros(4, 3, 32, 32), preprocess=lambda x: x, clip=None, batch_size=0)
+
+
+def test_the_fix_a_shape_error_suggests_works(tiny_vit):
+    """The suggested call, applied to the images, is accepted (a wrong-channel batch used to be told to compile
+    for input_size=(1, 32, 32), which cannot trace)."""
+    from fxdecomp.models_registry import transform_for
+
+    dm = fxdecomp.decompose(tiny_vit, "head")
+    g = torch.Generator().manual_seed(0)
+    grey = torch.rand(2, 1, 32, 32, generator=g)
+    rgba = torch.rand(2, 4, 32, 32, generator=g)
+    one = torch.rand(3, 32, 32, generator=g)
+    raw = (torch.rand(2, 3, 40, 50, generator=g) * 255).to(torch.uint8)
+    fixes = {"images.expand(-1, 3, -1, -1)": (grey, lambda x: x.expand(-1, 3, -1, -1)),
+             "images[:, :3]": (rgba, lambda x: x[:, :3]),
+             "images.unsqueeze(0)": (one, lambda x: x.unsqueeze(0)),
+             "transform_for(model)(images)": (raw, transform_for(tiny_vit))}
+    with torch.no_grad():
+        for suggestion, (x, fix) in fixes.items():
+            with pytest.raises(fxdecomp.InputError) as info:
+                dm(x)
+            assert suggestion in str(info.value) and "input_size=(1" not in str(info.value)
+            assert dm(fix(x)).contributions.shape[0] == fix(x).shape[0]
+        with pytest.raises(fxdecomp.InputError, match=r"transform_for\(model\)\(images\)\.to\(torch.float32\)"):
+            dm(raw[:, :, :32, :32].contiguous())
+        assert dm(transform_for(tiny_vit)(raw).to(torch.float32)).error() < 1e-5

@@ -97,3 +97,57 @@ def test_gradients_flow_through_the_products(granularity):
     (cut,) = torch.autograd.grad(dm(x).contributions.square().sum(), weight, allow_unused=True)
     assert torch.isfinite(through).all() and through.abs().max() > 0
     assert cut is None or rel_err(cut, through) > 1e-3  # the products carried part of it
+
+
+def test_a_change_through_data_is_followed():
+    """``w.data`` is a view with a version counter of its own: ``w.data.mul_(2)`` moves no counter the
+    module can see, and the kept products went stale (relative error 0.45). The values' fingerprint sees it."""
+    model = small_vit()
+    dm = fxdecomp.decompose(model, "head")
+    x = images(dm)
+    with torch.no_grad():
+        dm(x)
+        for change in (lambda w: w.data.mul_(2), lambda w: w.data[:, :3].zero_(),
+                       lambda w: w.data.copy_(w.data.flip(1))):  # a permutation: same sum, same norm
+            weight = model.blocks[1].attn.proj.weight
+            version = weight._version
+            change(weight)
+            assert weight._version == version
+            out, ref = dm(x), model(x)
+            assert rel_err(out.total(), ref) <= bound(torch.float32) and out.error() <= bound(torch.float32)
+
+
+def test_a_replaced_parameter_buffer_or_submodule_is_refused():
+    """A new object in the model's place (not an in-place change): the compiled module would still compute
+    the old model (its output 30-50% off the model's, with error() 1e-6). It says so, naming decompose()."""
+    from test_hardening import _models
+
+    model, shape = _models()["buffers"]
+    x = images(shape, batch=2)
+
+    def fresh():
+        return fxdecomp.decompose(model, "head", input_size=shape)
+
+    dm = fresh()
+    old = model.mlp[1].weight
+    model.mlp[1].weight = torch.nn.Parameter(old.detach() * 2)
+    with pytest.raises(fxdecomp.InputError, match=r"parameter 'mlp.1.weight' was replaced.*decompose\(model\) again"):
+        dm(x)
+    dm = fresh()
+    with torch.no_grad():
+        model.mlp[1].weight.copy_(old)  # in place: followed
+        assert rel_err(dm(x).total(), model(x)) <= bound(torch.float32)
+    model.bn.running_mean = model.bn.running_mean + 1
+    with pytest.raises(fxdecomp.InputError, match=r"buffer 'bn.running_mean' was replaced"):
+        dm(x)
+    dm = fresh()
+    model.mlp[3] = torch.nn.Linear(16, 8)
+    with pytest.raises(fxdecomp.InputError, match=r"submodule 'mlp.3' was replaced"):
+        dm(x)
+    dm = fresh()
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+    with pytest.raises(fxdecomp.InputError, match="was replaced"):
+        dm(x)
+    with torch.no_grad():
+        dm = fresh()
+        assert rel_err(dm(x).total(), model(x)) <= bound(torch.float32)

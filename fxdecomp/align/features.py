@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from ..checks import whole_number
 from ..components import ComponentTable
 from ..errors import InputError
 from ..hashing import json_digest, module_digest, safe_name, tensors_digest
@@ -139,6 +140,7 @@ class Stream:
 
     def __init__(self, dm: DecomposedModel, data, *, preprocess: Callable, clip: ClipSpace, batch_size: int = 32,
                  device=None, shuffle_seed: int | None = None):
+        whole_number("batch_size", batch_size)
         self.dm, self.clip, self.preprocess = dm, clip, preprocess
         self.source = _Source(data)
         self.batch_size = batch_size
@@ -186,6 +188,7 @@ def collect(dm: DecomposedModel, data, *, preprocess: Callable, clip: ClipSpace 
 
     Returns contributions as float32 on the CPU.
     """
+    whole_number("batch_size", batch_size)
     source = _Source(data)
     if len(source) == 0:
         raise InputError("no images to collect")
@@ -202,7 +205,7 @@ def collect(dm: DecomposedModel, data, *, preprocess: Callable, clip: ClipSpace 
         if hit is not None:
             return hit
     contribs, embs = [], []
-    bar = tqdm(source.batches(batch_size), total=source.n_batches(batch_size), disable=not progress,
+    bar = tqdm(source.batches(batch_size), total=source.n_batches(batch_size), disable=None if progress else True,
                desc=desc or f"decompose {dm.model_name}", unit="batch", leave=False)
     for raw in bar:
         c, e = _run_batch(dm, clip, preprocess, raw, dev)
