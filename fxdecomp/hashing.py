@@ -28,6 +28,12 @@ def module_digest(module: torch.nn.Module) -> str:
     return tensors_digest(sorted(module.state_dict().items()))
 
 
+def bytes_digest(data: bytes | memoryview) -> str:
+    """What names a file's content: the first 128 bits of the SHA-256 of its bytes, in hex (a run records
+    one per image, so they are kept short)."""
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
 def safe_name(name: str) -> str:
     """``name`` with every character but letters, digits and ``-_.`` replaced by ``_`` (for file names)."""
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)

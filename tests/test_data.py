@@ -97,3 +97,99 @@ def test_world_specs():
         open_data("no/such/folder")
     spurious = WorldSpurious(8, 13, 0.5)
     assert spurious.groups.tolist() == [World(8, 13, spurious=0.5)[i]["group"] for i in range(8)]
+
+
+# -- decoding: every image as what it shows, or a clear refusal --------------------------------------------------
+def grey16_png(path, level: float, size=(30, 20)):
+    """A 16-bit greyscale PNG at ``level`` (0..1) of full scale."""
+    Image.fromarray(np.full((size[1], size[0]), round(level * 65535), np.uint16)).save(path)
+
+
+def rgb16_png(path, rgb: tuple[float, float, float], size=(6, 4)):
+    """A 16-bit RGB PNG (PIL cannot write one: the chunks are written here)."""
+    import struct
+    import zlib
+
+    w, h = size
+    px = np.array([round(c * 65535) for c in rgb], ">u2")
+    rows = b"".join(b"\x00" + np.tile(px, w).tobytes() for _ in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+def test_high_bit_depths_and_floats_are_read_at_their_level(tmp_path):
+    """A 40% grey in 16 bits is 102 of 255 (PIL's own conversion makes it 255), a 0..1 float TIFF is its
+    level times 255 (PIL's makes it 0), in PNG, TIFF and PGM."""
+    grey16_png(tmp_path / "g16.png", 0.4)
+    Image.fromarray(np.full((20, 30), round(0.4 * 65535), np.uint16)).save(tmp_path / "g16.tif")
+    Image.fromarray(np.full((20, 30), round(0.4 * 65535), np.uint16)).save(tmp_path / "g16.pgm")
+    Image.fromarray(np.full((20, 30), 0.4, np.float32), mode="F").save(tmp_path / "f.tif")
+    for name in ("g16.png", "g16.tif", "g16.pgm", "f.tif"):
+        img = load_image(tmp_path / name)
+        assert img.shape == (3, 20, 30) and img.dtype == torch.uint8, name
+        assert (img == 102).all(), (name, img.unique())
+    rgb16_png(tmp_path / "rgb16.png", (1.0, 0.3, 0.0))
+    img = load_image(tmp_path / "rgb16.png")
+    assert img[:, 0, 0].tolist() in ([255, 77, 0], [255, 76, 0])  # 16-bit RGB: PIL keeps the high byte
+
+
+@pytest.mark.parametrize("values,says", [(np.full((8, 8), 2.5, np.float32), r"floating-point pixels in \[2.5"),
+                                         (np.full((8, 8), np.nan, np.float32), "non-finite"),
+                                         (np.full((8, 8), 70000, np.int32), "32-bit integer")])
+def test_what_cannot_be_read_faithfully_is_refused(tmp_path, values, says):
+    mode = "F" if values.dtype == np.float32 else "I"
+    Image.fromarray(values, mode=mode).save(tmp_path / "x.tif")
+    with pytest.raises(InputError, match=says):
+        load_image(tmp_path / "x.tif")
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, :20] = 255  # left half white, in the file's own orientation
+    im = Image.fromarray(arr)
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    im.save(tmp_path / "turned.png", exif=exif)
+    img = load_image(tmp_path / "turned.png")
+    assert img.shape == (3, 40, 20)  # displayed upright: taller than wide
+    assert img[:, :20].float().mean() > 250 and img[:, 20:].float().mean() < 5  # the white half is now on top
+
+
+def test_a_decompression_bomb_gets_a_clear_error(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels: above the limit (the warning zone too)
+    with pytest.raises(InputError, match=r"64x64 = 4,096 pixels, more than PIL's decompression-bomb limit of 1,000"):
+        load_image(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)  # above twice the limit: PIL's error
+    with pytest.raises(InputError, match="decompression-bomb limit"):
+        load_image(tmp_path / "big.png")
+
+
+def test_a_dangling_symlink_is_refused_not_skipped(tmp_path):
+    save(tmp_path / "d" / "a.png", 10)
+    (tmp_path / "d" / "b.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(InputError, match="b.png is a symbolic link to .*gone.png, which does not exist"):
+        ImageFolder(tmp_path / "d")
+    save(tmp_path / "c" / "cat" / "a.png", 10)
+    (tmp_path / "c" / "cat" / "b.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(InputError, match="symbolic link"):
+        ImageFolder(tmp_path / "c")
+
+
+def test_items_carry_the_digest_of_their_file(tmp_path):
+    from fxdecomp.data.identity import file_digest
+    from fxdecomp.hashing import bytes_digest
+
+    save(tmp_path / "d" / "a.png", 10)
+    folder = ImageFolder(tmp_path / "d", size=8)
+    assert folder[0]["digest"] == bytes_digest((tmp_path / "d" / "a.png").read_bytes()) == folder.digest(0)
+    assert file_digest(tmp_path / "d" / "a.png") == folder.digest(0)
+    save(tmp_path / "d" / "a.png", 11)
+    assert folder[0]["digest"] != bytes_digest(b"") and folder.digest(0) == folder[0]["digest"]
+    world = WorldImages(3, 1)
+    assert world[1]["digest"] == world.digest(1) != world.digest(2)

@@ -6,7 +6,8 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from .images import is_image, load_image
+from .identity import file_digest
+from .images import fit_image, is_image, read_image
 
 
 class ImageFolder(torch.utils.data.Dataset):
@@ -21,14 +22,18 @@ class ImageFolder(torch.utils.data.Dataset):
         if not self.root.is_dir():
             raise InputError(f"{self.root} is not a folder of images")
         self.size = int(size)
-        subdirs = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        top = sorted(p for p in self.root.iterdir() if p.is_file() and is_image(p))
+        entries = list(self.root.iterdir())
+        _refuse_broken_links(entries)
+        subdirs = sorted(p for p in entries if p.is_dir() and not p.name.startswith("."))
+        top = sorted(p for p in entries if p.is_file() and is_image(p))
         self.classes: list[str] = []
         self.labels: list[int] | None = None
         if subdirs and not top:
             files, labels = [], []
             for c, d in enumerate(subdirs):
-                found = sorted(p for p in d.rglob("*") if p.is_file() and is_image(p))
+                inside = list(d.rglob("*"))
+                _refuse_broken_links(inside)
+                found = sorted(p for p in inside if p.is_file() and is_image(p))
                 files += found
                 labels += [c] * len(found)
             self.classes = [d.name for d in subdirs]
@@ -44,7 +49,8 @@ class ImageFolder(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> dict:
-        item = {"image": load_image(self.files[i], self.size), "path": str(self.files[i]), "index": i}
+        im, digest = read_image(self.files[i])
+        item = {"image": fit_image(im, self.size), "digest": digest, "path": str(self.files[i]), "index": i}
         if self.labels is not None:
             item["label"] = self.labels[i]
         return item
@@ -52,4 +58,15 @@ class ImageFolder(torch.utils.data.Dataset):
     def ids(self) -> list[str]:
         """Each image's path relative to the root: what a run records."""
         return [str(p.relative_to(self.root)) for p in self.files]
+
+    def digest(self, i: int) -> str:
+        """The digest of image ``i``'s file (the item's ``digest``), without decoding it."""
+        return file_digest(self.files[i])
+
+
+def _refuse_broken_links(paths) -> None:
+    """A symbolic link to nothing would be skipped, and the data set would quietly lose an image."""
+    for p in paths:
+        if p.is_symlink() and not p.exists() and is_image(p):
+            raise InputError(f"{p} is a symbolic link to {p.readlink()}, which does not exist: fix or remove the link")
 

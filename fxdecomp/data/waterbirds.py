@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .images import load_image
+from .identity import file_digest
+from .images import fit_image, read_image
 
 SPLITS = {"train": 0, "val": 1, "validation": 1, "test": 2}
 COLUMNS = ("img_filename", "y", "place", "split")
@@ -62,9 +63,14 @@ class WaterbirdsFolder(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": load_image(self.files[i], self.size), "target": int(self.targets[i]),
+        im, digest = read_image(self.files[i])
+        return {"image": fit_image(im, self.size), "digest": digest, "target": int(self.targets[i]),
                 "place": int(self.places[i]), "group": int(self.groups[i]), "split": int(self.splits[i]),
                 "path": str(self.files[i]), "index": i}
 
     def ids(self) -> list[str]:
         return [str(p.relative_to(self.root)) for p in self.files]
+
+    def digest(self, i: int) -> str:
+        """The digest of image ``i``'s file (the item's ``digest``), without decoding it."""
+        return file_digest(self.files[i])

@@ -7,6 +7,7 @@ import torch
 from ..errors import InputError
 from ..world.attributes import BACKGROUNDS, CATEGORICAL, FAMILIES
 from ..world.dataset import EVAL_SEED, World
+from .identity import pixels_digest
 
 DEFAULT_SEED = EVAL_SEED
 
@@ -25,8 +26,12 @@ class WorldImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         attrs, img, mask, text = self.world.raw(i)
-        return {"image": torch.from_numpy(img).permute(2, 0, 1).contiguous(), "mask": torch.from_numpy(mask),
-                "labels": attrs.labels(), "caption": text, "index": i}
+        return {"image": torch.from_numpy(img).permute(2, 0, 1).contiguous(), "digest": pixels_digest(img),
+                "mask": torch.from_numpy(mask), "labels": attrs.labels(), "caption": text, "index": i}
+
+    def digest(self, i: int) -> str:
+        """The digest of image ``i``'s pixels: a rendering that changed (another version) is another image."""
+        return pixels_digest(self.world.raw(i)[1])
 
     def ids(self) -> list[str]:
         return [f"world:{self.seed}:{i}" for i in range(self.n)]
