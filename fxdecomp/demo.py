@@ -88,7 +88,8 @@ def write_demo_report(model_name: str, folder: str | Path) -> None:
     from .data import open_data
     from .report import write_report
     from .store import decompose_to_store, open_run
-    from .store.files import ALIGNER_RECORD, write_json
+    from .store.files import ALIGNER_RECORD, publish, sha256, tmp_path, write_json
+    from .store.lock import RunLock
     from .world.aligners import aligner_path
 
     folder = Path(folder)
@@ -97,7 +98,12 @@ def write_demo_report(model_name: str, folder: str | Path) -> None:
                        batch=50, workers=0, progress=False)
     r = open_run(run_dir)
     if not r.aligner_path().is_file():
-        r.aligner_path().write_bytes(aligner_path("world-vit").read_bytes())
-        write_json(run_dir / ALIGNER_RECORD, {"clip": "world-clip", "checkpoint": None, "shipped": True})
+        with RunLock(run_dir, what="demo"):
+            path = r.aligner_path()
+            tmp = tmp_path(path)
+            tmp.write_bytes(aligner_path("world-vit").read_bytes())
+            publish(tmp, path)
+            write_json(run_dir / ALIGNER_RECORD, {"clip": "world-clip", "checkpoint": None, "shipped": True,
+                                                  "bytes": path.stat().st_size, "sha256": sha256(path)})
     page = write_report(r, folder, top=8)
     print(f"\nreport: {page}")

@@ -516,7 +516,7 @@ def test_world_clip_space(world_clip, world_images):
 def test_open_clip_space_uses_its_templates_and_preprocessing():
     import open_clip
 
-    space = ClipSpace.from_open_clip("ViT-S-32")  # random weights, offline
+    space = ClipSpace.from_open_clip("ViT-S-32", random_weights=True)  # offline
     assert space.dim == space.model.visual.output_dim
     try:
         from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES

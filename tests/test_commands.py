@@ -20,7 +20,7 @@ from fxdecomp.models_registry import load
 from fxdecomp.store import open_run
 from fxdecomp.world import World
 
-NAMES = ("demo", "decompose", "align", "explain", "spurious", "segment", "retrieve", "heatmap")
+NAMES = ("demo", "decompose", "align", "explain", "spurious", "segment", "retrieve", "heatmap", "verify")
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
@@ -82,7 +82,7 @@ def test_applications_over_a_token_run(token_run, tmp_path, capsys):
     assert 0.6 < acc <= 1.0
     assert (token_run / "segment" / "maps.safetensors").is_file() and (token_run / "segment" / "examples.png").is_file()
     for args in (["--component", "blocks.5.attn[h1]"], ["--text", "sea"]):
-        png = tmp_path / f"h{len(args[1])}.png"
+        png = tmp_path / "not" / "yet" / f"h{len(args[1])}.png"  # a missing folder is made
         code, out, err = run_cli(capsys, "heatmap", token_run, "--image", "3", *args, "--out", png)
         assert code == 0 and png.stat().st_size > 1000, err
     code, out, err = run_cli(capsys, "retrieve", token_run, "--text", "red", "--against", "green", "blue", "yellow",

@@ -193,3 +193,17 @@ def test_items_carry_the_digest_of_their_file(tmp_path):
     assert folder[0]["digest"] != bytes_digest(b"") and folder.digest(0) == folder[0]["digest"]
     world = WorldImages(3, 1)
     assert world[1]["digest"] == world.digest(1) != world.digest(2)
+
+
+def test_an_image_error_in_a_loader_worker_is_one_clear_line(tmp_path):
+    """Not "Caught InputError in DataLoader worker process 0." and the worker's traceback."""
+    from fxdecomp.store.loader import loader
+    from fxdecomp.store.shards import ShardPlan
+
+    save(tmp_path / "d" / "a.png", 10)
+    (tmp_path / "d" / "b.png").write_bytes(b"\x89PNG not really")
+    data = ImageFolder(tmp_path / "d", size=8)
+    with pytest.raises(InputError) as info:
+        list(loader(data, ShardPlan(2, 2), [0], 2, workers=1))
+    assert str(info.value).startswith("cannot read image") and "b.png" in str(info.value)
+    assert "\n" not in str(info.value) and "Caught" not in str(info.value)

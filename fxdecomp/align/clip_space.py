@@ -84,19 +84,26 @@ class ClipSpace:
     # -- construction --------------------------------------------------------------------------
     @classmethod
     def from_open_clip(cls, name: str, pretrained: str | None = None, checkpoint: str | Path | None = None,
-                       device: str | torch.device = "cpu") -> ClipSpace:
+                       device: str | torch.device = "cpu", random_weights: bool = False) -> ClipSpace:
         """An open_clip model by architecture name, with a pretrained tag (downloads) or a local
-        ``checkpoint`` file; neither gives random weights (for tests)."""
+        ``checkpoint`` file. Neither is refused: a CLIP of random weights gives meaningless
+        descriptions, so it takes ``random_weights=True`` (for tests)."""
         import open_clip
 
-        if checkpoint is not None and not Path(checkpoint).is_file():
-            raise InputError(f"checkpoint {checkpoint} does not exist")
-        if name not in open_clip.list_models():
-            raise InputError(f"open_clip has no model {name!r}; see open_clip.list_models()")
+        _check_open_clip(name, pretrained, checkpoint, random_weights)
         source = str(checkpoint) if checkpoint is not None else pretrained
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="No pretrained weights loaded")
-            model = open_clip.create_model(name, pretrained=source, device=device)
+            try:
+                model = open_clip.create_model(name, pretrained=source, device=device)
+            except Exception as err:  # noqa: BLE001 - open_clip raises many kinds for a bad file or tag
+                if checkpoint is not None:
+                    raise InputError(f"checkpoint {checkpoint} cannot be loaded into open_clip's {name} "
+                                     f"({type(err).__name__}: {str(err)[:200]}): give the weights file of that "
+                                     "architecture") from None
+                raise InputError(f"open_clip cannot load {name} with pretrained tag {pretrained!r} "
+                                 f"({type(err).__name__}: {str(err)[:200]}); tags of {name}: {_tags(name)}") \
+                    from None
         cfg = getattr(model.visual, "preprocess_cfg", None) or {}
         size = cfg.get("size", getattr(model.visual, "image_size", 224))
         size = (size, size) if isinstance(size, int) else tuple(size)
@@ -127,15 +134,10 @@ class ClipSpace:
     def by_name(cls, spec: str, checkpoint: str | Path | None = None, device: str | torch.device = "cpu") -> ClipSpace:
         """``world-clip`` (shipped), ``world-clip-l`` (``checkpoint``: its trained file, until it ships), or
         ``open_clip:NAME[:TAG]`` (a pretrained tag downloads; ``checkpoint`` loads a local file instead)."""
+        check_spec(spec, checkpoint)
         if spec in ("world-clip", "world-clip-l"):
-            if spec == "world-clip" and checkpoint is not None:
-                raise InputError("world-clip is shipped with the package; it takes no --checkpoint")
             return cls.world(spec, path=checkpoint).to(device)
-        lib, _, rest = spec.partition(":")
-        if lib != "open_clip" or not rest:
-            raise InputError(f"unknown CLIP {spec!r}: use world-clip, world-clip-l or open_clip:NAME[:TAG] "
-                             "(e.g. open_clip:ViT-L-14:laion2b_s32b_b82k, or open_clip:ViT-B-16 --checkpoint FILE)")
-        name, _, tag = rest.partition(":")
+        name, _, tag = spec.partition(":")[2].partition(":")
         return cls.from_open_clip(name, pretrained=tag or None, checkpoint=checkpoint, device=device)
 
     # -- properties ------------------------------------------------------------------------------
@@ -192,6 +194,10 @@ class ClipSpace:
         if isinstance(descriptions, str):
             descriptions = [descriptions]
         templates = self.templates if templates is None else tuple(templates)
+        empty = [d for d in descriptions if not isinstance(d, str) or not d.strip()]
+        if empty:
+            raise InputError(f"descriptions must be non-empty texts, got {empty[0]!r}: an empty description reads "
+                             "nothing but the prompt template")
         if not templates:
             raise InputError("encode_texts needs at least one template (use ('{}',) for the raw text)")
         texts = [_fill(t, d) for d in descriptions for t in templates]
@@ -201,6 +207,48 @@ class ClipSpace:
             embs.append(F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu())
         emb = torch.cat(embs).view(len(descriptions), len(templates), -1).mean(1)
         return F.normalize(emb, dim=-1)
+
+
+def check_spec(spec: str, checkpoint: str | Path | None = None) -> None:
+    """What ``ClipSpace.by_name`` checks before loading anything: a known CLIP, and weights for it."""
+    if spec in ("world-clip", "world-clip-l"):
+        if spec == "world-clip" and checkpoint is not None:
+            raise InputError("world-clip is shipped with the package; it takes no --checkpoint")
+        if checkpoint is not None and not Path(checkpoint).is_file():
+            raise InputError(f"checkpoint {checkpoint} is not a file")
+        return
+    lib, _, rest = spec.partition(":")
+    if lib != "open_clip" or not rest:
+        raise InputError(f"unknown CLIP {spec!r}: use world-clip, world-clip-l or open_clip:NAME[:TAG] "
+                         "(e.g. open_clip:ViT-L-14:laion2b_s32b_b82k, or open_clip:ViT-B-16 --checkpoint FILE)")
+    name, _, tag = rest.partition(":")
+    _check_open_clip(name, tag or None, checkpoint)
+
+
+def _check_open_clip(name: str, tag: str | None, checkpoint, random_weights: bool = False) -> None:
+    import open_clip
+
+    if name not in open_clip.list_models():
+        raise InputError(f"open_clip has no model {name!r}; see open_clip.list_models()")
+    if checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            what = "is a folder, not a weights file" if Path(checkpoint).is_dir() else "does not exist"
+            raise InputError(f"checkpoint {checkpoint} {what}")
+    elif not tag and not random_weights:
+        raise InputError(f"open_clip:{name} names no weights, and a CLIP of random weights would describe nothing: "
+                         f"add a pretrained tag (open_clip:{name}:TAG, e.g. one of {_tags(name)}) or give a local "
+                         "weights file with --checkpoint FILE")
+
+
+def _tags(name: str) -> str:
+    """Some pretrained tags open_clip knows for ``name``."""
+    import open_clip
+
+    try:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+    except Exception:  # noqa: BLE001 - older open_clip layouts
+        tags = []
+    return ", ".join(tags[:4]) if tags else "none known"
 
 
 def _fill(template: Template, text: str) -> str:

@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from ..checks import finite_number, whole_number
 from ..components import ComponentTable
 from ..decomposition import Decomposition
 from ..errors import InputError
@@ -65,8 +66,7 @@ class CompAlign(torch.nn.Module):
             raise InputError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if init not in INITS:
             raise InputError(f"init must be one of {INITS}, got {init!r}")
-        if lam < 0:
-            raise InputError(f"lam must be >= 0, got {lam}")
+        check_training(lam=lam)
         self.names = _names(components)
         if len(set(self.names)) != len(self.names):
             raise InputError("component names must be unique")
@@ -301,6 +301,19 @@ def _orthogonal_(w: torch.Tensor, generator: torch.Generator) -> None:
         w.copy_(q if rows >= cols else q.transpose(-2, -1))
 
 
+def check_training(*, lam: float | None = None, epochs: int | None = None, batch_size: int | None = None,
+                   lr: float | None = None) -> None:
+    """Training settings that would silently give a useless aligner (a NaN penalty weight, a NaN step)
+    or crash deep inside the optimiser, refused with the range each must be in."""
+    if lam is not None:
+        finite_number("lam", lam, 0)
+    if lr is not None:
+        finite_number("lr", lr, 0, inclusive=False)
+    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
+        if v is not None:
+            whole_number(name, v)
+
+
 def train_aligner(aligner: CompAlign, data, targets: torch.Tensor | None = None, *, epochs: int = 10,
                   batch_size: int = 32, lr: float = 3e-4, device=None, progress: bool = True, seed: int = 0,
                   desc: str | None = None) -> dict:
@@ -311,8 +324,10 @@ def train_aligner(aligner: CompAlign, data, targets: torch.Tensor | None = None,
     re-iterable of (contributions, targets) batches such as a :class:`~fxdecomp.align.Stream`
     (decomposing on the fly). Returns ``{"loss", "cos", "penalty"}``: per-epoch means.
     On the CPU, subnormal floats are flushed to zero while training (and the flag is then
-    reset to PyTorch's default, off).
+    reset to PyTorch's default, off). A loss that goes non-finite stops training with an
+    ``InputError`` (the aligner's weights are then not to be used).
     """
+    check_training(epochs=epochs, batch_size=batch_size, lr=lr)
     if device is not None:
         aligner.to(device)
     dev = aligner.weight.device
@@ -347,7 +362,7 @@ def train_aligner(aligner: CompAlign, data, targets: torch.Tensor | None = None,
     opt = torch.optim.Adam(aligner.parameters(), lr=lr)
     history: dict[str, list[float]] = {"loss": [], "cos": [], "penalty": []}
     total = n_batches * epochs if n_batches is not None else None
-    bar = tqdm(total=total, disable=not progress, desc=desc or f"CompAlign {aligner.variant} lam={aligner.lam:g}",
+    bar = tqdm(total=total, disable=None if progress else True, desc=desc or f"CompAlign {aligner.variant} lam={aligner.lam:g}",
                unit="step", leave=False)
     aligner.train()
     # Near-orthogonal maps make the penalty's gradients (and Adam's second moments) subnormal
@@ -367,6 +382,11 @@ def train_aligner(aligner: CompAlign, data, targets: torch.Tensor | None = None,
                 if steps % 50 == 0:
                     mean = (sums / steps).tolist()
                     bar.set_postfix(cos=f"{1 - mean[1]:.4f}", pen=f"{mean[2]:.3g}")
+            if not torch.isfinite(sums).all():  # one check per epoch: no wait for the device per step
+                raise InputError(f"CompAlign's loss became non-finite (loss, 1 - cos, penalty summed over epoch "
+                                 f"{len(history['loss']) + 1}: {sums.tolist()}): lower the learning rate (lr={lr:g}) "
+                                 "or the penalty weight (lam), or check the contributions and CLIP targets for "
+                                 "non-finite values")
             for j, k in enumerate(history):
                 history[k].append(float(sums[j]) / max(steps, 1))
     finally:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from .common import device_of, formatter, positive
+from .common import at_least, device_of, formatter, positive
 
 HELP = "map a run's components into a CLIP space (CompAlign), trained from the store"
 EPILOG = """examples:
@@ -12,7 +12,9 @@ EPILOG = """examples:
   fxdecomp align runs/deit --clip open_clip:ViT-B-16 --checkpoint clip.bin --lam 0
 
 CLIP embeddings of the run's images are computed once and kept in the run; the aligner is saved
-as RUN/aligner.safetensors. Memory holds one shard at a time, whatever the run's size."""
+as RUN/aligner.safetensors. Memory holds one shard at a time, whatever the run's size. A run that
+has an aligner keeps it unless --overwrite is given; open_clip CLIPs need a pretrained tag or
+--checkpoint (random weights would describe nothing)."""
 
 
 def add(sub) -> None:
@@ -21,29 +23,32 @@ def add(sub) -> None:
     p.add_argument("--clip", default="world-clip",
                    help="world-clip, world-clip-l or open_clip:NAME[:TAG] (default: world-clip)")
     p.add_argument("--checkpoint", help="local weights file for an open_clip CLIP (or world-clip-l's trained file)")
-    p.add_argument("--lam", type=float, default=1.0, help="weight of the orthogonality penalty (default: 1)")
+    p.add_argument("--lam", type=at_least(0, float), default=1.0,
+                   help="weight of the orthogonality penalty (default: 1)")
     p.add_argument("--epochs", type=positive(), default=10)
     p.add_argument("--batch", type=positive(), default=32, help="aligner batch size (default: 32)")
     p.add_argument("--lr", type=positive(float), default=3e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument("--workers", type=at_least(0), default=min(8, os.cpu_count() or 1))
+    p.add_argument("--overwrite", action="store_true", help="replace the run's aligner if it has one")
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
     from ..align import ClipSpace
-    from ..errors import InputError
+    from ..align.clip_space import check_spec
     from ..store import open_run
-    from ..store.align import align_run
+    from ..store.align import align_run, refuse_replacing
 
-    if args.lam < 0:
-        raise InputError(f"--lam must be >= 0, got {args.lam}")
     device = device_of(args.device)
+    check_spec(args.clip, args.checkpoint)
     run_ = open_run(args.run)
+    refuse_replacing(run_, args.overwrite)
     clip = ClipSpace.by_name(args.clip, checkpoint=args.checkpoint)
     aligner = align_run(run_, clip, lam=args.lam, epochs=args.epochs, batch_size=args.batch, lr=args.lr,
-                        device=device, seed=args.seed, workers=args.workers, checkpoint=args.checkpoint)
+                        device=device, seed=args.seed, workers=args.workers, checkpoint=args.checkpoint,
+                        overwrite=args.overwrite)
     print(f"aligned {len(aligner.names)} components of {run_.model_name} into {clip.name} (d_clip={aligner.d_clip}); "
           f"saved {run_.aligner_path()}")
     return 0

@@ -5,19 +5,23 @@ import os
 
 import torch
 
-from .common import add_model_args, device_of, formatter, load_model, positive
+from .common import add_model_args, at_least, check_num_classes, check_weights, device_of, formatter, load_model, positive, \
+    writable_folder
 
 HELP = "decompose every image of a data set into a run store (resumable; many GPUs with torchrun)"
 EPILOG = """examples:
   fxdecomp decompose world-vit world:2000 --out runs/vit
   fxdecomp decompose timm:deit_base_patch16_224 ~/imagenet/val --pretrained --out runs/deit --device cuda --batch 256
   fxdecomp decompose timm:vit_base_patch16_224 ~/waterbirds --checkpoint wb.pth --num-classes 2 --out runs/wb
-  torchrun --nproc-per-node 8 -m fxdecomp decompose timm:deit_base_patch16_224 ~/imagenet/val --out runs/deit
+  torchrun --nproc-per-node 8 -m fxdecomp decompose timm:deit_base_patch16_224 ~/imagenet/val --pretrained --out runs/deit
 
 MODEL: a preset (world-vit, world-swin, world-ssl, world-clip, world-spurious, ...), timm:NAME or
 open_clip:NAME[:TAG]. DATA: an image folder (flat, or one subfolder per class), a Waterbirds-layout
 folder (metadata.csv), or world:N[:SEED]. Killed runs continue where they stopped when the same
-command is run again; a different model, granularity or preprocessing into the same folder is refused."""
+command is run again (shards are checked against their checksums, images against their contents);
+a different model, granularity or preprocessing into the same folder is refused, and a second
+process writing the same folder waits for the first. The same command also recomputes the shards
+fxdecomp verify finds damaged or missing."""
 
 
 def add(sub) -> None:
@@ -26,12 +30,13 @@ def add(sub) -> None:
     p.add_argument("data", help="image folder, Waterbirds-layout folder or world:N[:SEED]")
     p.add_argument("--out", required=True, help="the run folder to write (or to resume)")
     p.add_argument("--granularity", choices=("block", "head", "token"), default="head")
-    p.add_argument("--layers", type=int, nargs="+", help="split finer than blocks only in these layers")
+    p.add_argument("--layers", type=at_least(0), nargs="+", help="split finer than blocks only in these layers "
+                                                                  "(head or token granularity)")
     p.add_argument("--batch", type=positive(), default=64, help="images per batch (default: 64)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--shard-mb", type=positive(float), default=256, help="largest shard size in MB (default: 256)")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+    p.add_argument("--workers", type=at_least(0), default=min(8, os.cpu_count() or 1),
                    help="DataLoader processes decoding images (default: up to 8)")
     p.add_argument("--size", type=positive(), default=None,
                    help="folders: resize and crop images to this square size first (default: the model's input)")
@@ -41,10 +46,21 @@ def add(sub) -> None:
 
 def run(args) -> int:
     from ..data import open_data
+    from ..errors import InputError
     from ..models_registry import input_size_of
     from ..store import decompose_to_store
+    from ..store.build import check_options
     from .distributed import process_group
 
+    # everything that can be checked without the model, before it is loaded and compiled
+    if args.layers is not None and args.granularity == "block":
+        raise InputError("--layers splits those layers finer than blocks, so it has no effect with --granularity "
+                         "block: drop --layers, or choose --granularity head or token")
+    if args.num_classes is not None:
+        check_num_classes(args.model)
+    check_weights(args.model, args)
+    check_options(dtype=args.dtype, batch=args.batch, shard_mb=args.shard_mb, workers=args.workers)
+    writable_folder(args.out)
     device = device_of(args.device)
     with process_group(device):
         model = load_model(args.model, args)
@@ -53,7 +69,8 @@ def run(args) -> int:
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         done = decompose_to_store(model, data, args.out, model_name=args.model, checkpoint=args.checkpoint,
                                   granularity=args.granularity, layers=args.layers, batch=args.batch, device=device,
-                                  dtype=args.dtype, shard_mb=args.shard_mb, workers=args.workers)
+                                  dtype=args.dtype, shard_mb=args.shard_mb, workers=args.workers,
+                                  command=recorded_command(args))
         if rank == 0:
             from ..store import open_run
 
@@ -64,5 +81,32 @@ def run(args) -> int:
                     f"{rec['max_relative_error']:.2e}")
             if rec.get("max_relative_error_vs_float32") is not None:
                 line += f" ({args.dtype}; against a float32 forward: {rec['max_relative_error_vs_float32']:.2e})"
+            if done.repaired:
+                line += f"; recomputed {len(done.repaired)} damaged shard(s): {done.repaired[:10]}"
             print(line)
     return 0
+
+
+def recorded_command(args) -> list[str]:
+    """The command a run records: what decides its numbers, with absolute paths and ``{run}`` for the
+    folder, so that it repairs the run from anywhere (devices and workers are left to the one who runs it)."""
+    from pathlib import Path
+
+    from ..store.verify import RUN_PLACEHOLDER
+
+    data = args.data if args.data.startswith("world:") else str(Path(args.data).resolve())
+    cmd = ["fxdecomp", "decompose", args.model, data, "--out", RUN_PLACEHOLDER, "--granularity", args.granularity,
+           "--batch", str(args.batch), "--dtype", args.dtype, "--shard-mb", repr(args.shard_mb)]
+    if args.layers is not None:
+        cmd += ["--layers", *map(str, args.layers)]
+    if args.size is not None:
+        cmd += ["--size", str(args.size)]
+    if args.checkpoint is not None:
+        cmd += ["--checkpoint", str(Path(args.checkpoint).resolve())]
+    if args.pretrained:
+        cmd.append("--pretrained")
+    if args.num_classes is not None:
+        cmd += ["--num-classes", str(args.num_classes)]
+    if args.random_weights:
+        cmd.append("--random-weights")
+    return cmd

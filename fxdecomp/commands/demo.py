@@ -1,7 +1,7 @@
 """``fxdecomp demo``: the whole idea on the synthetic world, offline."""
 from __future__ import annotations
 
-from .common import formatter, positive
+from .common import add_random_weights, check_weights, formatter, positive, writable_folder
 
 HELP = "decompose a model on synthetic-world images and show its components, in numbers and in words"
 EPILOG = """examples:
@@ -19,6 +19,7 @@ def add(sub) -> None:
                                                     f"(default: {DEFAULT})")
     p.add_argument("--checkpoint", help="local weights file (.safetensors, .pth, .bin) for the model")
     p.add_argument("--pretrained", action="store_true", help="download the library's pretrained weights")
+    add_random_weights(p)
     p.add_argument("--granularity", choices=("block", "head", "token"), default="head")
     p.add_argument("--batch", type=positive(), default=4, help="number of images (default: 4)")
     p.add_argument("--top", type=positive(), default=12, help="components to list (default: 12)")
@@ -30,6 +31,9 @@ def add(sub) -> None:
 def run(args) -> int:
     from ..demo import run as demo
 
+    check_weights(args.model, args)
+    if args.report is not None:
+        writable_folder(args.report, "--report")
     demo(args.model, args.granularity, args.batch, args.top, args.float64, args.checkpoint, args.pretrained,
          args.report)
     return 0

@@ -1,7 +1,7 @@
 """``fxdecomp explain RUN --out REPORT``: a self-contained HTML report of a run."""
 from __future__ import annotations
 
-from .common import formatter, positive
+from .common import formatter, positive, writable_folder
 
 HELP = "write an HTML report of a run: largest components, their words, images, heatmaps and scores"
 EPILOG = """examples:
@@ -27,6 +27,7 @@ def add(sub) -> None:
 def run(args) -> int:
     from ..report import write_report
 
+    writable_folder(args.out)
     path = write_report(args.run, args.out, top=args.top, images=args.images, properties=args.properties,
                         clip_checkpoint=args.clip_checkpoint)
     print(f"wrote {path}")

@@ -1,7 +1,7 @@
 """``fxdecomp heatmap RUN --image I``: where in an image a component or a text gets its value."""
 from __future__ import annotations
 
-from .common import formatter
+from .common import figure_suffixes, formatter, text, writable_file
 
 HELP = "draw a token heatmap of a component or a text on one image of a token-granularity run"
 EPILOG = """examples:
@@ -19,7 +19,7 @@ def add(sub) -> None:
     p.add_argument("--image", required=True, help="image index or id")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--component", help="a head or branch name (its tokens are drawn)")
-    what.add_argument("--text", help="a description (needs fxdecomp align first)")
+    what.add_argument("--text", type=text, help="a description (needs fxdecomp align first)")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--clip-checkpoint", help="local weights of the run's CLIP, if it was loaded from a file")
     p.set_defaults(handler=run)
@@ -46,6 +46,7 @@ def run(args) -> int:
     from ..report.build import aligned_space
     from ..store import open_run
 
+    writable_file(args.out, suffixes=figure_suffixes())
     r = open_run(args.run)
     i = image_index(r, args.image)
     contrib = r.images([i])
@@ -60,6 +61,9 @@ def run(args) -> int:
             raise InputError(f"a text heatmap needs the run's components in CLIP space: fxdecomp align {r.path} first")
     hm = heatmap(dec, picture, component=args.component, text=args.text, clip=clip, aligner=aligner,
                  title=f"{r.ids[i]}: " + (f"'{args.text}'" if args.text else args.component or "all tokens"))
+    from pathlib import Path
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     hm.figure.savefig(args.out, dpi=150, bbox_inches="tight")
     print(f"wrote {args.out}")
     return 0

@@ -1,7 +1,7 @@
 """``fxdecomp retrieve RUN``: images that share a property with a query image, or that match a text."""
 from __future__ import annotations
 
-from .common import formatter, positive
+from .common import figure_suffixes, formatter, positive, text, writable_file
 
 HELP = "retrieve a run's images by example (in a property's component subspace) or by text"
 EPILOG = """examples (after fxdecomp align):
@@ -19,9 +19,10 @@ def add(sub) -> None:
     p.add_argument("run", help="a run folder with an aligner")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--image", help="query image index or id")
-    what.add_argument("--text", help="query text")
+    what.add_argument("--text", type=text, help="query text")
     p.add_argument("--property", help="with --image: the property to match on")
-    p.add_argument("--against", nargs="*", default=(), help="with --text: the other descriptions of its property")
+    p.add_argument("--against", type=text, nargs="*", default=(),
+                   help="with --text: the other descriptions of its property")
     p.add_argument("--properties", help="JSON file of properties and their descriptions")
     p.add_argument("--components", type=positive(), default=5, help="components to search with (default: 5)")
     p.add_argument("--k", type=positive(), default=10, help="images to retrieve (default: 10)")
@@ -42,6 +43,14 @@ def run(args) -> int:
     from ..store import open_run
     from .heatmap import image_index
 
+    if args.property is not None and args.image is None:
+        raise InputError("--property goes with --image (images like it in that property); a --text query takes "
+                         "--against instead")
+    if args.against and args.text is None:
+        raise InputError("--against goes with --text (the other descriptions of its property)")
+    if args.properties is not None and args.image is None:
+        raise InputError("--properties goes with --image (the property to match on); a --text query reads none")
+    writable_file(args.out, suffixes=figure_suffixes())
     r = open_run(args.run)
     aligner, clip = aligned_space(r, args.clip_checkpoint)
     if aligner is None:
@@ -68,6 +77,9 @@ def run(args) -> int:
     at = {i: k for k, i in enumerate(need)}
     rows = [(label, [at[i] for i in idx]) for label, idx in rows]
     queries = [at[q] for q in queries] if queries else None
+    from pathlib import Path
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     image_grid(pictures, rows, queries=queries, path=args.out, title=title + f" (components: {', '.join(chosen)})")
     print("components: " + ", ".join(chosen))
     print("retrieved: " + ", ".join(r.ids[i] for i in found))

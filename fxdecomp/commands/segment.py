@@ -1,7 +1,7 @@
 """``fxdecomp segment RUN``: zero-shot segmentation maps from a token-granularity run."""
 from __future__ import annotations
 
-from .common import formatter, positive
+from .common import at_least, formatter, positive
 
 HELP = "segment every image of a token-granularity run from its position maps (scored where masks are known)"
 EPILOG = """examples:
@@ -17,7 +17,7 @@ mIoU and mAP."""
 def add(sub) -> None:
     p = sub.add_parser("segment", help=HELP, description=HELP, epilog=EPILOG, formatter_class=formatter)
     p.add_argument("run", help="a run decomposed at token granularity")
-    p.add_argument("--layers", type=int, nargs="+", help="only the tokens of these layers")
+    p.add_argument("--layers", type=at_least(0), nargs="+", help="only the tokens of these layers")
     p.add_argument("--examples", type=positive(), default=6, help="images in the figure (default: 6)")
     p.set_defaults(handler=run)
 
@@ -32,6 +32,7 @@ def run(args) -> int:
     from ..segment.metrics import foreground
     from ..store import open_run
     from ..store.files import publish, tmp_path
+    from ..store.lock import RunLock
 
     r = open_run(args.run)
     data = r.data()
@@ -43,17 +44,21 @@ def run(args) -> int:
     maps = torch.cat(maps)
     _, masks = foreground(maps, size)
     folder = r.path / "segment"
-    folder.mkdir(exist_ok=True)
-    path = folder / "maps.safetensors"
-    tmp = tmp_path(path)
-    save_file({"maps": maps.contiguous(), "masks": masks.to(torch.uint8).contiguous()}, str(tmp))
-    publish(tmp, path)
     n = min(args.examples, r.n)
     pictures = np.stack([data[i]["image"].permute(1, 2, 0).numpy() for i in range(n)])
     world = data.masks() if hasattr(data, "masks") else None  # rendered once: the world's exact masks
     truth = world[:n] if world is not None else masks[:n].numpy()
-    segmentation_figure(pictures, truth, {"decompose": maps[:n]}, n=n, path=folder / "examples.png",
-                        title=f"{r.model_name}: position maps and their foreground")
+    path = folder / "maps.safetensors"
+    with RunLock(r.path, what="segment"):
+        folder.mkdir(exist_ok=True)
+        tmp = tmp_path(path)
+        save_file({"maps": maps.contiguous(), "masks": masks.to(torch.uint8).contiguous()}, str(tmp))
+        publish(tmp, path)
+        figure = folder / "examples.png"
+        tmp = tmp_path(figure, keep_suffix=True)
+        segmentation_figure(pictures, truth, {"decompose": maps[:n]}, n=n, path=tmp,
+                            title=f"{r.model_name}: position maps and their foreground")
+        publish(tmp, figure)
     print(f"wrote {path} ({r.n} maps and masks) and {folder / 'examples.png'}")
     if world is not None:
         s = segmentation_scores(maps, world)

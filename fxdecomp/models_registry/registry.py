@@ -114,11 +114,16 @@ def _open_clip(arch: str, pretrained: bool, checkpoint, **kwargs) -> torch.nn.Mo
     if pretrained and source is None:
         raise InputError("open_clip models need a pretrained tag ('open_clip:ViT-B-16:laion2b_s34b_b88k') "
                          "or checkpoint=...")
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise InputError(f"checkpoint {checkpoint} does not exist")
+    if checkpoint is not None:
+        _check_file(Path(checkpoint))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No pretrained weights loaded")
-        model = open_clip.create_model(arch, pretrained=source, **kwargs)
+        try:
+            model = open_clip.create_model(arch, pretrained=source, **kwargs)
+        except Exception as err:  # noqa: BLE001 - open_clip raises many kinds for a bad file or tag
+            what = f"checkpoint {checkpoint}" if checkpoint is not None else f"pretrained tag {tag!r}"
+            raise InputError(f"open_clip cannot load {arch} with {what} ({type(err).__name__}: {str(err)[:200]}); "
+                             "give a weights file (or tag) of that architecture") from None
     return model.visual.eval()
 
 
@@ -126,9 +131,21 @@ def _load_file(model: torch.nn.Module, path) -> None:
     from timm.models import load_checkpoint
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"checkpoint {path} does not exist")
+    _check_file(path)
     try:
         load_checkpoint(model, str(path), strict=True)
     except RuntimeError as err:
-        raise InputError(f"checkpoint {path} does not fit {type(model).__name__}: {str(err)[:400]}") from err
+        if "Error(s) in loading state_dict" in str(err) or "size mismatch" in str(err):
+            raise InputError(f"checkpoint {path} does not fit {type(model).__name__}: {str(err)[:400]}") from None
+        raise InputError(f"checkpoint {path} cannot be read as weights ({type(err).__name__}: {str(err)[:200]}); "
+                         "give a .safetensors, .pth or .bin file of the model's state dict") from None
+    except Exception as err:  # noqa: BLE001 - a junk file: unpickling, safetensors and zip errors
+        raise InputError(f"checkpoint {path} cannot be read as weights ({type(err).__name__}: {str(err)[:200]}); "
+                         "give a .safetensors, .pth or .bin file of the model's state dict") from None
+
+
+def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise InputError(f"checkpoint {path} is a folder, not a weights file")
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist")

@@ -38,7 +38,7 @@ def method_maps(model, dm, images: torch.Tensor, *, directions: torch.Tensor | N
         raise InputError(f"variant names {sorted(clash)} are also methods; name them apart")
     reads = {**({"decompose": {}} if "decompose" in methods else {}), **variants}
     out: dict[str, list[torch.Tensor]] = {m: [] for m in [*methods, *variants]}
-    bar = tqdm(range(0, len(images), batch_size), disable=not progress, desc=desc, unit="batch", leave=False)
+    bar = tqdm(range(0, len(images), batch_size), disable=None if progress else True, desc=desc, unit="batch", leave=False)
     for start in bar:
         x = images[start:start + batch_size]
         d = directions[start:start + batch_size] if directions is not None else None

@@ -42,6 +42,11 @@ def position_maps(data, *, size=None, direction=None, text=None, clip=None, alig
     chosen = None
     if layers is not None:
         wanted = set(int(i) for i in layers)
+        known = sorted({c.layer for c in components if c.layer is not None})
+        missing = sorted(wanted - set(known))
+        if missing:
+            raise InputError(f"no layer(s) {missing} among the components; their layers are "
+                             + (f"{known[0]}..{known[-1]}" if known else "none"))
         chosen = [i for i, c in enumerate(components) if c.layer in wanted]
     layout = token_layout(components, chosen)
     c = data.contributions[:, layout.index].double()

@@ -2,40 +2,50 @@
 
 ``decompose_to_store(model, data, out)`` compiles ``representation(model)`` (what CompAlign
 maps and the applications read), writes each shard under a temporary name then renames it,
-skips shards a killed run already completed, and lets a ``torch.distributed`` process group
-split the shards by rank; rank 0 writes the manifest once every shard is there.
+skips shards a killed run already completed (after checking their checksums, and that their
+images are still the same files), recomputes damaged ones, and lets a ``torch.distributed``
+process group split the shards by rank; rank 0 holds the folder's lock and writes the manifest
+once every shard is there.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from ..align.representation import representation
+from ..checks import finite_number, whole_number
 from ..compiler import decompose
 from ..data.source import describe_source
 from ..errors import InputError
 from ..models_registry.preprocess import input_size_of, normalization_of, transform_for
-from .files import HEAD, MANIFEST, RUN, clean_partials, read_json, write_json
-from .loader import loader
+from ..data.identity import changed_image, digest_of
 from ..hashing import json_digest, module_digest
+from .files import HEAD, LOCK, MANIFEST, RUN, clean_partials, read_json, sha256, write_json
+from .loader import loader
+from .lock import RunLock
 from .manifest import FORMAT, check_same, versions
-from .shards import SHARDS, ShardPlan, ShardWriter, complete, images_per_shard
+from .shards import SHARDS, ShardPlan, ShardWriter, complete, images_per_shard, sidecar
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 @dataclass
 class Progress:
-    """What a call did: shards written here, shards found complete, images per second of this call."""
+    """What a call did: shards written here, shards found complete, images per second of this call,
+    and the shards it recomputed because they were damaged (their sidecar existed, their file did not
+    match it)."""
 
     written: int
     skipped: int
     images: int
     seconds: float
+    repaired: list[int] = field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:
@@ -57,7 +67,7 @@ def classifier_of(model: torch.nn.Module):
 
 
 def settings(model_name: str, checkpoint, rep, dm, width: int, data, granularity, layers, dtype_name, shard_images,
-             batch) -> dict:
+             batch, command: list[str] | None = None) -> dict:
     """What ``run.json`` records: the identity settings first (``manifest.IDENTITY``), then the description."""
     source = describe_source(data)
     mean, std = normalization_of(rep)
@@ -78,23 +88,75 @@ def settings(model_name: str, checkpoint, rep, dm, width: int, data, granularity
         "images": {"ids": source["ids"], "labels": source["labels"]},
         "component_table": [c.to_dict() for c in dm.components],
         "d_model": width, "versions": versions(),
+        # the command that writes the run (and so repairs it), "{run}" standing for the run folder
+        "command": list(command) if command else None,
     }
 
 
 def decompose_to_store(model: torch.nn.Module, data, out, *, model_name: str, checkpoint=None,
                        granularity: str = "head", layers=None, batch: int = 64, device="cpu",
                        dtype: str = "float32", shard_mb: float = 256, workers: int = 0,
-                       progress: bool = True) -> Progress:
-    """Decompose every image of ``data`` with ``model``'s representation and store it in ``out``."""
-    if dtype not in DTYPES:
-        raise InputError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+                       progress: bool = True, command: list[str] | None = None,
+                       lock_timeout: float | None = None) -> Progress:
+    """Decompose every image of ``data`` with ``model``'s representation and store it in ``out``.
+
+    ``command``: the command line that does this, as arguments, with ``"{run}"`` for ``out`` (recorded, and
+    named to repair the run); ``lock_timeout``:
+    seconds to wait for another process writing ``out`` (None: as long as it takes, 0: refuse at once)."""
+    check_options(dtype=dtype, batch=batch, shard_mb=shard_mb, workers=workers)
     if len(data) == 0:
         raise InputError("the data set has no images")
-    if batch < 1:
-        raise InputError(f"batch must be at least 1, got {batch}")
     out = Path(out)
     device = torch.device(device)
     rank, world, barrier = _dist()
+    if rank == 0:
+        prepare_folder(out)
+    lock = RunLock(out, what="decompose", timeout=lock_timeout) if rank == 0 else contextlib.nullcontext()
+    with lock:
+        return _decompose(model, data, out, model_name=model_name, checkpoint=checkpoint, granularity=granularity,
+                          layers=layers, batch=batch, device=device, dtype=dtype, shard_mb=shard_mb,
+                          workers=workers, progress=progress, command=command, rank=rank, world=world,
+                          barrier=barrier)
+
+
+def check_options(*, dtype: str, batch: int, shard_mb: float, workers: int) -> None:
+    """The options' values, checked before anything is loaded or compiled."""
+    if dtype not in DTYPES:
+        raise InputError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    whole_number("batch", batch)
+    finite_number("shard_mb", shard_mb, 0, inclusive=False)
+    whole_number("workers", workers, 0)
+
+
+def prepare_folder(out: Path) -> None:
+    """Create the run folder (or find it), and make sure this process can write in it."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file, not a folder: choose a new --out folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InputError(f"{out} cannot be created: a file is in the way ({_blocking_file(out)}); choose "
+                         "another --out folder") from None
+    except OSError as err:
+        raise InputError(f"cannot create the folder {out} ({err.strerror}); choose a place you can write to") \
+            from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write in {out} (permission denied); choose a place you can write to")
+
+
+def _blocking_file(out: Path) -> Path:
+    for parent in [out, *out.parents]:
+        if parent.exists() and not parent.is_dir():
+            return parent
+    return out
+
+
+def _decompose(model, data, out: Path, *, model_name, checkpoint, granularity, layers, batch, device, dtype,
+               shard_mb, workers, progress, command, rank, world, barrier) -> Progress:
+    if rank == 0 and not (out / RUN).is_file() and _holds_other_files(out):
+        raise InputError(f"{out} is not empty and holds no run; choose a new --out folder")
+    if rank == 0 and (out / RUN).is_file():  # a damaged one is refused before anything is compiled
+        read_json(out / RUN, fix=f"delete {out} and decompose into it again")
     rep = representation(model).eval()
     head = classifier_of(model)
     low = DTYPES[dtype] in (torch.bfloat16, torch.float16)
@@ -102,19 +164,17 @@ def decompose_to_store(model: torch.nn.Module, data, out, *, model_name: str, ch
     rep = rep.to(device=device, dtype=DTYPES[dtype])
     dm = decompose(rep, granularity, layers=layers)
     preprocess = transform_for(rep)
-    probe = next(iter(loader(data, ShardPlan(len(data), 1), [0], 1)))
+    probe = next(iter(loader(data, ShardPlan(len(data), 1), [0], 1))).images
     with torch.no_grad():
         width = int(rep(preprocess(probe.to(device)).to(DTYPES[dtype])).shape[-1])
     bytes_per_image = len(dm.components) * width * torch.finfo(DTYPES[dtype]).bits // 8
     plan = ShardPlan(len(data), images_per_shard(bytes_per_image, shard_mb, batch, len(data)))
-    config = settings(model_name, checkpoint, rep, dm, width, data, granularity, layers, dtype, plan.size, batch)
+    config = settings(model_name, checkpoint, rep, dm, width, data, granularity, layers, dtype, plan.size, batch,
+                      command)
 
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
         if (out / RUN).is_file():
-            check_same(read_json(out / RUN), config, out)
-        elif any(out.iterdir()):
-            raise InputError(f"{out} is not empty and holds no run; choose a new --out folder")
+            check_same(read_json(out / RUN, fix=f"delete {out} and decompose into it again"), config, out)
         else:
             write_json(out / RUN, config)
         if head is not None and not (out / HEAD).is_file():
@@ -126,9 +186,15 @@ def decompose_to_store(model: torch.nn.Module, data, out, *, model_name: str, ch
         check_same(read_json(out / RUN), config, out)
 
     mine = plan.mine(rank, world)
-    todo = [i for i in mine if complete(out, i) is None]
+    found = {i: complete(out, i, plan.bounds(i), checksum=True)
+             for i in _bar(mine, progress and rank == 0, "check complete shards")}
+    done = {i: info for i, info in found.items() if info is not None}
+    todo = [i for i in mine if i not in done]
+    repaired = [i for i in todo if sidecar(out, i).is_file()]
+    _check_same_images(data, done, config["images"]["ids"], progress=progress and rank == 0)
     start_time, images = time.perf_counter(), 0
     if todo:
+        (out / MANIFEST).unlink(missing_ok=True)  # the run is incomplete until its shards are whole again
         images = _run(dm, ref32, preprocess, data, plan, todo, out, width=width, batch=batch, device=device,
                       dtype=DTYPES[dtype], workers=workers, progress=progress and rank == 0)
     seconds = time.perf_counter() - start_time
@@ -136,7 +202,30 @@ def decompose_to_store(model: torch.nn.Module, data, out, *, model_name: str, ch
     if rank == 0:
         _finish(out, config, plan)
     barrier()
-    return Progress(len(todo), len(mine) - len(todo), images, seconds)
+    return Progress(len(todo), len(mine) - len(todo), images, seconds, repaired)
+
+
+def _holds_other_files(out: Path) -> bool:
+    return any(p.name != LOCK for p in out.iterdir())
+
+
+def _bar(items, progress: bool, desc: str):
+    return tqdm(items, disable=None if progress else True, desc=desc, unit="shard", leave=False)
+
+
+def _check_same_images(data, done: dict, ids: list[str], *, progress: bool) -> None:
+    """Refuse to continue a run whose finished shards were decomposed from other files (same names, other
+    contents): the finished run would mix outputs of the old files and the new ones."""
+    items = [(i, d) for info in done.values() for i, d in zip(range(info["start"], info["stop"]),
+                                                                info.get("digests") or ())]
+    if not any(d is not None for _, d in items):
+        return
+    for i, recorded in tqdm(items, disable=None if progress else True, desc="check the images of complete shards",
+                            unit="img", leave=False):
+        err = changed_image(recorded, digest_of(data, i), ids[i],
+                            fix="decompose into a new --out folder (a run cannot mix images from before and after)")
+        if err is not None:
+            raise err
 
 
 def _copy(module: torch.nn.Module) -> torch.nn.Module:
@@ -163,19 +252,19 @@ def _run(dm, ref32, preprocess, data, plan, todo, out, *, width, batch, device, 
     cuda = device.type == "cuda"
     feed = loader(data, plan, todo, batch, workers=workers, pin=cuda)
     writer = ShardWriter(out, depth=1)
-    bar = tqdm(total=sum(b - a for a, b in (plan.bounds(i) for i in todo)), disable=not progress,
+    bar = tqdm(total=sum(b - a for a, b in (plan.bounds(i) for i in todo)), disable=None if progress else True,
                desc=f"decompose {dm.model_name}", unit="img", smoothing=0.1)
     shards, done = iter(todo), 0
-    current, filled, n, bufs, errs = None, 0, 0, None, {}
+    current, filled, n, bufs, errs, digests = None, 0, 0, None, {}, []
     try:
-        for raw in feed:
+        for raw, names in feed:
             if current is None or filled == n:
                 current = next(shards)
                 start, stop = plan.bounds(current)
                 n = stop - start
                 bufs = {"contributions": torch.empty((n, len(dm.components), width), dtype=dtype, pin_memory=cuda),
                         "output": torch.empty((n, width), dtype=dtype, pin_memory=cuda)}
-                filled, errs = 0, {"output": None, "float32": None}  # device tensors: no wait per batch
+                filled, errs, digests = 0, {"output": None, "float32": None}, []  # device tensors: no wait per batch
             x32 = preprocess(raw.to(device, non_blocking=True))
             x = x32.to(dtype)
             dec = dm(x)
@@ -185,6 +274,7 @@ def _run(dm, ref32, preprocess, data, plan, todo, out, *, width, batch, device, 
             errs["output"] = _running_max(errs["output"], _rel_error(dec.contributions, dec.output))
             if ref32 is not None and filled == 0:
                 errs["float32"] = _running_max(errs["float32"], _rel_error(dec.contributions, ref32(x32)))
+            digests += names
             filled += b
             done += b
             bar.update(b)
@@ -194,7 +284,8 @@ def _run(dm, ref32, preprocess, data, plan, todo, out, *, width, batch, device, 
                     ready = torch.cuda.Event()
                     ready.record()
                 info = {"shard": current, "start": start, "stop": stop, "error": float(errs["output"]),
-                        "error_vs_float32": None if errs["float32"] is None else float(errs["float32"])}
+                        "error_vs_float32": None if errs["float32"] is None else float(errs["float32"]),
+                        "digests": digests}
                 writer.put(current, {**bufs, "index": torch.arange(start, stop)}, info, ready)
     finally:
         bar.close()
@@ -218,7 +309,7 @@ def _finish(out: Path, config: dict, plan: ShardPlan) -> None:
     infos = []
     missing = []
     for i in range(plan.count):
-        info = complete(out, i)
+        info = complete(out, i, plan.bounds(i))
         if info is None:
             missing.append(i)
         else:
@@ -228,7 +319,9 @@ def _finish(out: Path, config: dict, plan: ShardPlan) -> None:
                          "command again to complete them")
     errors = [s["error"] for s in infos]
     vs32 = [s["error_vs_float32"] for s in infos if s.get("error_vs_float32") is not None]
-    manifest = {**config, "shards": infos, "complete": True,
+    head = out / HEAD
+    recorded = {"head": {"file": HEAD, "bytes": head.stat().st_size, "sha256": sha256(head)}} if head.is_file() else {}
+    manifest = {**config, **recorded, "shards": infos, "complete": True,
                 "reconstruction": {"max_relative_error": max(errors),
                                    "max_relative_error_vs_float32": max(vs32) if vs32 else None}}
     write_json(out / MANIFEST, manifest)

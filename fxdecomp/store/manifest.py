@@ -14,7 +14,7 @@ import torch
 from .. import __version__
 from ..errors import InputError
 
-FORMAT = "fxdecomp.run/1"
+FORMAT = "fxdecomp.run/2"
 #: Keys of the settings whose change makes a different run (everything else is description).
 IDENTITY = ("format", "model", "granularity", "layers", "dtype", "preprocess", "data", "components", "shard_images",
             "batch")

@@ -3,22 +3,31 @@ without loading the rest; shard by shard for training in bounded memory."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import safe_open
 
+from ..checks import whole_number
 from ..components import Component, ComponentTable
 from ..errors import InputError
 from ..hashing import safe_name
-from .files import ALIGNER, ALIGNER_RECORD, HEAD, MANIFEST, RUN, read_json
+from .files import ALIGNER, ALIGNER_RECORD, HEAD, MANIFEST, RUN, DamagedFile, read_json, sha256
+from .verify import check_manifest, file_problem, repair, settings_of, shard_problem
+
+CLIP_EMBEDDINGS = "embeddings.safetensors"
+CLIP_RECORD = "complete.json"
 
 
+def open_run(path, verify: bool = False) -> "Run":
+    """The complete run stored in ``path`` (what ``fxdecomp decompose`` wrote).
 
-def open_run(path) -> "Run":
-    """The complete run stored in ``path`` (what ``fxdecomp decompose`` wrote)."""
-    return Run(path)
+    Opening checks the manifest (its shards cover every image exactly once) and every shard's size;
+    a reader checks a shard's header when it opens it and its SHA-256 when it first reads it whole.
+    ``verify=True`` checks every file's SHA-256 now (what ``fxdecomp verify RUN`` does)."""
+    return Run(path, verify=verify)
 
 
 class Run:
@@ -29,17 +38,71 @@ class Run:
     (start, stop, contributions) one shard at a time. Tensors come back as float32.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, verify: bool = False):
         self.path = Path(path)
         if not (self.path / MANIFEST).is_file():
+            if self.path.exists() and not self.path.is_dir():
+                raise InputError(f"{self.path} is a file, not a run folder (fxdecomp decompose writes one)")
             hint = (" (a decomposition was started there but is not complete: run the same fxdecomp decompose "
                     "command again to finish it)") if (self.path / RUN).is_file() else ""
             raise InputError(f"{self.path} is not a complete fxdecomp run{hint}")
-        self.manifest = read_json(self.path / MANIFEST)
-        self.components = ComponentTable(Component(**c) for c in self.manifest["component_table"])
+        self.manifest = read_json(self.path / MANIFEST, fix=f"{self.repair()} to write it again")
+        check_manifest(self.manifest, self.path)
+        try:
+            self.components = ComponentTable(Component(**c) for c in self.manifest["component_table"])
+        except TypeError as err:
+            raise DamagedFile(f"{self.path / MANIFEST} is damaged (its component table: {err}); run "
+                              f"{self.repair()} to write it again") from None
         self.n = int(self.manifest["data"]["n"])
         self.d_model = int(self.manifest["d_model"])
         self._shards = self.manifest["shards"]
+        self._opened: set[int] = set()  # shards whose header was checked
+        self._hashed: set[int] = set()  # shards whose SHA-256 was checked
+        self._files_ok: set[Path] = set()  # other recorded files whose SHA-256 was checked
+        bad = [(s, p) for s in self._shards if (p := file_problem(self.path / s["file"], s["bytes"], None,
+                                                                  checksum=False))]
+        if verify:
+            bad = [(s, p) for s in self._shards if (p := shard_problem(self.path, self.manifest, s, checksum=True))]
+            intact = {s["shard"] for s in self._shards} - {s["shard"] for s, _ in bad}
+            self._opened, self._hashed = set(intact), set(intact)
+        if bad:
+            (first, why), more = bad[0], len(bad) - 1
+            state = "is missing" if why == "missing" else f"is damaged ({why})"
+            raise InputError(f"{self.path / first['file']} {state}" + (f", and {more} more shards are missing or "
+                             "damaged" if more else "") + f"; {self.repair()} to recompute "
+                             + ("them" if more else "it"))
+        if verify:
+            for name, size, digest, fix in self.recorded_files():
+                problem = file_problem(self.path / name, size, digest)
+                if problem is not None:
+                    raise InputError(f"{self.path / name} is damaged ({problem}); {fix}")
+
+    def repair(self) -> str:
+        """How to recompute the run's missing or damaged shards: run the command that wrote it."""
+        return repair(settings_of(self.path) or getattr(self, "manifest", None), self.path)
+
+    def recorded_files(self) -> list[tuple[str, int | None, str | None, str]]:
+        """(file, size, SHA-256, how to repair it) of what the run holds beside its shards."""
+        out = []
+        head = self.manifest.get("head")
+        if isinstance(head, dict):
+            out.append((HEAD, head.get("bytes"), head.get("sha256"), f"{self.repair()} to write it again"))
+        folder = self.path / "clip"
+        for record in sorted(folder.glob(f"*/{CLIP_RECORD}")) if folder.is_dir() else ():
+            rec = self._record(record)
+            clip = rec.get("clip", record.parent.name)
+            out.append((str(record.parent.relative_to(self.path) / CLIP_EMBEDDINGS), rec.get("bytes"),
+                        rec.get("sha256"), f"run fxdecomp align {self.path} --clip {clip} --overwrite to compute them "
+                                           "again"))
+        if (self.path / ALIGNER_RECORD).is_file():
+            rec = self._record(self.path / ALIGNER_RECORD)
+            out.append((ALIGNER, rec.get("bytes"), rec.get("sha256"),
+                        f"run fxdecomp align {self.path} --clip {rec.get('clip', '...')} --overwrite to train it "
+                        "again"))
+        return out
+
+    def _record(self, path: Path) -> dict:
+        return read_json(path, fix=f"run fxdecomp align {self.path} --clip ... --overwrite to write it again")
 
     # -- description --------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -74,74 +137,131 @@ class Run:
         """Largest relative reconstruction error over every image (Σ components vs the model's output)."""
         return float(self.manifest["reconstruction"]["max_relative_error"])
 
-    def data(self):
-        """The run's images again, from where they were read (checked to be the same images)."""
+    def data(self, verify: bool = False, progress: bool = False):
+        """The run's images again, from where they were read: the same names (checked now) and the same
+        contents (each image checked as it is read; ``verify=True`` reads every file now and names the
+        first that changed)."""
         from ..data.folder import ImageFolder
+        from ..data.identity import CheckedData
         from ..data.waterbirds import WaterbirdsFolder
         from ..data.world import WorldImages
         from ..hashing import json_digest
 
         src = self.manifest["source"]
-        kind = src["kind"]
-        if kind == "world":
-            data = WorldImages(src["n"], src["seed"])
-        elif kind == "waterbirds":
-            data = WaterbirdsFolder(src["root"], split=src["split"], size=src["size"])
-        elif kind == "folder":
-            data = ImageFolder(src["root"], size=src["size"])
-        else:
-            raise InputError(f"{self.path}: unknown data kind {kind!r}")
+        kind = src.get("kind") if isinstance(src, dict) else None
+        try:
+            if kind == "world":
+                data = WorldImages(src["n"], src["seed"])
+            elif kind == "waterbirds":
+                data = WaterbirdsFolder(src["root"], split=src["split"], size=src["size"])
+            elif kind == "folder":
+                data = ImageFolder(src["root"], size=src["size"])
+            else:
+                raise InputError(f"{self.path}: the images of a run of {kind!r} data cannot be opened again by "
+                                 "fxdecomp (it opens folders, Waterbirds-layout folders and world:N)")
+        except KeyError as err:
+            raise DamagedFile(f"{self.path / MANIFEST} is damaged (its source lacks {err}); run "
+                              f"{self.repair()} to write it again") from None
         if json_digest(data.ids()) != self.manifest["data"]["ids"]:
             raise InputError(f"the images at {src.get('root', kind)} are not the ones this run decomposed (files were "
                              "added, removed or renamed); decompose them again into a new run")
-        return data
+        digests = self.digests()
+        if all(d is None for d in digests):
+            return data
+        checked = CheckedData(data, digests, self.ids)
+        if verify:
+            err = checked.first_changed(progress=progress)
+            if err is not None:
+                raise err
+        return checked
+
+    def digests(self) -> list[str | None]:
+        """Each image's content digest as decomposed (None where the data set gave none)."""
+        out: list[str | None] = []
+        for s in self._shards:
+            out += s.get("digests") or [None] * (s["stop"] - s["start"])
+        return out
 
     # -- reading --------------------------------------------------------------------------------------
     def _file(self, info: dict) -> str:
         return str(self.path / info["file"])
 
+    def _damaged(self, info: dict, why: str) -> InputError:
+        return InputError(f"{self._file(info)} is damaged ({why}); {self.repair()} to recompute it")
+
+    @contextmanager
+    def _open(self, info: dict, whole: bool = False):
+        """The shard's file, opened after its size and header were checked (once per ``Run``); when it is
+        to be read ``whole``, after its SHA-256 was checked too (once)."""
+        i = info["shard"]
+        if i not in self._opened:
+            problem = shard_problem(self.path, self.manifest, info, checksum=False)
+            if problem is not None:
+                raise self._damaged(info, problem)
+            self._opened.add(i)
+        if whole and i not in self._hashed:
+            if sha256(Path(self._file(info))) != info["sha256"]:
+                raise self._damaged(info, "its SHA-256 differs from the manifest's: its data changed")
+            self._hashed.add(i)
+        try:
+            f = safe_open(self._file(info), "pt")
+        except Exception as err:  # noqa: BLE001 - safetensors' own error types
+            raise self._damaged(info, f"{type(err).__name__}: {err}") from None
+        with f:
+            yield f
+
+    def _whole(self, info: dict, name: str) -> torch.Tensor:
+        with self._open(info, whole=True) as f:
+            t = f.get_tensor(name)
+            if name == "contributions":
+                index = f.get_tensor("index")
+                if not torch.equal(index, torch.arange(info["start"], info["stop"])):
+                    raise self._damaged(info, "its images' index is not its range")
+        return t
+
     def _index(self, component) -> int:
         if isinstance(component, str):
             return self.components.index(component)
-        return self.components.resolve(int(component))[0]
+        return self.components.resolve(component)[0]
 
     def component(self, component) -> torch.Tensor:
-        """[N, D] one component's contributions for every image."""
+        """[N, D] one component's contributions for every image (one slice read per shard)."""
         j = self._index(component)
         parts = []
         for info in self._shards:
-            with safe_open(self._file(info), "pt") as f:
+            with self._open(info) as f:
                 parts.append(f.get_slice("contributions")[:, j].float())
         return torch.cat(parts)
 
     def images(self, indices: Sequence[int]) -> torch.Tensor:
         """[k, C, D] every component's contributions for the images ``indices`` (in that order)."""
-        idx = np.asarray(indices, dtype=np.int64).ravel()
+        raw = np.asarray(list(indices) if isinstance(indices, range) else indices)
+        if raw.size and raw.dtype.kind not in "iu":  # 1.5 would be read as image 1
+            raise InputError(f"image indices must be whole numbers, got {indices!r:.60}")
+        idx = raw.astype(np.int64).ravel()
         if len(idx) and (idx.min() < 0 or idx.max() >= self.n):
             raise InputError(f"image indices must be in 0..{self.n - 1}")
         out = torch.empty(len(idx), len(self.components), self.d_model)
+        written = np.zeros(len(idx), dtype=bool)
         for info in self._shards:
             start, stop = info["start"], info["stop"]
             hit = np.nonzero((idx >= start) & (idx < stop))[0]
             if len(hit):
-                with safe_open(self._file(info), "pt") as f:
-                    block = f.get_tensor("contributions")
+                block = self._whole(info, "contributions")
                 out[torch.as_tensor(hit)] = block[torch.as_tensor(idx[hit] - start)].float()
+                written[hit] = True
+        if not written.all():  # the manifest's coverage was checked on opening: this would be a bug
+            raise RuntimeError(f"images {idx[~written][:5].tolist()} are in no shard of {self.path}")
         return out
 
     def outputs(self) -> torch.Tensor:
         """[N, D] the model's own output for every image."""
-        parts = []
-        for info in self._shards:
-            with safe_open(self._file(info), "pt") as f:
-                parts.append(f.get_tensor("output").float())
-        return torch.cat(parts)
+        return torch.cat([self._whole(info, "output").float() for info in self._shards])
 
     def shards(self) -> Iterator[tuple[int, int, torch.Tensor]]:
         """(start, stop, contributions [stop - start, C, D]) for each shard in order, one in memory at a time."""
         for info in self._shards:
-            with safe_open(self._file(info), "pt") as f:
-                yield info["start"], info["stop"], f.get_tensor("contributions").float()
+            yield info["start"], info["stop"], self._whole(info, "contributions").float()
 
     def features(self, clip: str | None = None):
         """Everything in memory as ``fxdecomp.align.Features`` (with the CLIP embeddings named ``clip``)."""
@@ -157,7 +277,15 @@ class Run:
         return self.path / "clip" / safe_name(clip)
 
     def has_clip(self, clip: str) -> bool:
-        return (self.clip_folder(clip) / "complete.json").is_file()
+        """Whether the run holds whole embeddings by CLIP ``clip`` (their record, and a file of the recorded size)."""
+        record = self.clip_folder(clip) / CLIP_RECORD
+        if not record.is_file():
+            return False
+        try:
+            rec = read_json(record)
+        except DamagedFile:
+            return False
+        return file_problem(self.clip_folder(clip) / CLIP_EMBEDDINGS, rec.get("bytes"), None, checksum=False) is None
 
     def clip_embeddings(self, clip: str) -> torch.Tensor:
         """[N, d_clip] normalised CLIP image embeddings of the run's images (``fxdecomp align`` adds them)."""
@@ -165,8 +293,23 @@ class Run:
         if not self.has_clip(clip):
             raise InputError(f"{self.path} has no embeddings by CLIP {clip!r}: run fxdecomp align {self.path} "
                              f"--clip {clip}")
-        with safe_open(str(folder / "embeddings.safetensors"), "pt") as f:
-            return f.get_tensor("clip").float()
+        path = folder / CLIP_EMBEDDINGS
+        rec = self._record(folder / CLIP_RECORD)
+        self._check_file(path, rec, f"run fxdecomp align {self.path} --clip {clip} --overwrite to compute them again")
+        emb = _tensor(path, "clip", f"run fxdecomp align {self.path} --clip {clip} --overwrite")
+        if emb.dim() != 2 or emb.shape[0] != self.n:
+            raise InputError(f"{path} holds {list(emb.shape)} embeddings for a run of {self.n} images; run fxdecomp "
+                             f"align {self.path} --clip {clip} --overwrite to compute them again")
+        return emb.float()
+
+    def _check_file(self, path: Path, rec: dict, fix: str) -> None:
+        """A file the run records the size and SHA-256 of (older runs recorded none: not checked)."""
+        if path in self._files_ok:
+            return
+        problem = file_problem(path, rec.get("bytes"), rec.get("sha256"))
+        if problem is not None:
+            raise InputError(f"{path} is damaged ({problem}); {fix}")
+        self._files_ok.add(path)
 
     def aligner_path(self) -> Path:
         return self.path / ALIGNER
@@ -177,7 +320,15 @@ class Run:
 
         if not self.aligner_path().is_file():
             raise InputError(f"{self.path} has no aligner yet: run fxdecomp align {self.path} --clip ...")
-        return CompAlign.load(self.aligner_path(), components=self.components, d_model=self.d_model)
+        fix = f"run fxdecomp align {self.path} --clip ... --overwrite to train it again"
+        if (self.path / ALIGNER_RECORD).is_file():
+            self._check_file(self.aligner_path(), self._record(self.path / ALIGNER_RECORD), fix)
+        try:
+            return CompAlign.load(self.aligner_path(), components=self.components, d_model=self.d_model)
+        except InputError:
+            raise
+        except Exception as err:  # noqa: BLE001 - safetensors' own error types
+            raise InputError(f"{self.aligner_path()} cannot be read ({type(err).__name__}: {err}); {fix}") from None
 
     def clip_space(self, checkpoint=None):
         """The CLIP space the run's aligner maps into (None before ``fxdecomp align``); ``checkpoint``
@@ -187,7 +338,10 @@ class Run:
         info = self.path / ALIGNER_RECORD
         if not info.is_file():
             return None
-        rec = read_json(info)
+        rec = self._record(info)
+        if not isinstance(rec.get("clip"), str):
+            raise DamagedFile(f"{info} is damaged (it names no CLIP); run fxdecomp align {self.path} --clip ... "
+                              "--overwrite to write it again")
         return ClipSpace.by_name(rec["clip"], checkpoint=checkpoint or rec.get("checkpoint"))
 
     def head(self) -> torch.nn.Linear | None:
@@ -197,14 +351,30 @@ class Run:
             return None
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
-        lin = torch.nn.Linear(state["weight"].shape[1], state["weight"].shape[0], bias="bias" in state)
-        lin.load_state_dict(state)
+        fix = f"{self.repair()} to write it again"
+        rec = self.manifest.get("head")
+        if isinstance(rec, dict):
+            self._check_file(path, rec, fix)
+        try:
+            state = load_file(str(path))
+            lin = torch.nn.Linear(state["weight"].shape[1], state["weight"].shape[0], bias="bias" in state)
+            lin.load_state_dict(state)
+        except Exception as err:  # noqa: BLE001 - safetensors' and torch's own error types
+            raise InputError(f"{path} cannot be read as a linear classifier ({type(err).__name__}); {fix}") from None
         return lin.eval()
 
     def stream(self, clip: str, batch_size: int = 32, shuffle_seed: int | None = 0) -> "RunStream":
         """Re-iterable (contributions, CLIP targets) batches for training CompAlign in bounded memory."""
+        whole_number("batch_size", batch_size)
         return RunStream(self, clip, batch_size, shuffle_seed)
+
+
+def _tensor(path: Path, name: str, fix: str) -> torch.Tensor:
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.get_tensor(name)
+    except Exception as err:  # noqa: BLE001 - safetensors' own error types
+        raise InputError(f"{path} cannot be read ({type(err).__name__}: {err}); {fix}") from None
 
 
 class RunStream:
@@ -226,8 +396,7 @@ class RunStream:
         order = rng.permutation(len(self.run._shards)) if rng is not None else range(len(self.run._shards))
         for k in order:
             info = self.run._shards[int(k)]
-            with safe_open(self.run._file(info), "pt") as f:
-                block = f.get_tensor("contributions").float()
+            block = self.run._whole(info, "contributions").float()
             start = info["start"]
             inner = rng.permutation(len(block)) if rng is not None else np.arange(len(block))
             for s in range(0, len(block), self.batch_size):

@@ -2,8 +2,9 @@
 
 Boundaries depend only on the number of images and the shard size, so a resumed run,
 or several processes each writing their share, produce the very same files. A shard
-is complete when its sidecar (``NNNNN.json``: range, checksum, reconstruction errors)
-exists; the sidecar is written after the shard itself, both under temporary names first.
+is complete when its sidecar (``NNNNN.json``: range, size, checksum, the images' digests,
+reconstruction errors) exists and the shard file matches it; the sidecar is written after
+the shard itself, both under temporary names first.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .files import publish, read_json, sha256, tmp_path, write_json
+from .files import DamagedFile, publish, read_json, sha256, tmp_path, write_json
 
 SHARDS = "shards"
 
@@ -52,13 +53,25 @@ def sidecar(root: Path, i: int) -> Path:
     return root / SHARDS / f"{i:05d}.json"
 
 
-def complete(root: Path, i: int) -> dict | None:
-    """The sidecar of shard ``i`` if the shard is completely written, else None."""
+def complete(root: Path, i: int, bounds: tuple[int, int] | None = None, *, checksum: bool = False) -> dict | None:
+    """The sidecar of shard ``i`` if the shard is completely written (its sidecar readable, for the range
+    ``bounds``, and the file of the size it records; with ``checksum``, of the SHA-256 too), else None."""
     side, data = sidecar(root, i), shard_file(root, i)
     if not side.is_file() or not data.is_file():
         return None
-    info = read_json(side)
-    return info if info.get("bytes") == data.stat().st_size else None
+    try:
+        info = read_json(side)
+    except DamagedFile:
+        return None
+    if info.get("shard") != i or info.get("file") != f"{SHARDS}/{data.name}":
+        return None
+    if bounds is not None and (info.get("start"), info.get("stop")) != tuple(bounds):
+        return None
+    if info.get("bytes") != data.stat().st_size:
+        return None
+    if checksum and sha256(data) != info.get("sha256"):
+        return None
+    return info
 
 
 class ShardWriter:

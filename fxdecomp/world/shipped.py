@@ -44,8 +44,12 @@ def path(name: str) -> Path:
 
 def read_record(file: str | Path) -> dict:
     """The training and metrics record in a file written by ``fxdecomp.world.train``."""
-    with safe_open(str(file), "pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(file), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception as err:  # noqa: BLE001 - safetensors' own error types
+        raise InputError(f"{file} is not a weights file written by fxdecomp.world.train ({type(err).__name__}: "
+                         f"{str(err)[:120]})") from None
     if "record" not in meta:
         raise InputError(f"{file} has no training record: it was not written by fxdecomp.world.train")
     return json.loads(meta["record"])
