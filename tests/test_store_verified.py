@@ -132,9 +132,14 @@ def test_the_files_align_adds_are_checked_too(run_dir, capsys):
     flip_bit(run_dir / "clip" / "world-clip" / "embeddings.safetensors", 300)
     with pytest.raises(InputError, match=r"embeddings.safetensors is damaged.*--overwrite"):
         open_run(run_dir).clip_embeddings("world-clip")
+    flip_bit(run_dir / "head.safetensors", 400)
+    with pytest.raises(InputError, match=r"head.safetensors is damaged.*fxdecomp decompose world-vit") as info:
+        open_run(run_dir).head()
     code, out, err = cli(capsys, "verify", run_dir)
-    assert code == 2 and "2 of" in one_line(err) and "aligner.safetensors" in out and "embeddings" in out
+    assert code == 2 and "3 of" in one_line(err) and "aligner.safetensors" in out and "embeddings" in out
+    assert "head.safetensors" in out
     assert cli(capsys, "align", run_dir, "--epochs", "1", "--workers", "0", "--overwrite")[0] == 0
+    assert cli(capsys, *named_command(str(info.value)))[0] == 0  # the head written again
     assert cli(capsys, "verify", run_dir)[0] == 0  # the embeddings were computed again, the aligner trained again
 
 

@@ -1,11 +1,14 @@
 """Run stores: a data set decomposed once, on disk, in shards, read back lazily.
 
-``decompose_to_store(model, data, out)`` writes a run (resumable, one or many processes);
-``open_run(path)`` reads it: ``run.component(name)``, ``run.images(idx)``, ``run.shards()``,
-``run.stream(clip)`` for CompAlign. See ``fxdecomp decompose --help``.
+``decompose_to_store(model, data, out)`` writes a run (resumable, one or many processes, one writer
+per folder); ``open_run(path)`` reads it: ``run.component(name)``, ``run.images(idx)``,
+``run.shards()``, ``run.stream(clip)`` for CompAlign; ``verify_run(path)`` (``fxdecomp verify``)
+checks every file against the manifest. See ``fxdecomp decompose --help`` and docs/RELIABILITY.md.
 """
 from .build import DTYPES, Progress, classifier_of, decompose_to_store
 from .manifest import differences
 from .run import Run, RunStream, open_run
+from .verify import verify_run
 
-__all__ = ["DTYPES", "Progress", "Run", "RunStream", "classifier_of", "decompose_to_store", "differences", "open_run"]
+__all__ = ["DTYPES", "Progress", "Run", "RunStream", "classifier_of", "decompose_to_store", "differences", "open_run",
+           "verify_run"]

@@ -177,7 +177,7 @@ def _decompose(model, data, out: Path, *, model_name, checkpoint, granularity, l
             check_same(read_json(out / RUN, fix=f"delete {out} and decompose into it again"), config, out)
         else:
             write_json(out / RUN, config)
-        if head is not None and not (out / HEAD).is_file():
+        if head is not None:  # written again by every call: the same bytes, or a damaged one repaired
             _save_head(head, out / HEAD)
         clean_partials(out)
         clean_partials(out / SHARDS)

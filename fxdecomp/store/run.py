@@ -160,7 +160,7 @@ class Run:
                 raise InputError(f"{self.path}: the images of a run of {kind!r} data cannot be opened again by "
                                  "fxdecomp (it opens folders, Waterbirds-layout folders and world:N)")
         except KeyError as err:
-            raise DamagedFile(f"{self.path / MANIFEST} is damaged (its source lacks {err}); run "
+            raise DamagedFile(f"{self.path / MANIFEST} is damaged (its source lacks {err}); "
                               f"{self.repair()} to write it again") from None
         if json_digest(data.ids()) != self.manifest["data"]["ids"]:
             raise InputError(f"the images at {src.get('root', kind)} are not the ones this run decomposed (files were "
