@@ -65,7 +65,7 @@ def plain(model, data, batch, device, workers) -> float:
     sync()
     start = time.perf_counter()
     out = []
-    for raw in feed:
+    for raw, _ in feed:  # (images, their content digests)
         y = model(pre(raw.to(device, non_blocking=True)))
         out.append(y.to("cpu", non_blocking=True))
     sync()

@@ -71,3 +71,22 @@ def test_cuda_graphs_recapture_after_conversion_and_refuse_gradients():
         assert rel_err(dm(x.double()).total(), model(x.double())) <= bound(torch.float64)
     with pytest.raises(fxdecomp.InputError, match="no_grad"):
         dm(x.double())
+
+
+def test_weights_changed_under_the_compiled_module_are_followed_on_cuda():
+    """Eager: a change through ``w.data`` is seen by the weight fingerprint. Replayed graphs: a weight given
+    new memory (``w.data = ...``) makes them be captured again (they would read the old memory)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = small_vit(depth=2).cuda()
+    eager = fxdecomp.decompose(model, "head")
+    graphed = fxdecomp.decompose(model, "head").cuda_graphs()
+    x = images(eager, batch=2).cuda()
+    with torch.no_grad():
+        eager(x), graphed(x)
+        weight = model.blocks[1].attn.proj.weight
+        weight.data.mul_(2)
+        assert rel_err(eager(x).total(), model(x)) <= bound(torch.float32)
+        assert rel_err(graphed(x).total(), model(x)) <= bound(torch.float32)
+        weight.data = torch.randn_like(weight)
+        assert rel_err(eager(x).total(), model(x)) <= bound(torch.float32)
+        assert rel_err(graphed(x).total(), model(x)) <= bound(torch.float32)
