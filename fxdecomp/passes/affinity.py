@@ -17,13 +17,12 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch.fx as fx
 
+from ..core.ir import Affinity, Axes, Stream
+from ..core.state import CompileState
 from ..rules.registry import rule_for
 from .dataflow import is_varying
-from .stream import Stream
 from .symbolic import pointwise_rules
 
 
@@ -37,40 +36,21 @@ def step_of(node: fx.Node, flow: dict, rule=None) -> str:
     return rule.classify(node, lambda x: is_varying(flow, x))
 
 
-@dataclass
-class Affinity:
-    affine: dict
-    depth: dict
-    linear_reach: dict
-    step: dict
-    frozen_affine: dict
-    #: rules read from the symbolic form, standing in for the op rules at these nodes
-    rules: dict = field(default_factory=dict)
-
-    def rule(self, node: fx.Node):
-        """The rule the walk uses at ``node``."""
-        hit = self.rules.get(node)
-        return hit if hit is not None else rule_for(node.target)
-
-    def inputs(self, node: fx.Node) -> list:
-        """The values ``node`` is a function of, for the walk: its operands, or for a node
-        answered symbolically, the values that enter its run of pointwise ops."""
-        hit = self.rules.get(node)
-        return hit.inputs() if hit is not None else list(node.all_input_nodes)
+def run(state: CompileState) -> CompileState:
+    """Fills ``affinity``."""
+    state.affinity = analyse(state.gm, state.flow, state.stream, state.axes)
+    return state
 
 
-def analyse(gm: fx.GraphModule, flow: dict, stream: Stream) -> Affinity:
+def analyse(gm: fx.GraphModule, flow: dict, stream: Stream, axes: Axes) -> Affinity:
     g = stream.graph
     order = [n for n in gm.graph.nodes if n in g]
-    first = _analyse(order, flow, stream, Affinity({}, {}, {}, {}, {}))
-
-    def atoms(n):
-        return tuple(a for axis in n.meta["fxd_atoms"] for a in axis)
-
-    rules = pointwise_rules(order, flow, stream, lambda n: first.step[n], first.depth, atoms)
-    if not rules:
-        return first
-    return _analyse(order, flow, stream, Affinity({}, {}, {}, {}, {}, rules))
+    aff = _analyse(order, flow, stream, Affinity({}, {}, {}, {}, {}))
+    symbolic = pointwise_rules(order, flow, stream, lambda n: aff.step[n], aff.depth, axes.atoms)
+    if symbolic:
+        aff = _analyse(order, flow, stream, Affinity({}, {}, {}, {}, {}, symbolic=symbolic))
+    aff.rules = {n: symbolic.get(n) or rule_for(n.target) for n in gm.graph.nodes if n.op == "call_function"}
+    return aff
 
 
 def _analyse(order: list, flow: dict, stream: Stream, aff: Affinity) -> Affinity:
@@ -80,9 +60,9 @@ def _analyse(order: list, flow: dict, stream: Stream, aff: Affinity) -> Affinity
     for node in order:
         if node in stream:
             affine[node], depth[node], frozen[node] = True, 0, True
-            step[node] = step_of(node, flow, aff.rules.get(node)) if node.op == "call_function" else "input"
+            step[node] = step_of(node, flow, aff.symbolic.get(node)) if node.op == "call_function" else "input"
         else:
-            k = step_of(node, flow, aff.rules.get(node))
+            k = step_of(node, flow, aff.symbolic.get(node))
             step[node] = k
             args = [a for a in aff.inputs(node) if a in g]
             base = [affine[a] for a in args]

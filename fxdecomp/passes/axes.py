@@ -3,7 +3,7 @@
 Runs each op's rule forward over the graph. The image gives the batch atom and
 its pixel rows and columns; parameters get atoms of their own, tied to the
 activations they meet by unification. At the end every axis is resolved to its
-finest atoms (``node.meta['fxd_atoms']``).
+finest atoms (``Axes.resolved``; ``Axes.raw`` keeps them as the rules gave them).
 
 Nothing here fails quietly. An op with no rule gets opaque atoms (it may lie in
 a branch, where nothing needs to be followed through it). A rule that meets a
@@ -13,14 +13,14 @@ do not fit the output, is a bug in the rule and raises :class:`RuleError`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch.fx as fx
 
 from ..core.atoms import AtomTable, RefineError, axis_size
-from ..errors import RuleError, UnsupportedOpError
+from ..core.ir import Axes
+from ..core.state import CompileState
+from ..errors import RuleError
 from ..rules.registry import rule_for
-from .dataflow import SHAPE, is_varying
+from .dataflow import SHAPE
 from .shapes import item_shapes, shape_of
 from .where import describe, op_ref
 
@@ -45,24 +45,10 @@ def param_name(node) -> str | None:
     return None
 
 
-@dataclass
-class Axes:
-    """What the pass found, besides every node's atoms (``node.meta['fxd_atoms']``)."""
-
-    table: AtomTable
-    #: convolution (or unfold) node -> per spatial axis, the atoms of its kernel taps (None: none)
-    kernels: dict = field(default_factory=dict)
-    #: nodes that mix positions without taps of their own (pooling)
-    mixes_positions: set = field(default_factory=set)
-    #: reshape node -> [(input atoms, output atoms)] it regroups across atom boundaries
-    regroups: dict = field(default_factory=dict)
-    #: known limits met (an op whose axes could not be followed), one sentence each
-    notes: list = field(default_factory=list)
-
-    def mixes(self, node) -> bool:
-        """Whether ``node`` mixes positions (a branch holding one is of kind ``conv``)."""
-        kernels = self.kernels.get(node)
-        return bool(kernels and any(k for k in kernels)) or node in self.mixes_positions
+def run(state: CompileState) -> CompileState:
+    """Fills ``axes``."""
+    state.axes = AxisAnalysis(state.gm, state.flow).run()
+    return state
 
 
 class AxisAnalysis:
@@ -92,7 +78,7 @@ class AxisAnalysis:
         return shape_of(x)
 
     def axes(self, x):
-        return x.meta.get("fxd_axes") if isinstance(x, fx.Node) else None
+        return self.result.raw.get(x) if isinstance(x, fx.Node) else None
 
     def unify(self, a, b) -> bool:
         try:
@@ -120,11 +106,11 @@ class AxisAnalysis:
 
     # the pass -------------------------------------------------------------------------
     def run(self) -> Axes:
+        raw, resolved = self.result.raw, self.result.resolved
         for node in self.gm.graph.nodes:
-            node.meta["fxd_axes"] = self._axes_of(node)
+            raw[node] = self._axes_of(node)
         for node in self.gm.graph.nodes:
-            ax = node.meta.get("fxd_axes")
-            node.meta["fxd_atoms"] = self._resolve(ax)
+            resolved[node] = self._resolve(raw[node])
         return self.result
 
     def _axes_of(self, node: fx.Node):
@@ -160,42 +146,6 @@ class AxisAnalysis:
             f"{describe(node)}: its rule {type(rule).__module__}.{type(rule).__name__} {what} while "
             f"labelling axes. This is a bug in the rule, not in the model: fix the rule's axes(), or "
             f"replace it with fxdecomp.register_rule({tname}, MyRule()).")
-
-    def check_output(self, out: fx.Node) -> None:
-        """The output's first axis must be the batch; if it is not, say where the batch was lost."""
-        axes = out.meta.get("fxd_atoms")
-        if axes and axes[0] and axes[0][0] is self.table.batch and self.table.batch is not None:
-            return
-        raise UnsupportedOpError(
-            "the output's first axis cannot be traced back to the batch of images: "
-            + self._where_batch_is_lost(out))
-
-    def _has_batch(self, node) -> bool:
-        axes = node.meta.get("fxd_atoms")
-        if not isinstance(axes, list) or self.table.batch is None:
-            return False
-        flat = [a for ax in axes if isinstance(ax, tuple) for a in ax]
-        flat += [a for ax in axes if isinstance(ax, list) for sub in ax if sub for a in sub]
-        return self.table.batch in flat
-
-    def _where_batch_is_lost(self, out: fx.Node) -> str:
-        """The first op (in forward order) whose output lost the batch atom its varying input had."""
-        for node in self.gm.graph.nodes:
-            if node.op != "call_function" or not is_varying(self.flow, node) or self._has_batch(node):
-                continue
-            if not any(is_varying(self.flow, a) and self._has_batch(a) for a in node.all_input_nodes):
-                continue
-            note = next((n for n in self.notes if n.startswith(describe(node))), None)
-            if note is not None:
-                return f"the batch is lost at {note}"
-            if rule_for(node.target) is None:
-                tname = op_ref(node.target)
-                return (f"the batch is lost at {describe(node)}, which has no rule, so its output's axes "
-                        f"are unknown. Teach it with fxdecomp.register_rule({tname}, MyRule()) (a Rule whose "
-                        f"axes() says how its output's axes relate to its input's).")
-            return (f"the batch is lost at {describe(node)}: its rule gives its output no batch axis "
-                    "(the model folds or reduces its batch axis there).")
-        return "the output does not have the batch as its first axis."
 
     def _input_axes(self, node):
         shape = shape_of(node)

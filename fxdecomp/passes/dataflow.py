@@ -10,9 +10,16 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
+from ..core.state import CompileState
 from ..errors import TraceError
 
 INPUT, PARAM, CONST, SHAPE, VARYING = "input", "param", "const", "shape", "varying"
+
+
+def run(state: CompileState) -> CompileState:
+    """Fills ``flow`` and ``inp``."""
+    state.flow, state.inp = classify_values(state.gm)
+    return state
 
 
 def classify_values(gm: fx.GraphModule) -> tuple[dict, fx.Node]:

@@ -18,29 +18,16 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
+from ..core.ir import Demand
 from ..rules.elementwise import AddRule, DivRule, IdentityRule, MulRule, NegRule, UnaryNonlinear
 from ..rules.norms import LayerNormRule, RMSNormRule
 from ..rules.registry import rule_for
 from .shapes import shape_of
-from .stream import Stream
+from ..core.ir import Stream
 
 aten = torch.ops.aten
 ALL = None  # every index of an axis
 _POINTWISE = (AddRule, DivRule, IdentityRule, MulRule, NegRule, UnaryNonlinear)
-
-
-class Demand:
-    """``dead(node)`` and ``dead_edge(user, arg)`` for the expand pass."""
-
-    def __init__(self, need: dict, edges: dict):
-        self.need, self.edges = need, edges
-
-    def dead(self, node: fx.Node) -> bool:
-        return self.need.get(node, "unknown") is None
-
-    def dead_edge(self, user: fx.Node, arg: fx.Node) -> bool:
-        # an edge not analysed (a getitem reaching through a split to its input) is live
-        return self.edges.get((user, arg), "unknown") is None
 
 
 def analyse_demand(gm: fx.GraphModule, stream: Stream, out: fx.Node, walks, inputs=None) -> Demand:

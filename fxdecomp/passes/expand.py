@@ -24,19 +24,20 @@ Constants met on the way become bias components.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import networkx as nx
 import torch
 import torch.fx as fx
 
 from ..core.atoms import AtomTable, In
+from ..core.ir import ComponentSpec, Demand
+from ..core.state import CompileState
 from ..core.terms import (
     Constant,
     Derived,
     Factor,
     NodeValue,
     NormStats,
+    OneHot,
     PartialSum,
     Piece,
     Taps,
@@ -46,12 +47,10 @@ from ..core.terms import (
 from .. import kernels
 from ..errors import UnsupportedOpError
 from ..rules.movement import TupleRule
-from .affinity import Affinity
-from .axes import Axes, param_name
+from .axes import param_name
 from .dataflow import CONST, PARAM, is_varying
-from .demand import Demand, analyse_demand
+from .demand import analyse_demand
 from .shapes import shape_of
-from .stream import Stream, output_node
 from .where import describe, module_of, op_ref
 
 
@@ -82,30 +81,6 @@ MAX_TERMS = 4
 RESIDUAL_JOINS = (torch.ops.aten.add.Tensor, torch.ops.aten.sub.Tensor)
 
 
-class OneHot(Constant):
-    """Selects index ``index`` of one atom; applied by indexing, never multiplied."""
-
-    def __init__(self, size: int, index: int):
-        t = torch.zeros(size, dtype=torch.float64)
-        t[index] = 1.0
-        super().__init__(t, f"onehot{index}")
-        self.index = index
-
-
-@dataclass
-class ComponentSpec:
-    """A component as found by the walk (labels are added by the labels pass)."""
-
-    id: int
-    role: str                       # embed | bias | branch | collapsed
-    node: fx.Node                   # where it was found (leaf, or op adding the constant)
-    leaf: fx.Node | None = None
-    mixing: fx.Node | None = None   # the attention-weighted sum that defines its split
-    split: dict = field(default_factory=dict)
-    label: str | None = None
-    order: int = 0
-
-
 class LinCtx:
     """Context handed to ``Rule.linearize``."""
 
@@ -116,10 +91,10 @@ class LinCtx:
         self._constants: dict = {}
 
     def axes(self, x):
-        return x.meta["fxd_atoms"]
+        return self._o.axes.resolved[x]
 
     def atoms(self, x):
-        return tuple(a for axis in x.meta["fxd_atoms"] for a in axis)
+        return self._o.axes.atoms(x)
 
     def shape(self, x):
         return shape_of(x)
@@ -201,14 +176,24 @@ class LinCtx:
         return self._o.unsupported(node, why)
 
 
+def run(state: CompileState) -> CompileState:
+    """Fills ``demand``, ``terms``, ``specs``, ``joins``, ``linearised`` and ``collapses``."""
+    expander = Expander(state)
+    state.terms, state.specs = expander.run()
+    state.demand = expander.demand
+    state.joins = expander.joins()
+    state.linearised = expander.linearised
+    state.collapses = expander.notes
+    return state
+
+
 class Expander:
-    def __init__(self, gm: fx.GraphModule, flow: dict, inp: fx.Node, stream: Stream, aff: Affinity,
-                 axes: Axes, linearize: bool = False):
-        self.gm, self.flow, self.inp, self.stream, self.aff = gm, flow, inp, stream, aff
-        self.axes = axes
-        self.table: AtomTable = axes.table
+    def __init__(self, state: CompileState):
+        self.gm, self.flow, self.inp, self.stream = state.gm, state.flow, state.inp, state.stream
+        self.aff, self.axes, self.out = state.affinity, state.axes, state.out
+        self.table: AtomTable = self.axes.table
         self.demand: Demand | None = None
-        self.linearize = linearize
+        self.linearize = state.linearize
         self.linearised: list[str] = []
         #: one sentence per collapse: where, and whether linearize=True would avoid it
         self.notes: list[str] = []
@@ -216,13 +201,12 @@ class Expander:
         self.ctx = LinCtx(self)
         self.memo: dict = {}
         self.components: list[ComponentSpec] = []
-        self.order = {n: i for i, n in enumerate(gm.graph.nodes)}
+        self.order = {n: i for i, n in enumerate(self.gm.graph.nodes)}
 
     # -- public ------------------------------------------------------------------------
     def run(self) -> tuple[list[Term], list[ComponentSpec]]:
-        out = output_node(self.gm)
-        self.demand = analyse_demand(self.gm, self.stream, out, self._walks, self.aff.inputs)
-        terms = self.terms(out)
+        self.demand = analyse_demand(self.gm, self.stream, self.out, self._walks, self.aff.inputs)
+        terms = self.terms(self.out)
         self.components.sort(key=lambda c: (c.order, c.id))
         for i, c in enumerate(self.components):
             c.id = i

@@ -10,23 +10,17 @@ per-position ``mlp`` (gated MLPs such as SwiGLU, squeeze-excitation included).
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 
-
-from .axes import PASS_THROUGH, Axes
-from .expand import ComponentSpec
+from ..core.ir import Axes, BaseLabel, ComponentSpec, Stream
+from ..core.state import CompileState
+from .axes import PASS_THROUGH
 from .where import module_of, module_type_of
-from .stream import Stream
 
 
-@dataclass
-class BaseLabel:
-    name: str
-    kind: str
-    module: str
-    module_type: str
-    layer: int | None
-    branch: int
+def run(state: CompileState) -> CompileState:
+    """Fills ``labels``."""
+    state.labels = label(state.specs, state.stream, state.axes, state.joins)
+    return state
 
 
 def _module_types(nodes) -> dict:

@@ -9,6 +9,14 @@ import torch
 import torch.fx as fx
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
+from ..core.state import CompileState
+
+
+def run(state: CompileState) -> CompileState:
+    """Annotates every node of ``gm`` with ``tensor_meta`` (torch.fx's ShapeProp convention)."""
+    propagate(state.gm, state.example)
+    return state
+
 
 def propagate(gm: fx.GraphModule, example: torch.Tensor) -> torch.Tensor:
     """Annotate ``node.meta['tensor_meta']``; returns the graph's output on ``example``."""
