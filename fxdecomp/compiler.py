@@ -20,10 +20,12 @@ from .passes import (
     batch,
     codegen,
     dataflow,
+    demand,
     expand,
     granularity,
     hoist,
     labels,
+    route,
     shapes,
     stream,
     trace,
@@ -38,12 +40,14 @@ PASSES: tuple[Pass, ...] = (
     axes.run,          # 4  every axis labelled with atoms                     axes
     stream.run,        # 5  the residual stream (post-dominators)              out, stream
     affinity.run,      # 6  what is affine in the stream (symbolic inside)     affinity
-    expand.run,        # 7  the output as a sum of component terms (7a demand) terms, specs, demand, ...
-    batch.run,         # 8  the output's first axis is the batch               -
-    labels.run,        # 9  names, kinds and layers from the module tree       labels
-    granularity.run,   # 10 how finely each component is split                 groups, components
-    codegen.run,       # 11 the decomposing GraphModule                        forward, model_nodes, ...
-    hoist.run,         # 12 products of weights alone made once                forward, hoisted
+    route.run,         # 7  where the walk goes through, where it stops        route
+    demand.run,        # 8  which indices of each value the output reads       demand
+    expand.run,        # 9  the output as a sum of component terms             terms, specs, joins, ...
+    batch.run,         # 10 the output's first axis is the batch               -
+    labels.run,        # 11 names, kinds and layers from the module tree       labels
+    granularity.run,   # 12 how finely each component is split                 groups, components
+    codegen.run,       # 13 the decomposing GraphModule                        forward, model_nodes, ...
+    hoist.run,         # 14 products of weights alone made once                forward, hoisted
 )
 
 

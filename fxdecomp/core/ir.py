@@ -84,8 +84,22 @@ class Affinity:
 
 
 @dataclass
+class Route:
+    """Pass 7 (route): how the expand pass's walk treats each node that reaches the output."""
+
+    #: node -> whether the walk carries its inputs' terms through it (else its value is a leaf)
+    through: dict
+    #: product of several varying operands -> the one the walk carries (the others are frozen)
+    carried: dict
+    #: nonlinear node on the stream -> whether only the stream's own ops come before it (a stem)
+    stem: dict
+    #: nonlinear node on the stream, not a stem -> why it cannot be a frozen gate (None: it can)
+    why_not: dict
+
+
+@dataclass
 class Demand:
-    """Pass (demand): which parts of each value the output reads. ``need``: node -> per axis, the
+    """Pass 8 (demand): which parts of each value the output reads. ``need``: node -> per axis, the
     set of indices read (None: all of them), or None for a dead node; ``edges``: (user, arg)
     -> what ``user`` reads of ``arg``, or None."""
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import torch.fx as fx
 
-from .ir import Affinity, Axes, Demand, Stream
+from .ir import Affinity, Axes, Demand, Route, Stream
 
 if TYPE_CHECKING:
     from ..components import ComponentTable
@@ -47,6 +47,8 @@ class CompileState:
     stream: Stream | None = None
     # -- affinity --------------------------------------------------------------------------------
     affinity: Affinity | None = None
+    # -- route -----------------------------------------------------------------------------------
+    route: Route | None = None
     # -- demand ----------------------------------------------------------------------------------
     demand: Demand | None = None
     # -- expand ----------------------------------------------------------------------------------

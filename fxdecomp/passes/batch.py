@@ -1,4 +1,4 @@
-"""Pass: the output's first axis must be the batch of images; if it is not, say where it was lost.
+"""Pass 10: the output's first axis must be the batch of images; if it is not, say where it was lost.
 
 It runs after the expand pass, so that an op on the stream that no rule covers is named there
 first (its output's axes are unknown, which also loses the batch).

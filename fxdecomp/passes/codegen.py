@@ -1,4 +1,4 @@
-"""Pass 10: generate the decomposing GraphModule.
+"""Pass 13: generate the decomposing GraphModule.
 
 The generated forward is the traced forward (so every frozen value is the
 actual one, computed once) followed by, for each component, the einsums that

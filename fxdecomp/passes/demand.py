@@ -1,13 +1,12 @@
-"""Pass 7a (run by the expand pass, before its walk): which parts of each value the output
-actually reads.
+"""Pass 8: which parts of each value the output actually reads.
 
 Walking back from the output, every varying node gets, per axis, the set of
 indices some later op reads (``None``: all of them). ``select`` and ``slice``
 narrow the demand, ``cat`` hands each input only its own range, elementwise ops
 and norms (on their leading axes) pass it on, anything else reads everything.
-Only edges the expand pass walks (linear ops, norms it passes through, gated
-products on the stream) carry demand: a branch's leaf reads its actual value,
-not its terms. A value — or one input of a ``cat`` — whose terms nothing reads
+Only edges the expand pass walks (the route pass says which: linear ops, norms
+it passes through, gated products on the stream) carry demand: a branch's leaf
+reads its actual value, not its terms. A value — or one input of a ``cat`` — whose terms nothing reads
 is *dead*: the expand pass gives it no terms. Without this, a class-token readout would drag every
 patch token's path through the model's late stages (CaiT, XCiT class-attention
 blocks write ``cat([cls, patches])`` again and again) and the number of terms
@@ -24,18 +23,24 @@ from ..rules.norms import LayerNormRule, RMSNormRule
 from ..rules.registry import rule_for
 from .shapes import shape_of
 from ..core.ir import Stream
+from ..core.state import CompileState
 
 aten = torch.ops.aten
 ALL = None  # every index of an axis
 _POINTWISE = (AddRule, DivRule, IdentityRule, MulRule, NegRule, UnaryNonlinear)
 
 
-def analyse_demand(gm: fx.GraphModule, stream: Stream, out: fx.Node, walks, inputs=None) -> Demand:
-    """``walks(user, arg)``: whether the expand pass takes ``arg``'s terms through ``user``;
-    ``inputs(node)``: the values the walk reads at ``node`` (its operands, unless a symbolic
-    rule reads a whole run of pointwise ops there)."""
+def run(state: CompileState) -> CompileState:
+    """Fills ``demand``."""
+    state.demand = analyse_demand(state.gm, state.stream, state.out, state.route.through, state.affinity.inputs)
+    return state
+
+
+def analyse_demand(gm: fx.GraphModule, stream: Stream, out: fx.Node, through: dict, inputs) -> Demand:
+    """``through[user]``: whether the walk takes its inputs' terms through ``user`` (the route
+    pass); ``inputs(node)``: the values the walk reads at ``node`` (its operands, unless a
+    symbolic rule reads a whole run of pointwise ops there)."""
     g = stream.graph
-    inputs = inputs or (lambda n: n.all_input_nodes)
     order = [n for n in gm.graph.nodes if n in g]
     need: dict = {}    # node -> tuple of per-axis index sets, or None when dead
     edges: dict = {}   # (user, arg) -> what the user reads of arg, or None
@@ -46,7 +51,7 @@ def analyse_demand(gm: fx.GraphModule, stream: Stream, out: fx.Node, walks, inpu
         else:
             need[node] = _union([edges[(u, node)] for u in readers.get(node, ())], node)
         for arg in set(a for a in inputs(node) if a in g):
-            if walks(node, arg):
+            if through[node]:
                 edges[(node, arg)] = _reads(node, arg, need[node])
                 readers.setdefault(arg, []).append(node)
     return Demand(need, edges)

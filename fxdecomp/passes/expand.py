@@ -1,7 +1,7 @@
-"""Pass 7: write the output as a sum of component terms.
+"""Pass 9: write the output as a sum of component terms.
 
-First runs the demand pass (7a, ``demand.py``), then walks back from the output.
-Linear ops pass every term through (adding their factors); a residual join is just
+Walks back from the output along the route the route pass chose, giving no terms to what
+the demand pass found dead. Linear ops pass every term through (adding their factors); a residual join is just
 an add, so the skip's terms and the branch's terms meet there. A walk into a
 branch stops at
 
@@ -24,12 +24,11 @@ Constants met on the way become bias components.
 """
 from __future__ import annotations
 
-import networkx as nx
 import torch
 import torch.fx as fx
 
 from ..core.atoms import AtomTable, In
-from ..core.ir import ComponentSpec, Demand
+from ..core.ir import ComponentSpec
 from ..core.state import CompileState
 from ..core.terms import (
     Constant,
@@ -46,12 +45,11 @@ from ..core.terms import (
 )
 from .. import kernels
 from ..errors import UnsupportedOpError
-from ..rules.movement import TupleRule
 from .axes import param_name
 from .dataflow import CONST, PARAM, is_varying
-from .demand import analyse_demand
+from .route import moving
 from .shapes import shape_of
-from .where import describe, module_of, op_ref
+from .where import describe, module_of, unsupported
 
 
 def _nonzero_at_zero(node: fx.Node) -> bool:
@@ -76,10 +74,6 @@ def _known_zero(f: Factor) -> bool:
 
 #: terms of one component at a stream node beyond which they are summed there (``_collect``)
 MAX_TERMS = 4
-
-#: ops that join a residual branch back onto the stream
-RESIDUAL_JOINS = (torch.ops.aten.add.Tensor, torch.ops.aten.sub.Tensor)
-
 
 class LinCtx:
     """Context handed to ``Rule.linearize``."""
@@ -177,10 +171,9 @@ class LinCtx:
 
 
 def run(state: CompileState) -> CompileState:
-    """Fills ``demand``, ``terms``, ``specs``, ``joins``, ``linearised`` and ``collapses``."""
+    """Fills ``terms``, ``specs``, ``joins``, ``linearised`` and ``collapses``."""
     expander = Expander(state)
     state.terms, state.specs = expander.run()
-    state.demand = expander.demand
     state.joins = expander.joins()
     state.linearised = expander.linearised
     state.collapses = expander.notes
@@ -191,13 +184,12 @@ class Expander:
     def __init__(self, state: CompileState):
         self.gm, self.flow, self.inp, self.stream = state.gm, state.flow, state.inp, state.stream
         self.aff, self.axes, self.out = state.affinity, state.axes, state.out
+        self.route, self.demand = state.route, state.demand
         self.table: AtomTable = self.axes.table
-        self.demand: Demand | None = None
-        self.linearize = state.linearize
+        self.state = state
         self.linearised: list[str] = []
         #: one sentence per collapse: where, and whether linearize=True would avoid it
         self.notes: list[str] = []
-        self._stem: dict = {}
         self.ctx = LinCtx(self)
         self.memo: dict = {}
         self.components: list[ComponentSpec] = []
@@ -205,7 +197,6 @@ class Expander:
 
     # -- public ------------------------------------------------------------------------
     def run(self) -> tuple[list[Term], list[ComponentSpec]]:
-        self.demand = analyse_demand(self.gm, self.stream, self.out, self._walks, self.aff.inputs)
         terms = self.terms(self.out)
         self.components.sort(key=lambda c: (c.order, c.id))
         for i, c in enumerate(self.components):
@@ -261,27 +252,27 @@ class Expander:
         if rule is None:
             raise self.unsupported(node, None)
         step = self._step_of(node, rule)
+        through = self.route.through[node]
         if step == "linear":
             self._linear_branches_are_leaves(node)
             return self._through(node, rule)
         if step == "norm":
-            if self._norm_passes(node, rule):
+            if through:
                 return self._through(node, rule)
             return [self._leaf_term(self._new("branch", node, leaf=node), node)]
         if step == "mixing":
-            carried = self._choose_carried(node, rule)
+            carried = self.route.carried[node]
             self.ctx.set_carried(node, carried)
-            if self._mixing_passes(node, carried):
+            if through:
                 return self._through(node, rule)
             return self._leaf_mixing(node, rule, carried)
         if node not in self.stream:
             return [self._leaf_term(self._new("branch", node, leaf=node), node)]
-        if self._only_stream_before(node):
+        if self.route.stem[node]:
             return [self._leaf_term(self._new("embed", node, leaf=node), node)]
-        why_not = self._why_not_gateable(node)
-        if self.linearize and why_not is None:
+        if through:
             return self._gated(node)
-        self.notes.append(self._collapse_note(node, why_not))
+        self.notes.append(self._collapse_note(node, self.route.why_not[node]))
         return [self._leaf_term(self._new("collapsed", node, leaf=node), node)]
 
     def _collapse_note(self, node, why_not: str | None) -> str:
@@ -298,8 +289,7 @@ class Expander:
         return self.aff.step.get(node) or rule.classify(node, lambda x: is_varying(self.flow, x))
 
     def _moving(self, node) -> list:
-        """The operands of ``node`` that depend on the image."""
-        return [a for a in self.aff.inputs(node) if is_varying(self.flow, a)]
+        return moving(self.state, node)
 
     def _linear_branches_are_leaves(self, node) -> None:
         """At a residual join ``x + b(x)`` whose branch ``b`` is affine in the stream once norms
@@ -315,28 +305,6 @@ class Expander:
         for a in moving:
             if a not in self.stream and a not in self.memo and self.aff.frozen_affine.get(a, False):
                 self.memo[a] = [self._leaf_term(self._new("branch", a, leaf=a), a)]
-
-    def _only_stream_before(self, node) -> bool:
-        """Nothing but a chain of stream ops (a stem) computes ``node``'s input."""
-        hit = self._stem.get(node)
-        if hit is None:
-            hit = self._stem[node] = all(a in self.stream for a in nx.ancestors(self.stream.graph, node))
-        return hit
-
-    def _gateable(self, node) -> bool:
-        """An op with one varying operand whose output has that operand's shape and atoms."""
-        return self._why_not_gateable(node) is None
-
-    def _why_not_gateable(self, node) -> str | None:
-        moving = self._moving(node)
-        if len(moving) != 1:
-            return f"it has {len(moving)} operands that depend on the image"
-        x = moving[0]
-        if shape_of(x) != shape_of(node):
-            return f"its output's shape {list(shape_of(node) or ())} differs from its input's {list(shape_of(x) or ())}"
-        if self.ctx.atoms(x) != self.ctx.atoms(node):
-            return "its output's axes are not its input's"
-        return None
 
     def _gated(self, node) -> list[Term]:
         """``f(x) = x · g`` with ``g = f(x)/x`` frozen (plus ``f`` at x = 0 when that is not 0)."""
@@ -355,62 +323,6 @@ class Expander:
             comp = self._new("bias", node, label=f"{mod or node.name}.{op}(0)")
             out.append(self._apply(Term(comp, (off,)), Piece(const=off, passthrough=atoms), atoms, node)[0])
         return out
-
-    def _walks(self, user: fx.Node, arg: fx.Node) -> bool:
-        """Whether the walk takes ``arg``'s terms through ``user`` (a superset is safe)."""
-        if user.op != "call_function":
-            return True
-        rule = self.aff.rule(user)
-        if rule is None or isinstance(rule, TupleRule):
-            return True  # unknown (the walk will refuse it), or a split whose items are walked
-        step = self._step_of(user, rule)
-        if step == "linear":
-            return True
-        if step == "norm":
-            return self._norm_passes(user, rule)
-        if step == "mixing":
-            return self._mixing_passes(user, self._choose_carried(user, rule))
-        return (user in self.stream and self.linearize and self._gateable(user)
-                and not self._only_stream_before(user))
-
-    def _mixing_passes(self, node, carried) -> bool:
-        """A frozen product the walk passes through: on the stream (an explicit norm, a
-        gate), or reading the stream through linear ops only (an attention pooling with a
-        learned query reads the stream directly: a readout, not a branch)."""
-        if node in self.stream:
-            return True
-        return self.aff.affine.get(carried, False) and not self._in_residual_branch(node)
-
-    def _in_residual_branch(self, node) -> bool:
-        """``node``'s segment ends in a sum that a path avoiding ``node`` also reaches (the
-        skip of ``x + f(x)``): it is a branch, even when it reads the stream through linear
-        ops only (Swin V2's attention, whose norm comes after it). Walking through it would
-        double every earlier component's terms at each block. A readout concatenated with
-        other features is not a residual join."""
-        seg = self.stream.segment.get(node)
-        if seg is None or seg + 1 >= len(self.stream.nodes):
-            return False
-        end = self.stream.nodes[seg + 1]
-        if end.op != "call_function" or end.target not in RESIDUAL_JOINS:
-            return False
-        below = nx.descendants(self.stream.graph, node) | {node}
-        return any(a not in below for a in self.stream.graph.predecessors(end))
-
-    def _norm_passes(self, node, rule) -> bool:
-        if node in self.stream:
-            return True
-        x = rule.carriable(node)[0]
-        entering = x in self.stream or self.aff.affine.get(x, False)
-        return not entering or self.aff.linear_reach.get(node, False)
-
-    def _choose_carried(self, node, rule):
-        options = [a for a in rule.carriable(node) if is_varying(self.flow, a)]
-        if not options:
-            raise self.unsupported(node, "it is not linear in any of its varying operands")
-        if len(options) == 1:
-            return options[0]
-        best = min(self.aff.depth.get(a, 0) for a in options)
-        return [a for a in options if self.aff.depth.get(a, 0) == best][-1]
 
     def _through(self, node, rule) -> list[Term]:
         lin = rule.linearize(node, self.ctx)
@@ -477,15 +389,4 @@ class Expander:
         return f"{mod}.{op}" if mod else op
 
     def unsupported(self, node: fx.Node, why: str | None) -> UnsupportedOpError:
-        where = "on the residual stream" if node in self.stream else "in the linear tail of a residual branch"
-        tname = op_ref(node.target)
-        if why is None:
-            return UnsupportedOpError(
-                f"{describe(node)} lies {where}, so the decomposition must pass through "
-                f"it, but no rule says how. If it is an elementwise nonlinearity, register it with "
-                f"fxdecomp.register_rule({tname}, kind='nonlinear'); if it returns its input unchanged, "
-                f"kind='identity'; otherwise subclass fxdecomp.rules.Rule and pass an instance.")
-        return UnsupportedOpError(
-            f"{describe(node)} lies {where} and cannot be decomposed: {why}. "
-            f"Register a rule for {tname} with fxdecomp.register_rule(...) if it should be handled "
-            "differently.")
+        return unsupported(self.stream, node, why)

@@ -1,4 +1,4 @@
-"""Pass 9: choose how finely each component is split, and label the pieces.
+"""Pass 12: choose how finely each component is split, and label the pieces.
 
 A branch whose tail ends in an attention-weighted sum can be split along the
 atoms that sum names: its heads (shared non-batch atoms), its windows (shared

@@ -1,4 +1,4 @@
-"""Pass 11: hoist the products of weights alone out of the per-batch code.
+"""Pass 14: hoist the products of weights alone out of the per-batch code.
 
 Codegen writes every factor of a term as it comes, so a term whose weights meet before any
 image-dependent value (an output projection times a norm's centring matrix) recomputes that

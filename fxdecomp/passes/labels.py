@@ -1,4 +1,4 @@
-"""Pass 8: name components from the graph, not from a per-model table.
+"""Pass 11: name components from the graph, not from a per-model table.
 
 A branch is named after the deepest module that holds most of its ops (the
 attention module, not the block around it, nor the norm in front of it); its

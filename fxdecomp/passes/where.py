@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch.fx as fx
 
+from ..errors import UnsupportedOpError
+
 
 def module_of(node: fx.Node) -> str:
     """The path of the innermost module the node was traced in ('' at top level)."""
@@ -32,3 +34,20 @@ def describe(node: fx.Node) -> str:
 def op_ref(target) -> str:
     """How a user names the op in Python (``torch.ops.aten.gelu.default``), for register_rule hints."""
     return f"torch.ops.{target}" if hasattr(target, "overloadpacket") else repr(target)
+
+
+def unsupported(stream, node: fx.Node, why: str | None) -> UnsupportedOpError:
+    """The error for an op the decomposition must pass through but cannot: where it lies,
+    why (None: no rule says how), and the ``register_rule`` call that would teach it."""
+    where = "on the residual stream" if node in stream else "in the linear tail of a residual branch"
+    tname = op_ref(node.target)
+    if why is None:
+        return UnsupportedOpError(
+            f"{describe(node)} lies {where}, so the decomposition must pass through "
+            f"it, but no rule says how. If it is an elementwise nonlinearity, register it with "
+            f"fxdecomp.register_rule({tname}, kind='nonlinear'); if it returns its input unchanged, "
+            f"kind='identity'; otherwise subclass fxdecomp.rules.Rule and pass an instance.")
+    return UnsupportedOpError(
+        f"{describe(node)} lies {where} and cannot be decomposed: {why}. "
+        f"Register a rule for {tname} with fxdecomp.register_rule(...) if it should be handled "
+        "differently.")
