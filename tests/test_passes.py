@@ -6,10 +6,12 @@ import torch
 from conftest import small_vit
 from fxdecomp.compiler import PASSES
 from fxdecomp.core.state import CompileState, run_passes
+from fxdecomp.core.step import Step
 from fxdecomp.passes.dataflow import CONST, INPUT, PARAM, SHAPE, VARYING, classify_values
 from fxdecomp.passes.granularity import component_table, plan_groups
 from fxdecomp.passes.labels import label, majority_module
-from fxdecomp.passes.shapes import propagate, shape_of
+from fxdecomp.core.shape import shape_of
+from fxdecomp.passes.shapes import propagate
 from fxdecomp.passes.stream import find_stream
 from fxdecomp.passes.trace import trace
 
@@ -115,7 +117,7 @@ def test_affinity_marks_values_shallower_than_weights():
     qkv, fc1 = lin[0], lin[2]
     assert not aff.affine[qkv]  # behind the norm that starts the branch
     norm1 = _nodes(gm, aten.layer_norm.default)[0]
-    assert not aff.linear_reach[norm1] and aff.step[norm1] == "norm"
+    assert not aff.linear_reach[norm1] and aff.step[norm1] is Step.NORM
     assert aff.depth[fc1] == 1 and aff.depth[_nodes(gm, aten.gelu.default)[0]] == 2
 
 

@@ -12,6 +12,15 @@ import torch.fx as fx
 
 from .atoms import AtomTable
 
+#: the value classes of the dataflow pass (``CompileState.flow``): the image, parameters,
+#: constants computed from them, shape arithmetic, and values that depend on the image
+INPUT, PARAM, CONST, SHAPE, VARYING = "input", "param", "const", "shape", "varying"
+
+
+def is_varying(flow: dict, x) -> bool:
+    """Whether ``x`` is a node whose value depends on the image's values."""
+    return isinstance(x, fx.Node) and flow.get(x) in (INPUT, VARYING)
+
 
 @dataclass
 class Axes:

@@ -1,8 +1,9 @@
 """Pass 6: how each node inside a segment depends on the segment's start.
 
-* ``step``: how the walk treats the node — ``linear``, ``mixing`` (linear in one
-  operand once the others are frozen: products, attention), ``norm`` (affine once its
-  statistics are frozen), ``nonlinear`` or ``unknown`` (no rule). Op rules answer one op
+* ``step``: how the walk treats the node, a :class:`~fxdecomp.core.step.Step` —
+  ``LINEAR``, ``MIXING`` (linear in one operand once the others are frozen: products,
+  attention), ``NORM`` (affine once its statistics are frozen), ``NONLINEAR`` or
+  ``UNKNOWN`` (no rule). Op rules answer one op
   at a time; a run of pointwise ops they cannot walk through is answered from its
   symbolic form (``passes/symbolic.py``), whose rule then stands in for the op's.
 * ``affine``: the node is an affine function of the stream node that starts its
@@ -19,20 +20,20 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from ..core.ir import Affinity, Axes, Stream
+from ..core.ir import Affinity, Axes, Stream, is_varying
 from ..core.state import CompileState
+from ..core.step import Step
 from ..rules.registry import rule_for
-from .dataflow import is_varying
 from .symbolic import pointwise_rules
 
 
-def step_of(node: fx.Node, flow: dict, rule=None) -> str:
-    """``linear``, ``mixing``, ``norm``, ``nonlinear`` or ``unknown`` for a varying node."""
+def step_of(node: fx.Node, flow: dict, rule=None) -> Step:
+    """The step of a varying node (``UNKNOWN`` where no rule covers it)."""
     if node.op != "call_function":
-        return "unknown"
+        return Step.UNKNOWN
     rule = rule or rule_for(node.target)
     if rule is None:
-        return "unknown"
+        return Step.UNKNOWN
     return rule.classify(node, lambda x: is_varying(flow, x))
 
 
@@ -60,15 +61,15 @@ def _analyse(order: list, flow: dict, stream: Stream, aff: Affinity) -> Affinity
     for node in order:
         if node in stream:
             affine[node], depth[node], frozen[node] = True, 0, True
-            step[node] = step_of(node, flow, aff.symbolic.get(node)) if node.op == "call_function" else "input"
+            step[node] = step_of(node, flow, aff.symbolic.get(node)) if node.op == "call_function" else Step.INPUT
         else:
             k = step_of(node, flow, aff.symbolic.get(node))
             step[node] = k
             args = [a for a in aff.inputs(node) if a in g]
             base = [affine[a] for a in args]
             d = max((depth[a] for a in args), default=0)
-            frozen[node] = k in ("linear", "norm") and all(frozen[a] for a in args)
-            if k == "linear":
+            frozen[node] = k in (Step.LINEAR, Step.NORM) and all(frozen[a] for a in args)
+            if k == Step.LINEAR:
                 affine[node], depth[node] = all(base), d
             else:
                 affine[node], depth[node] = False, d + 1
@@ -80,5 +81,5 @@ def _analyse(order: list, flow: dict, stream: Stream, aff: Affinity) -> Affinity
         if node in stream:
             reach[node] = True
             continue
-        reach[node] = any(step.get(u) in ("linear", "norm") and (u in stream or reach[u]) for u in users[node])
+        reach[node] = any(step.get(u) in (Step.LINEAR, Step.NORM) and (u in stream or reach[u]) for u in users[node])
     return aff

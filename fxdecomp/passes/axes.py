@@ -16,95 +16,32 @@ from __future__ import annotations
 import torch.fx as fx
 
 from ..core.atoms import AtomTable, RefineError, axis_size
-from ..core.ir import Axes
+from ..core.context import RuleContext
+from ..core.ir import Axes, SHAPE
+from ..core.shape import item_shapes, shape_of
 from ..core.state import CompileState
+from ..core.where import describe, op_ref
 from ..errors import RuleError
 from ..rules.registry import rule_for
-from .dataflow import SHAPE
-from .shapes import item_shapes, shape_of
-from .where import describe, op_ref
-
-#: ops that only reshape, view or cast their first argument
-PASS_THROUGH = {"view", "reshape", "expand", "to", "_to_copy", "clone", "unsqueeze", "squeeze",
-                 "permute", "alias", "detach", "contiguous", "_unsafe_view", "lift_fresh_copy", "t"}
-
-
-def param_name(node) -> str | None:
-    """Qualified parameter name behind a value that only reshapes or casts a parameter."""
-    seen = 0
-    while isinstance(node, fx.Node) and seen < 16:
-        if node.op == "get_attr":
-            return str(node.target)
-        if node.op != "call_function" or not node.args:
-            return None
-        name = getattr(node.target, "__name__", "").split(".")[0]
-        if name not in PASS_THROUGH:
-            return None
-        node = node.args[0]
-        seen += 1
-    return None
 
 
 def run(state: CompileState) -> CompileState:
     """Fills ``axes``."""
-    state.axes = AxisAnalysis(state.gm, state.flow).run()
+    state.axes = Axes(AtomTable())
+    AxisAnalysis(state).run()
     return state
 
 
 class AxisAnalysis:
-    """The pass, and the context handed to ``Rule.axes``."""
+    """Runs every op's ``Rule.axes`` forward over the graph, with one rule context."""
 
-    def __init__(self, gm: fx.GraphModule, flow: dict):
-        self.gm = gm
-        self.flow = flow
-        self.table = AtomTable()
-        self.result = Axes(self.table)
+    def __init__(self, state: CompileState):
+        self.gm, self.flow = state.gm, state.flow
+        self.result = state.axes
+        self.table = self.result.table
         self.notes = self.result.notes
+        self.ctx = RuleContext(state)
 
-    # what rules record besides atoms ---------------------------------------------------
-    def record_kernels(self, node, kernels: list) -> None:
-        """A convolution's kernel-tap atoms per spatial axis (its ``linearize`` reads them)."""
-        self.result.kernels[node] = kernels
-
-    def record_position_mixing(self, node) -> None:
-        self.result.mixes_positions.add(node)
-
-    def record_regroups(self, node, regroups: list) -> None:
-        """Axes a reshape regroups across atom boundaries (its ``linearize`` builds 0/1 maps)."""
-        self.result.regroups[node] = regroups
-
-    # helpers used by rules ---------------------------------------------------------
-    def shape(self, x):
-        return shape_of(x)
-
-    def axes(self, x):
-        return self.result.raw.get(x) if isinstance(x, fx.Node) else None
-
-    def unify(self, a, b) -> bool:
-        try:
-            return self.table.unify(a, b)
-        except RefineError:
-            return False
-
-    def fresh(self, node: fx.Node):
-        shape = shape_of(node)
-        if shape is not None:
-            return [self.table.axis(s, ("opaque", node.name), "other") for s in shape]
-        items = item_shapes(node)
-        if items is not None:
-            return [[self.table.axis(s, ("opaque", node.name), "other") for s in sh] if sh is not None else None
-                    for sh in items]
-        return None
-
-    def fresh_like(self, node: fx.Node, i: int):
-        items = item_shapes(node)
-        sh = items[i] if items else None
-        return [self.table.axis(s, ("opaque", node.name), "other") for s in sh] if sh is not None else None
-
-    def param_name(self, x) -> str | None:
-        return param_name(x)
-
-    # the pass -------------------------------------------------------------------------
     def run(self) -> Axes:
         raw, resolved = self.result.raw, self.result.resolved
         for node in self.gm.graph.nodes:
@@ -125,13 +62,13 @@ class AxisAnalysis:
             return None
         rule = rule_for(node.target)
         if rule is None:
-            return self.fresh(node)
+            return self.ctx.fresh(node)
         try:
-            out = rule.axes(node, self)
+            out = rule.axes(node, self.ctx)
         except (RefineError, NotImplementedError) as err:
             self.notes.append(f"{describe(node)}: {err or type(err).__name__}; its heads and tokens are not "
                               "followed through it, so splits behind it may be coarser.")
-            return self.fresh(node)
+            return self.ctx.fresh(node)
         except Exception as err:
             raise self._rule_bug(node, rule, f"raised {type(err).__name__}: {err}") from err
         if not self._fits(node, out):

@@ -5,11 +5,11 @@ first (its output's axes are unknown, which also loses the batch).
 """
 from __future__ import annotations
 
+from ..core.ir import is_varying
 from ..core.state import CompileState
+from ..core.where import describe, op_ref
 from ..errors import UnsupportedOpError
 from ..rules.registry import rule_for
-from .dataflow import is_varying
-from .where import describe, op_ref
 
 
 def run(state: CompileState) -> CompileState:

@@ -16,7 +16,10 @@ import torch
 import torch.fx as fx
 
 from .. import kernels
+from ..core.ir import Axes, Group
 from ..core.planner import Leaf, Pair, leaves_of, plan, subset_key
+from ..core.shape import dtype_of
+from ..core.state import CompileState
 from ..core.terms import (
     AttentionWeights,
     Constant,
@@ -24,15 +27,12 @@ from ..core.terms import (
     Factor,
     NodeValue,
     NormStats,
+    OneHot,
     PartialSum,
     Source,
     Taps,
 )
-from ..core.ir import Axes, Group
-from ..core.state import CompileState
-from ..core.terms import OneHot
 from ..errors import UnsupportedOpError
-from .shapes import dtype_of
 
 aten = torch.ops.aten
 LETTERS = string.ascii_letters

@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
+from ..core.ir import CONST, INPUT, PARAM, SHAPE, VARYING
 from ..core.state import CompileState
 from ..errors import TraceError
 
-INPUT, PARAM, CONST, SHAPE, VARYING = "input", "param", "const", "shape", "varying"
 
 
 def run(state: CompileState) -> CompileState:
@@ -66,7 +66,3 @@ def reads_values(user: fx.Node, node: fx.Node) -> bool:
     if skip is None:
         return True
     return any(a is node for i, a in enumerate(user.args) if i != skip) or node in user.kwargs.values()
-
-
-def is_varying(flow: dict, x) -> bool:
-    return isinstance(x, fx.Node) and flow.get(x) in (INPUT, VARYING)

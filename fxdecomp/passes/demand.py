@@ -17,13 +17,12 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from ..core.ir import Demand
+from ..core.ir import Demand, Stream
+from ..core.shape import shape_of
+from ..core.state import CompileState
 from ..rules.elementwise import AddRule, DivRule, IdentityRule, MulRule, NegRule, UnaryNonlinear
 from ..rules.norms import LayerNormRule, RMSNormRule
 from ..rules.registry import rule_for
-from .shapes import shape_of
-from ..core.ir import Stream
-from ..core.state import CompileState
 
 aten = torch.ops.aten
 ALL = None  # every index of an axis

@@ -27,29 +27,16 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from ..core.atoms import AtomTable, In
-from ..core.ir import ComponentSpec
-from ..core.state import CompileState
-from ..core.terms import (
-    Constant,
-    Derived,
-    Factor,
-    NodeValue,
-    NormStats,
-    OneHot,
-    PartialSum,
-    Piece,
-    Taps,
-    Term,
-    resolve_in,
-)
 from .. import kernels
+from ..core.atoms import AtomTable
+from ..core.context import RuleContext
+from ..core.ir import CONST, ComponentSpec, PARAM, is_varying
+from ..core.state import CompileState
+from ..core.step import Step
+from ..core.terms import Derived, Factor, NodeValue, PartialSum, Piece, Term, resolve_in
+from ..core.where import describe, module_of, param_name, unsupported
 from ..errors import UnsupportedOpError
-from .axes import param_name
-from .dataflow import CONST, PARAM, is_varying
 from .route import moving
-from .shapes import shape_of
-from .where import describe, module_of, unsupported
 
 
 def _nonzero_at_zero(node: fx.Node) -> bool:
@@ -75,101 +62,6 @@ def _known_zero(f: Factor) -> bool:
 #: terms of one component at a stream node beyond which they are summed there (``_collect``)
 MAX_TERMS = 4
 
-class LinCtx:
-    """Context handed to ``Rule.linearize``."""
-
-    def __init__(self, owner: "Expander"):
-        self._o = owner
-        self.table: AtomTable = owner.table
-        self._carried: dict = {}
-        self._constants: dict = {}
-
-    def axes(self, x):
-        return self._o.axes.resolved[x]
-
-    def atoms(self, x):
-        return self._o.axes.atoms(x)
-
-    def shape(self, x):
-        return shape_of(x)
-
-    def resolve(self, axis):
-        return self.table.resolve(axis)
-
-    def kernels(self, node):
-        """A convolution's kernel-tap atoms, as its rule recorded them in the axes pass."""
-        return self._o.axes.kernels.get(node)
-
-    def regroups(self, node):
-        """The axes a reshape regroups, as its rule recorded them in the axes pass."""
-        return self._o.axes.regroups.get(node)
-
-    def varying(self, x) -> bool:
-        return is_varying(self._o.flow, x)
-
-    def value(self, x) -> NodeValue:
-        return NodeValue(x)
-
-    def const_factor(self, x) -> Factor:
-        if isinstance(x, fx.Node):
-            return Factor(NodeValue(x), tuple(self.axes(x)))
-        return self.scalar(float(x))
-
-    def scalar(self, v: float) -> Factor:
-        return Factor(self.constant(("scalar", v), lambda: torch.tensor(v, dtype=torch.float64), "scalar"), ())
-
-    def _shared(self, key, build) -> Constant:
-        c = self._constants.get(key)
-        if c is None:
-            c = self._constants[key] = build()
-        return c
-
-    def constant(self, key, make, name: str) -> Constant:
-        return self._shared(key, lambda: Constant(make(), name))
-
-    def taps(self, n_out: int, k: int, n_in: int, stride: int, pad: int, dilation: int) -> Taps:
-        geometry = (n_out, k, n_in, stride, pad, dilation)
-        return self._shared(("conv_taps",) + geometry, lambda: Taps(*geometry))
-
-    def onehots(self, axis, index: int) -> list:
-        out = []
-        for a in reversed(tuple(axis)):
-            i = index % a.size
-            index //= a.size
-            oh = self._shared(("onehot", a.size, i), lambda a=a, i=i: OneHot(a.size, i))
-            out.append(Factor(oh, ((In(a),),)))
-        return out[::-1]
-
-    def ones(self, atom) -> Factor:
-        c = self.constant(("ones", atom.size), lambda: torch.ones(atom.size, dtype=torch.float64), "ones")
-        return Factor(c, ((In(atom),),))
-
-    def derived(self, fn, args: tuple, name: str) -> Derived:
-        return Derived(fn, tuple(args), name)
-
-    def derived_factor(self, fn, x, name: str) -> Factor:
-        return Factor(Derived(fn, (NodeValue(x),), name), tuple(self.axes(x)))
-
-    def stats(self, node) -> NormStats:
-        return NormStats(node)
-
-    def carried(self, node):
-        """The operand a product is linear in (chosen by the expand pass)."""
-        return self._carried[node]
-
-    def set_carried(self, node, arg) -> None:
-        self._carried[node] = arg
-
-    def param_name(self, x):
-        return param_name(x)
-
-    def module_of(self, node):
-        return module_of(node)
-
-    def unsupported(self, node, why: str) -> UnsupportedOpError:
-        return self._o.unsupported(node, why)
-
-
 def run(state: CompileState) -> CompileState:
     """Fills ``terms``, ``specs``, ``joins``, ``linearised`` and ``collapses``."""
     expander = Expander(state)
@@ -190,7 +82,7 @@ class Expander:
         self.linearised: list[str] = []
         #: one sentence per collapse: where, and whether linearize=True would avoid it
         self.notes: list[str] = []
-        self.ctx = LinCtx(self)
+        self.ctx = RuleContext(state)
         self.memo: dict = {}
         self.components: list[ComponentSpec] = []
         self.order = {n: i for i, n in enumerate(self.gm.graph.nodes)}
@@ -253,18 +145,17 @@ class Expander:
             raise self.unsupported(node, None)
         step = self._step_of(node, rule)
         through = self.route.through[node]
-        if step == "linear":
+        if step == Step.LINEAR:
             self._linear_branches_are_leaves(node)
             return self._through(node, rule)
-        if step == "norm":
+        if step == Step.NORM:
             if through:
                 return self._through(node, rule)
             return [self._leaf_term(self._new("branch", node, leaf=node), node)]
-        if step == "mixing":
+        if step == Step.MIXING:
             carried = self.route.carried[node]
-            self.ctx.set_carried(node, carried)
             if through:
-                return self._through(node, rule)
+                return self._through(node, rule, carried)
             return self._leaf_mixing(node, rule, carried)
         if node not in self.stream:
             return [self._leaf_term(self._new("branch", node, leaf=node), node)]
@@ -324,8 +215,8 @@ class Expander:
             out.append(self._apply(Term(comp, (off,)), Piece(const=off, passthrough=atoms), atoms, node)[0])
         return out
 
-    def _through(self, node, rule) -> list[Term]:
-        lin = rule.linearize(node, self.ctx)
+    def _through(self, node, rule, carried=None) -> list[Term]:
+        lin = rule.linearize(node, self.ctx, carried)
         out: list[Term] = []
         for piece in lin.pieces:
             if piece.arg is not None:
@@ -340,7 +231,7 @@ class Expander:
         return out
 
     def _leaf_mixing(self, node, rule, carried) -> list[Term]:
-        lin = rule.linearize(node, self.ctx)
+        lin = rule.linearize(node, self.ctx, carried)
         comp = self._new("branch", node, leaf=carried, mixing=node)
         out: list[Term] = []
         for piece in lin.pieces:

@@ -13,8 +13,7 @@ from collections import Counter
 
 from ..core.ir import Axes, BaseLabel, ComponentSpec, Stream
 from ..core.state import CompileState
-from .axes import PASS_THROUGH
-from .where import module_of, module_type_of
+from ..core.where import PASS_THROUGH, module_of, module_type_of
 
 
 def run(state: CompileState) -> CompileState:

@@ -23,12 +23,12 @@ import networkx as nx
 import torch
 import torch.fx as fx
 
-from ..core.ir import Route
+from ..core.ir import Route, is_varying
+from ..core.shape import shape_of
 from ..core.state import CompileState
+from ..core.step import Step
+from ..core.where import unsupported
 from ..rules.movement import TupleRule
-from .dataflow import is_varying
-from .shapes import shape_of
-from .where import unsupported
 
 #: ops that join a residual branch back onto the stream
 RESIDUAL_JOINS = (torch.ops.aten.add.Tensor, torch.ops.aten.sub.Tensor)
@@ -59,11 +59,11 @@ def _through(state: CompileState, route: Route, node: fx.Node) -> bool:
     if rule is None or isinstance(rule, TupleRule):
         return True  # unknown (the walk will refuse it), or a split whose items are walked
     step = state.affinity.step[node]
-    if step == "linear":
+    if step == Step.LINEAR:
         return True
-    if step == "norm":
+    if step == Step.NORM:
         return _norm_passes(state, node, rule)
-    if step == "mixing":
+    if step == Step.MIXING:
         carried = route.carried[node] = _choose_carried(state, node, rule)
         return _mixing_passes(state, node, carried)
     if node not in state.stream:

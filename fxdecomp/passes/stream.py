@@ -11,10 +11,10 @@ from __future__ import annotations
 import networkx as nx
 import torch.fx as fx
 
-from ..core.ir import Stream
+from ..core.ir import Stream, is_varying
 from ..core.state import CompileState
 from ..errors import TraceError
-from .dataflow import is_varying, reads_values
+from .dataflow import reads_values
 
 
 def run(state: CompileState) -> CompileState:

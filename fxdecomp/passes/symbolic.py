@@ -8,11 +8,11 @@ image — is written as one sympy expression of the values that enter it: the va
 are the variables, constants (parameters, buffers, scalars) are symbols. At a node where
 values leave the run (an *outlet*), the expression decides:
 
-* jointly affine in every variable: ``linear``, one piece per variable with the
+* jointly affine in every variable: ``Step.LINEAR``, one piece per variable with the
   coefficient as its slope, plus the constant part as a bias;
 * affine in some variables once the others are frozen at their actual values, with a
-  constant part free of variables: ``mixing`` (one carried variable, like a gated
-  product) or ``norm`` (several, like a norm written by hand with frozen statistics).
+  constant part free of variables: ``Step.MIXING`` (one carried variable, like a gated
+  product) or ``Step.NORM`` (several, like a norm written by hand with frozen statistics).
 
 Slopes and offsets are read from the expression and evaluated at run time by
 :func:`fxdecomp.kernels.pointwise`. An outlet the op rules already walk through (no
@@ -29,10 +29,11 @@ import torch
 import torch.fx as fx
 
 from .. import kernels
+from ..core.ir import is_varying
+from ..core.step import Step
 from ..core.terms import Derived, Factor, Linearization, NodeValue, Piece
-from ..rules.base import NONLINEAR, Rule, bound_args
+from ..rules.base import Rule, bound_args
 from ..rules.registry import rule_for
-from .dataflow import is_varying
 
 aten = torch.ops.aten
 
@@ -198,9 +199,7 @@ def nonpolynomial(expr) -> set:
 class PointwiseRule(Rule):
     """The rule for one outlet, read from its expression (see the module docstring)."""
 
-    linearity = NONLINEAR  # unused: ``classify`` answers from the expression
-
-    def __init__(self, outlet: fx.Node, step: str, slopes: dict, offset, run: Run):
+    def __init__(self, outlet: fx.Node, step: Step, slopes: dict, offset, run: Run):
         self.outlet, self.step, self.slopes, self.offset, self.run = outlet, step, slopes, offset, run
 
     def classify(self, node, varying) -> str:
@@ -218,7 +217,7 @@ class PointwiseRule(Rule):
         return Derived(kernels.pointwise, (program, NodeValue(self.outlet)) + tuple(NodeValue(n) for n in nodes),
                        name)
 
-    def linearize(self, node, ctx) -> Linearization:
+    def linearize(self, node, ctx, carried=None) -> Linearization:
         axes = tuple(ctx.axes(node))
         pieces = []
         for x, slope in self.slopes.items():
@@ -293,7 +292,7 @@ def classify_outlet(node: fx.Node, run: Run, depth: dict, atoms) -> PointwiseRul
     slopes = {syms[s]: poly.coeff_monomial(s) for s in carried}
     if not all(_evaluable(e) for e in (offset, *slopes.values())):
         return None
-    step = "linear" if not frozen else ("mixing" if len(carried) == 1 else "norm")
+    step = Step.LINEAR if not frozen else (Step.MIXING if len(carried) == 1 else Step.NORM)
     return PointwiseRule(node, step, slopes, offset, run)
 
 
@@ -301,11 +300,11 @@ def pointwise_rules(order: list, flow: dict, stream, step_of, depth: dict, atoms
     """``{outlet: PointwiseRule}`` for the outlets the op rules cannot walk through.
 
     ``order``: the varying nodes in forward order; ``step_of(node)``: the op rules' answer
-    (``linear``, ``mixing``, ``norm``, ``nonlinear``, ``unknown``). A stream node is always
+    (a Step). A stream node is always
     an outlet: what enters a later run through it is read as a value, never inlined."""
     graph = stream.graph
     members = [n for n in order if is_pointwise(n)]
-    if not any(step_of(n) in ("nonlinear", "unknown") for n in members):
+    if not any(step_of(n) in (Step.NONLINEAR, Step.UNKNOWN) for n in members):
         return {}
     member_set = set(members)
     # runs: pointwise nodes joined by edges between them (union-find)
@@ -321,7 +320,7 @@ def pointwise_rules(order: list, flow: dict, stream, step_of, depth: dict, atoms
         for a in n.all_input_nodes:
             if a in member_set:
                 parent[find(a)] = find(n)
-    blocked = {find(n) for n in members if step_of(n) in ("nonlinear", "unknown")}
+    blocked = {find(n) for n in members if step_of(n) in (Step.NONLINEAR, Step.UNKNOWN)}
     run = Run(flow)
     rules: dict = {}
     outlets: set = set()  # their values are needed anyway: later expressions read them as values
@@ -350,15 +349,15 @@ def _needs_symbolic(node, inside, step_of, depth: dict, flow: dict) -> bool:
             continue
         seen.add(n)
         step = step_of(n)
-        if step in ("nonlinear", "unknown"):
+        if step in (Step.NONLINEAR, Step.UNKNOWN):
             return True
         carried = [a for a in n.all_input_nodes if is_varying(flow, a)]
-        if step in ("mixing", "norm"):
+        if step in (Step.MIXING, Step.NORM):
             rule = rule_for(n.target)
             options = [a for a in rule.carriable(n) if is_varying(flow, a)] if rule is not None else []
             if not options:
                 return True
-            if step == "norm":
+            if step == Step.NORM:
                 carried = options[:1]
             else:
                 best = min(depth.get(a, 0) for a in options)

@@ -12,16 +12,9 @@ import torch
 import torch.fx as fx
 
 from ..core.atoms import axis_size
+from ..core.step import Step
 from ..core.terms import Linearization, Piece
-from .base import (
-    BILINEAR,
-    LINEAR,
-    NONLINEAR,
-    Rule,
-    UnaryRule,
-    broadcast_axes,
-    tensor_args,
-)
+from .base import Rule, UnaryRule, broadcast_axes, tensor_args
 from .movement import regroup_factor
 from .registry import rules_for
 
@@ -74,13 +67,13 @@ def _realign(node: fx.Node, x: fx.Node, ctx):
 class IdentityRule(UnaryRule):
     """Returns its first argument's values (possibly copied, cast or moved)."""
 
-    linearity = LINEAR
+    step = Step.LINEAR
 
-    def axes(self, node, ax):
-        return ax.axes(node.args[0])
+    def axes(self, node, ctx):
+        return ctx.raw_axes(node.args[0])
 
 
-    def linearize(self, node, ctx):
+    def linearize(self, node, ctx, carried=None):
         x = node.args[0]
         if node.target in (aten.dropout.default,) and len(node.args) > 2 and node.args[2]:
             raise ctx.unsupported(node, "dropout is active (call model.eval() first)")
@@ -92,12 +85,12 @@ class IdentityRule(UnaryRule):
 class AddRule(Rule):
     """``x + alpha*y`` (and ``x - alpha*y``): every operand is a summand."""
 
-    linearity = LINEAR
+    step = Step.LINEAR
 
-    def axes(self, node, ax):
-        return broadcast_axes(node, node.args[:2], ax)
+    def axes(self, node, ctx):
+        return broadcast_axes(node, node.args[:2], ctx)
 
-    def linearize(self, node, ctx):
+    def linearize(self, node, ctx, carried=None):
         x, y = node.args[0], node.args[1]
         alpha = node.kwargs.get("alpha", node.args[2] if len(node.args) > 2 else 1)
         name = getattr(node.target, "__name__", str(node.target))
@@ -109,12 +102,12 @@ class AddRule(Rule):
 
 @rules_for(aten.neg)
 class NegRule(Rule):
-    linearity = LINEAR
+    step = Step.LINEAR
 
-    def axes(self, node, ax):
-        return ax.axes(node.args[0])
+    def axes(self, node, ctx):
+        return ctx.raw_axes(node.args[0])
 
-    def linearize(self, node, ctx):
+    def linearize(self, node, ctx, carried=None):
         return Linearization([_piece(node, node.args[0], ctx, -1.0)])
 
 
@@ -122,17 +115,17 @@ class NegRule(Rule):
 class MulRule(Rule):
     """``x * y``: linear in either operand with the other frozen (gates, scales)."""
 
-    linearity = BILINEAR
+    step = Step.MIXING
 
-    def axes(self, node, ax):
-        return broadcast_axes(node, node.args[:2], ax)
+    def axes(self, node, ctx):
+        return broadcast_axes(node, node.args[:2], ctx)
 
-    def linearize(self, node, ctx):
+    def linearize(self, node, ctx, carried=None):
         x, y = node.args[0], node.args[1]
         if _is_scalar(y) or _is_scalar(x):
             t, s = (x, y) if _is_scalar(y) else (y, x)
             return Linearization([_piece(node, t, ctx, float(s))])
-        carried = ctx.carried(node) if (ctx.varying(x) and ctx.varying(y)) else (x if ctx.varying(x) else y)
+        carried = carried if (ctx.varying(x) and ctx.varying(y)) else (x if ctx.varying(x) else y)
         other = y if carried is x else x
         p = _piece(node, carried, ctx)
         p.factors = [ctx.const_factor(other)]
@@ -143,15 +136,15 @@ class MulRule(Rule):
 class DivRule(Rule):
     """``x / y``: linear in ``x``; ``y`` frozen (its reciprocal becomes a factor)."""
 
-    linearity = BILINEAR
+    step = Step.MIXING
 
-    def axes(self, node, ax):
-        return broadcast_axes(node, node.args[:2], ax)
+    def axes(self, node, ctx):
+        return broadcast_axes(node, node.args[:2], ctx)
 
     def carriable(self, node):
         return [node.args[0]] if isinstance(node.args[0], fx.Node) else []
 
-    def linearize(self, node, ctx):
+    def linearize(self, node, ctx, carried=None):
         x, y = node.args[0], node.args[1]
         if node.kwargs.get("rounding_mode") is not None:
             raise ctx.unsupported(node, "rounded division is not linear")
@@ -165,16 +158,16 @@ class DivRule(Rule):
 class UnaryNonlinear(Rule):
     """Pointwise nonlinearity: output has the atoms of its (broadcast) inputs."""
 
-    linearity = NONLINEAR
+    step = Step.NONLINEAR
 
-    def axes(self, node, ax):
-        args = [a for a in tensor_args(node) if ax.shape(a) is not None]
-        shape = ax.shape(node)
+    def axes(self, node, ctx):
+        args = [a for a in tensor_args(node) if ctx.shape(a) is not None]
+        shape = ctx.shape(node)
         if shape is None:  # a tuple (or no tensor): nothing to follow
-            return ax.fresh(node)
-        if args and all(_broadcasts(ax.shape(a), shape) for a in args):
-            return broadcast_axes(node, args, ax)
-        return ax.fresh(node)  # not elementwise after all (a registered op that reshapes)
+            return ctx.fresh(node)
+        if args and all(_broadcasts(ctx.shape(a), shape) for a in args):
+            return broadcast_axes(node, args, ctx)
+        return ctx.fresh(node)  # not elementwise after all (a registered op that reshapes)
 
 
 def _broadcasts(shape: tuple, out: tuple) -> bool:
@@ -206,25 +199,25 @@ class AddcmulRule(Rule):
     """``x + value * t1 * t2`` (an affine layer written as one op): linear in ``x`` and in
     whichever product operand varies; with both varying, linear in the carried one."""
 
-    linearity = BILINEAR
+    step = Step.MIXING
 
-    def axes(self, node, ax):
-        return broadcast_axes(node, node.args[:3], ax)
+    def axes(self, node, ctx):
+        return broadcast_axes(node, node.args[:3], ctx)
 
     def carriable(self, node):
         return [a for a in node.args[1:3] if isinstance(a, fx.Node)]
 
     def classify(self, node, varying):
         if sum(bool(varying(a)) for a in node.args[1:3]) > 1:
-            return "mixing"
-        return "linear"
+            return Step.MIXING
+        return Step.LINEAR
 
-    def linearize(self, node, ctx):
+    def linearize(self, node, ctx, carried=None):
         x, t1, t2 = node.args[:3]
         value = float(node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 1))
         pieces = [_piece(node, x, ctx)]
         moving = [t for t in (t1, t2) if isinstance(t, fx.Node) and ctx.varying(t)]
-        carried = ctx.carried(node) if len(moving) > 1 else (moving or [t1])[0]
+        carried = carried if len(moving) > 1 else (moving or [t1])[0]
         prod = _piece(node, carried, ctx, value)
         prod.factors = list(prod.factors) + [ctx.const_factor(t2 if carried is t1 else t1)]
         pieces.append(prod)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .base import LINEARITIES, NONLINEAR, Rule
+from ..core.step import RULE_STEPS, Step
+from .base import Rule
 
 _RULES: dict[Any, Rule] = {}
 
@@ -69,8 +70,8 @@ def register_rule(op: Any, rule: Rule | None = None, *, kind: str | None = None)
             )
     if not isinstance(rule, Rule):
         raise TypeError("rule must be an instance of fxdecomp.rules.Rule")
-    if rule.linearity not in LINEARITIES:
-        raise ValueError(f"rule.linearity must be one of {LINEARITIES}")
+    if rule.step not in RULE_STEPS:
+        raise ValueError(f"rule.step must be one of {', '.join(map(repr, RULE_STEPS))}, got {rule.step!r}")
     _RULES[op] = rule
     return rule
 
@@ -79,4 +80,4 @@ def unregister_rule(op: Any) -> None:
     _RULES.pop(op, None)
 
 
-__all__ = ["rule_for", "rules_for", "register_rule", "unregister_rule", "NONLINEAR"]
+__all__ = ["rule_for", "rules_for", "register_rule", "unregister_rule", "Step"]

@@ -1,4 +1,5 @@
-"""Where a node comes from, in words: its module path and type, for labels and messages."""
+"""Where a node comes from, in words: its module path and type, the parameter behind it, and
+where it lies, for labels and messages."""
 from __future__ import annotations
 
 import torch.fx as fx
@@ -36,10 +37,34 @@ def op_ref(target) -> str:
     return f"torch.ops.{target}" if hasattr(target, "overloadpacket") else repr(target)
 
 
+#: ops that only reshape, view or cast their first argument
+PASS_THROUGH = {"view", "reshape", "expand", "to", "_to_copy", "clone", "unsqueeze", "squeeze",
+                 "permute", "alias", "detach", "contiguous", "_unsafe_view", "lift_fresh_copy", "t"}
+
+
+def param_name(node) -> str | None:
+    """Qualified parameter name behind a value that only reshapes or casts a parameter."""
+    seen = 0
+    while isinstance(node, fx.Node) and seen < 16:
+        if node.op == "get_attr":
+            return str(node.target)
+        if node.op != "call_function" or not node.args:
+            return None
+        name = getattr(node.target, "__name__", "").split(".")[0]
+        if name not in PASS_THROUGH:
+            return None
+        node = node.args[0]
+        seen += 1
+    return None
+
+
 def unsupported(stream, node: fx.Node, why: str | None) -> UnsupportedOpError:
     """The error for an op the decomposition must pass through but cannot: where it lies,
     why (None: no rule says how), and the ``register_rule`` call that would teach it."""
-    where = "on the residual stream" if node in stream else "in the linear tail of a residual branch"
+    if stream is None:  # asked before the stream is known (while labelling axes)
+        where = "in the model"
+    else:
+        where = "on the residual stream" if node in stream else "in the linear tail of a residual branch"
     tname = op_ref(node.target)
     if why is None:
         return UnsupportedOpError(
