@@ -174,14 +174,19 @@ def _bmm_plan(sa: str, sb: str, res: str, a, b):
     return pa, pb, (prod(batch), prod(a_only), prod(contracted), prod(b_only))
 
 
-#: functions a pointwise program may call (sympy names)
-POINTWISE_FUNCTIONS = {
-    "exp": torch.exp, "log": torch.log, "tanh": torch.tanh, "Abs": torch.abs, "sin": torch.sin, "cos": torch.cos,
-    "relu": torch.relu, "gelu": torch.nn.functional.gelu, "silu": torch.nn.functional.silu,
-    "hardswish": torch.nn.functional.hardswish, "hardsigmoid": torch.nn.functional.hardsigmoid,
-    "abs": torch.abs, "erf": torch.erf, "softplus": torch.nn.functional.softplus,
-    "mish": torch.nn.functional.mish, "sign": torch.sign,
-}
+#: functions a pointwise program may call, by sympy name: the ones the rules' symbolic forms
+#: hold, each registered by its form (``rules.base.SympyForm``), so that every expression the
+#: symbolic pass may accept can be evaluated, and nothing else is listed
+POINTWISE_FUNCTIONS: dict = {}
+
+
+def register_pointwise(name: str, fn) -> None:
+    """Let pointwise programs call ``fn`` as the sympy function ``name``."""
+    have = POINTWISE_FUNCTIONS.get(name)
+    if have is not None and have is not fn:
+        raise ValueError(f"the sympy function {name!r} is already evaluated by {have!r}, not {fn!r}: "
+                         "give the new one another name")
+    POINTWISE_FUNCTIONS[name] = fn
 
 
 def pointwise(program, like, *values):

@@ -14,18 +14,18 @@ values leave the run (an *outlet*), the expression decides:
   constant part free of variables: ``Step.MIXING`` (one carried variable, like a gated
   product) or ``Step.NORM`` (several, like a norm written by hand with frozen statistics).
 
-Slopes and offsets are read from the expression and evaluated at run time by
-:func:`fxdecomp.kernels.pointwise`. An outlet the op rules already walk through (no
+Each op's form comes from its rule (``Rule.sympy``), so this pass holds no op table and an
+op registered with ``register_rule`` takes part once its rule gives a form. Slopes and offsets
+are read from the expression and evaluated at run time by :func:`fxdecomp.kernels.pointwise`,
+with the torch functions the forms name (``kernels.POINTWISE_FUNCTIONS``). An outlet the op rules already walk through (no
 nonlinear or unknown op between its variables and it) keeps its rules; a new
 combination of pointwise ops needs no new rule.
 """
 from __future__ import annotations
 
 import math
-import operator
 
 import sympy
-import torch
 import torch.fx as fx
 
 from .. import kernels
@@ -35,68 +35,12 @@ from ..core.terms import Derived, Factor, Linearization, NodeValue, Piece
 from ..rules.base import Rule, bound_args
 from ..rules.registry import rule_for
 
-aten = torch.ops.aten
-
-
-# -- ops as sympy ------------------------------------------------------------------------------
-
-def _alpha(a):
-    return a.get("alpha", 1) if a.get("alpha") is not None else 1
-
-
-def _where(c, x, y):
-    return c * x + (1 - c) * y
-
-
-#: packet -> (argument names, builder over sympy values)
-_OPS = {
-    aten.add: (("self", "other"), lambda a: a["self"] + _alpha(a) * a["other"]),
-    aten.sub: (("self", "other"), lambda a: a["self"] - _alpha(a) * a["other"]),
-    aten.rsub: (("self", "other"), lambda a: a["other"] - _alpha(a) * a["self"]),
-    aten.mul: (("self", "other"), lambda a: a["self"] * a["other"]),
-    aten.div: (("self", "other"), lambda a: a["self"] / a["other"] if a.get("rounding_mode") is None else None),
-    aten.neg: (("self",), lambda a: -a["self"]),
-    aten.lerp: (("self", "end", "weight"), lambda a: a["self"] + a["weight"] * (a["end"] - a["self"])),
-    aten.addcmul: (("self", "tensor1", "tensor2"), lambda a: a["self"] + a["value"] * a["tensor1"] * a["tensor2"]),
-    aten.addcdiv: (("self", "tensor1", "tensor2"), lambda a: a["self"] + a["value"] * a["tensor1"] / a["tensor2"]),
-    aten.where: (("condition", "self", "other"), lambda a: _where(a["condition"], a["self"], a["other"])),
-    aten.masked_fill: (("self", "mask", "value"), lambda a: _where(a["mask"], a["value"], a["self"])),
-    aten.pow: (("self", "exponent"), lambda a: a["self"] ** a["exponent"]),
-    aten.square: (("self",), lambda a: a["self"] ** 2),
-    aten.reciprocal: (("self",), lambda a: 1 / a["self"]),
-    aten.sqrt: (("self",), lambda a: sympy.sqrt(a["self"])),
-    aten.rsqrt: (("self",), lambda a: 1 / sympy.sqrt(a["self"])),
-    aten.exp: (("self",), lambda a: sympy.exp(a["self"])),
-    aten.log: (("self",), lambda a: sympy.log(a["self"])),
-    aten.tanh: (("self",), lambda a: sympy.tanh(a["self"])),
-    aten.sigmoid: (("self",), lambda a: 1 / (1 + sympy.exp(-a["self"]))),
-    aten.clone: (("self",), lambda a: a["self"]),
-    aten.contiguous: (("self",), lambda a: a["self"]),
-    aten.alias: (("self",), lambda a: a["self"]),
-    aten.detach: (("self",), lambda a: a["self"]),
-}
-#: pointwise functions kept opaque: an expression holding one of a variable is not affine in it. They
-#: are evaluated by name with torch's defaults (kernels.POINTWISE_FUNCTIONS), so a call that passes any
-#: other argument (gelu's approximate, clamp's bounds, leaky_relu's slope) is not expressible here.
-_OPAQUE = set()
-for _name in ("relu", "gelu", "silu", "hardswish", "hardsigmoid", "abs", "sin", "cos", "erf", "softplus", "mish",
-              "leaky_relu", "elu", "clamp", "clamp_min", "clamp_max", "sign"):
-    _fn = sympy.Function(_name)
-    _OPS[getattr(aten, _name)] = (("self",), lambda a, f=_fn: f(a["self"]))
-    _OPAQUE.add(getattr(aten, _name))
-_OPS[operator.add] = (("self", "other"), lambda a: a["self"] + a["other"])
-_OPS[operator.sub] = (("self", "other"), lambda a: a["self"] - a["other"])
-_OPS[operator.mul] = (("self", "other"), lambda a: a["self"] * a["other"])
-_OPS[operator.truediv] = (("self", "other"), lambda a: a["self"] / a["other"])
-
-
-def _spec(node: fx.Node):
+def _form(node: fx.Node):
+    """The op's symbolic form, as its rule gives it (``Rule.sympy``; None: it has none)."""
     if node.op != "call_function":
         return None
-    op = getattr(node.target, "overloadpacket", node.target)
-    if op in _OPAQUE and (len(node.args) > 1 or node.kwargs):
-        return None
-    return _OPS.get(op)
+    rule = rule_for(node.target)
+    return rule.sympy(node) if rule is not None else None
 
 
 def _args(node: fx.Node, names) -> dict:
@@ -106,8 +50,8 @@ def _args(node: fx.Node, names) -> dict:
 
 
 def is_pointwise(node: fx.Node) -> bool:
-    """Whether the op is in the symbolic table (and keeps its input's dtype class)."""
-    return _spec(node) is not None
+    """Whether the op has a symbolic form (and keeps its input's dtype class)."""
+    return _form(node) is not None
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -146,11 +90,11 @@ class Run:
 
     def build(self, node: fx.Node, member) -> sympy.Expr | None:
         """The expression of ``node``; ``member(x)``: whether ``x`` belongs to the run."""
-        names, fn = _spec(node)
-        raw = _args(node, names)
+        form = _form(node)
+        raw = _args(node, form.operands)
         vals = {}
         for k, v in raw.items():
-            if k in names or k in ("alpha", "value"):
+            if k in form.operands:
                 o = self._operand(v, member)
                 if o is None and v is not None:
                     self.expr[node] = None
@@ -158,10 +102,8 @@ class Run:
                 vals[k] = o if o is not None else v
             else:
                 vals[k] = v
-        vals.setdefault("value", 1)
-        vals["value"] = sympy.Integer(1) if vals["value"] is None else vals["value"]
         try:
-            e = fn(vals)
+            e = form.build(vals)
         except (TypeError, ValueError):
             e = None
         self.expr[node] = e

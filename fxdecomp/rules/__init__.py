@@ -2,7 +2,7 @@
 from ..core.context import RuleContext
 from ..core.step import Step
 from . import attention, einsum, elementwise, layers, movement, norms, pooling, reductions  # noqa: F401
-from .base import Rule
+from .base import ALL, Rule, SympyForm
 from .registry import register_rule, rule_for, unregister_rule
 
-__all__ = ["Rule", "RuleContext", "Step", "register_rule", "unregister_rule", "rule_for"]
+__all__ = ["Rule", "RuleContext", "Step", "SympyForm", "ALL", "register_rule", "unregister_rule", "rule_for"]

@@ -10,17 +10,25 @@ Each ATen op the compiler meets is looked up here. A rule answers, for one node 
 * ``classify``: its :class:`~fxdecomp.core.step.Step` (how the walk treats it), given which
   operands vary; by default read from ``step``, what the op is: ``LINEAR``, ``MIXING``
   (linear in one operand with the others frozen: products, matmuls, attention), ``NORM``
-  (affine once its statistics are frozen) or ``NONLINEAR``.
+  (affine once its statistics are frozen) or ``NONLINEAR``;
+* ``reads``: which indices of an input the output's indices need (the demand pass narrows
+  what later ops read through it: a ``select`` reads one row, an elementwise op what it
+  writes); by default all of them;
+* ``sympy``: the op as a sympy expression of its arguments (a :class:`SympyForm`), for ops
+  that are pointwise: a run of them is read as one expression by the symbolic pass, which
+  finds where it is affine though no single op is; by default none.
 
 Every hook receives the one :class:`~fxdecomp.core.context.RuleContext`.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 import torch.fx as fx
 
+from .. import kernels
 from ..core.atoms import Axis
 from ..core.context import RuleContext
 from ..core.step import Step
@@ -63,6 +71,16 @@ class Rule:
         others are frozen at their actual values); None otherwise."""
         raise NotImplementedError(f"{type(self).__name__} does not linearize")
 
+    def reads(self, node: fx.Node, arg: fx.Node, need: tuple, ctx: RuleContext) -> tuple | None:
+        """What the output reads of input ``arg`` when the indices ``need`` of the output are
+        read: per axis of ``arg``, a frozenset of indices or ``ALL``; None when it reads none.
+        ``need`` has one such entry per axis of the output."""
+        return full(ctx.shape(arg))
+
+    def sympy(self, node: fx.Node) -> "SympyForm | None":
+        """The op as a sympy expression of its arguments, if it is pointwise (None: it has none)."""
+        return None
+
     def classify(self, node: fx.Node, varying) -> Step:
         """The node's step, given which inputs vary (``varying(x)``)."""
         if self.step is Step.MIXING:
@@ -80,6 +98,49 @@ def _positional_count(fn) -> int:
     if any(p.kind is p.VAR_POSITIONAL for p in params):
         return 99
     return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+
+
+#: in ``Rule.reads``: every index of an axis
+ALL = None
+
+
+def full(shape) -> tuple:
+    """``Rule.reads``' answer for an input whose every index is read."""
+    return tuple(ALL for _ in shape) if shape is not None else ()
+
+
+def broadcast_reads(shape: tuple, out_shape: tuple, need: tuple) -> tuple:
+    """``Rule.reads`` for an elementwise op: an input broadcast to the output's shape reads, on
+    each axis it has at full size, the indices the output needs, and all of a broadcast one."""
+    off = len(out_shape) - len(shape)
+    if off < 0 or len(need) != len(out_shape):
+        return tuple(ALL for _ in shape)
+    return tuple(need[off + i] if s == out_shape[off + i] else ALL for i, s in enumerate(shape))
+
+
+@dataclass(frozen=True)
+class SympyForm:
+    """An op as a sympy expression (``Rule.sympy``). ``operands`` name the arguments that are
+    values: the symbolic pass gives each as a sympy expression (a symbol, or the expression of
+    a value computed in the same run of pointwise ops; numbers as sympy numbers) and
+    ``build(args)`` makes the expression from the bound arguments, the others as they are
+    (None: not expressible for these arguments). ``functions``: the torch function evaluating
+    each sympy function the expression may hold, by name (made part of
+    ``kernels.POINTWISE_FUNCTIONS``, which evaluates slopes at run time). With
+    ``defaults_only`` the form holds only where no argument beyond the operands is given (a
+    function evaluated with torch's defaults)."""
+
+    operands: tuple
+    build: Callable[[dict], Any]
+    functions: dict = field(default_factory=dict)
+    defaults_only: bool = False
+
+    def __post_init__(self):
+        for name, fn in self.functions.items():
+            kernels.register_pointwise(name, fn)
+
+    def holds(self, node: fx.Node) -> bool:
+        return not self.defaults_only or (len(node.args) <= len(self.operands) and not node.kwargs)
 
 
 class UnaryRule(Rule):

@@ -1,22 +1,25 @@
 """Elementwise ops: copies and casts, sums and differences, products, and the
 pointwise nonlinearities (which are never linearised here). Ops such as ``lerp``,
 ``addcdiv`` or ``where`` are listed as nonlinear for their axes only: where a run of
-them is affine in what it reads, the affinity pass finds so from its symbolic form
-(``passes/symbolic.py``)."""
+them is affine in what it reads, the affinity pass finds so from their symbolic forms
+(``Rule.sympy``, read by ``passes/symbolic.py``). Every elementwise op reads, of each
+input, the indices it writes (``Rule.reads``), so the demand pass narrows through it."""
 from __future__ import annotations
 
 import numbers
 import operator
 
+import sympy
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 
 from ..core.atoms import axis_size
 from ..core.step import Step
 from ..core.terms import Linearization, Piece
-from .base import Rule, UnaryRule, broadcast_axes, tensor_args
+from .base import Rule, SympyForm, UnaryRule, broadcast_axes, broadcast_reads, tensor_args
 from .movement import regroup_factor
-from .registry import rules_for
+from .registry import add_rule, rules_for
 
 aten = torch.ops.aten
 
@@ -61,10 +64,45 @@ def _realign(node: fx.Node, x: fx.Node, ctx):
     return factors, frozenset(keep)
 
 
+class _Elementwise(Rule):
+    """Reads, of each input, the indices it writes (broadcast inputs: all of a broadcast axis)."""
+
+    def reads(self, node, arg, need, ctx):
+        return broadcast_reads(ctx.shape(arg), ctx.shape(node), need)
+
+
+def _alpha(a):
+    return a.get("alpha", 1) if a.get("alpha") is not None else 1
+
+
+def _same(a):
+    return a["self"]
+
+
+#: symbolic forms by op (packets, or Python operators), for the rules below that cover several
+_FORMS = {
+    aten.add: SympyForm(("self", "other", "alpha"), lambda a: a["self"] + _alpha(a) * a["other"]),
+    aten.sub: SympyForm(("self", "other", "alpha"), lambda a: a["self"] - _alpha(a) * a["other"]),
+    aten.rsub: SympyForm(("self", "other", "alpha"), lambda a: a["other"] - _alpha(a) * a["self"]),
+    operator.add: SympyForm(("self", "other"), lambda a: a["self"] + a["other"]),
+    operator.sub: SympyForm(("self", "other"), lambda a: a["self"] - a["other"]),
+    aten.mul: SympyForm(("self", "other"), lambda a: a["self"] * a["other"]),
+    operator.mul: SympyForm(("self", "other"), lambda a: a["self"] * a["other"]),
+    aten.div: SympyForm(("self", "other"),
+                        lambda a: a["self"] / a["other"] if a.get("rounding_mode") is None else None),
+    operator.truediv: SympyForm(("self", "other"), lambda a: a["self"] / a["other"]),
+    **{op: SympyForm(("self",), _same) for op in (aten.clone, aten.contiguous, aten.alias, aten.detach)},
+}
+
+
+def _form_of(node):
+    return _FORMS.get(getattr(node.target, "overloadpacket", node.target))
+
+
 @rules_for(aten.clone, aten.contiguous, aten.alias, aten.detach, aten.lift_fresh_copy,
            aten._to_copy, aten.to, aten.type_as, aten.dropout, aten.feature_dropout,
            aten.alpha_dropout)
-class IdentityRule(UnaryRule):
+class IdentityRule(_Elementwise, UnaryRule):
     """Returns its first argument's values (possibly copied, cast or moved)."""
 
     step = Step.LINEAR
@@ -72,6 +110,8 @@ class IdentityRule(UnaryRule):
     def axes(self, node, ctx):
         return ctx.raw_axes(node.args[0])
 
+    def sympy(self, node):
+        return _form_of(node)  # copies only: a cast may change what the values are
 
     def linearize(self, node, ctx, carried=None):
         x = node.args[0]
@@ -82,13 +122,16 @@ class IdentityRule(UnaryRule):
 
 @rules_for(aten.add.Tensor, aten.add.Scalar, aten.sub.Tensor, aten.sub.Scalar, aten.rsub.Tensor,
            aten.rsub.Scalar, operator.add, operator.sub)
-class AddRule(Rule):
+class AddRule(_Elementwise):
     """``x + alpha*y`` (and ``x - alpha*y``): every operand is a summand."""
 
     step = Step.LINEAR
 
     def axes(self, node, ctx):
         return broadcast_axes(node, node.args[:2], ctx)
+
+    def sympy(self, node):
+        return _form_of(node)
 
     def linearize(self, node, ctx, carried=None):
         x, y = node.args[0], node.args[1]
@@ -101,24 +144,30 @@ class AddRule(Rule):
 
 
 @rules_for(aten.neg)
-class NegRule(Rule):
+class NegRule(_Elementwise):
     step = Step.LINEAR
 
     def axes(self, node, ctx):
         return ctx.raw_axes(node.args[0])
+
+    def sympy(self, node):
+        return _NEG
 
     def linearize(self, node, ctx, carried=None):
         return Linearization([_piece(node, node.args[0], ctx, -1.0)])
 
 
 @rules_for(aten.mul.Tensor, aten.mul.Scalar, operator.mul)
-class MulRule(Rule):
+class MulRule(_Elementwise):
     """``x * y``: linear in either operand with the other frozen (gates, scales)."""
 
     step = Step.MIXING
 
     def axes(self, node, ctx):
         return broadcast_axes(node, node.args[:2], ctx)
+
+    def sympy(self, node):
+        return _form_of(node)
 
     def linearize(self, node, ctx, carried=None):
         x, y = node.args[0], node.args[1]
@@ -133,13 +182,16 @@ class MulRule(Rule):
 
 
 @rules_for(aten.div.Tensor, aten.div.Scalar, operator.truediv)
-class DivRule(Rule):
+class DivRule(_Elementwise):
     """``x / y``: linear in ``x``; ``y`` frozen (its reciprocal becomes a factor)."""
 
     step = Step.MIXING
 
     def axes(self, node, ctx):
         return broadcast_axes(node, node.args[:2], ctx)
+
+    def sympy(self, node):
+        return _form_of(node)
 
     def carriable(self, node):
         return [node.args[0]] if isinstance(node.args[0], fx.Node) else []
@@ -155,10 +207,17 @@ class DivRule(Rule):
         return Linearization([p])
 
 
-class UnaryNonlinear(Rule):
-    """Pointwise nonlinearity: output has the atoms of its (broadcast) inputs."""
+class UnaryNonlinear(_Elementwise):
+    """Pointwise nonlinearity: output has the atoms of its (broadcast) inputs. ``form``: its
+    symbolic form, if it has one."""
 
     step = Step.NONLINEAR
+
+    def __init__(self, form: SympyForm | None = None):
+        self.form = form
+
+    def sympy(self, node):
+        return self.form if self.form is not None and self.form.holds(node) else None
 
     def axes(self, node, ctx):
         args = [a for a in tensor_args(node) if ctx.shape(a) is not None]
@@ -187,10 +246,52 @@ _POINTWISE = [
     "threshold", "logit", "tan", "atan", "bitwise_not", "isnan", "nan_to_num", "fill",
     "zeros_like", "ones_like", "full_like", "empty_like", "lerp", "addcdiv",
 ]
+
+
+def _where(c, x, y):
+    return c * x + (1 - c) * y
+
+
+def _value(a):
+    return a["value"] if a.get("value") is not None else sympy.Integer(1)
+
+
+def _opaque(name: str, fn) -> SympyForm:
+    """A pointwise function sympy keeps opaque (an expression holding one of a variable is not
+    affine in it), evaluated by ``fn`` with torch's defaults: so only for calls that pass no
+    other argument (gelu's approximate, leaky_relu's slope)."""
+    f = sympy.Function(name)
+    return SympyForm(("self",), lambda a: f(a["self"]), functions={name: fn}, defaults_only=True)
+
+
+_NEG = SympyForm(("self",), lambda a: -a["self"])
+_EXP = {"exp": torch.exp}
+#: symbolic forms of the pointwise nonlinearities that have one (by name in ``_POINTWISE``)
+_NONLINEAR_FORMS = {
+    "lerp": SympyForm(("self", "end", "weight"), lambda a: a["self"] + a["weight"] * (a["end"] - a["self"])),
+    "addcdiv": SympyForm(("self", "tensor1", "tensor2", "value"),
+                         lambda a: a["self"] + _value(a) * a["tensor1"] / a["tensor2"]),
+    "where": SympyForm(("condition", "self", "other"), lambda a: _where(a["condition"], a["self"], a["other"])),
+    "masked_fill": SympyForm(("self", "mask", "value"), lambda a: _where(a["mask"], a["value"], a["self"])),
+    "pow": SympyForm(("self", "exponent"), lambda a: a["self"] ** a["exponent"]),
+    "square": SympyForm(("self",), lambda a: a["self"] ** 2),
+    "reciprocal": SympyForm(("self",), lambda a: 1 / a["self"]),
+    "sqrt": SympyForm(("self",), lambda a: sympy.sqrt(a["self"])),
+    "rsqrt": SympyForm(("self",), lambda a: 1 / sympy.sqrt(a["self"])),
+    "exp": SympyForm(("self",), lambda a: sympy.exp(a["self"]), functions=_EXP),
+    "log": SympyForm(("self",), lambda a: sympy.log(a["self"]), functions={"log": torch.log}),
+    "tanh": SympyForm(("self",), lambda a: sympy.tanh(a["self"]), functions={"tanh": torch.tanh}),
+    "sigmoid": SympyForm(("self",), lambda a: 1 / (1 + sympy.exp(-a["self"])), functions=_EXP),
+    **{name: _opaque(name, fn) for name, fn in {
+        "relu": torch.relu, "gelu": F.gelu, "silu": F.silu, "hardswish": F.hardswish,
+        "hardsigmoid": F.hardsigmoid, "abs": torch.abs, "sin": torch.sin, "cos": torch.cos, "erf": torch.erf,
+        "softplus": F.softplus, "mish": F.mish, "leaky_relu": F.leaky_relu, "elu": F.elu, "sign": torch.sign,
+    }.items()},
+}
 for _name in _POINTWISE:
     _packet = getattr(aten, _name, None)
     if _packet is not None:
-        rules_for(_packet)(UnaryNonlinear)
+        add_rule(UnaryNonlinear(_NONLINEAR_FORMS.get(_name)), _packet)
 rules_for(torch.sigmoid, torch.tanh)(UnaryNonlinear)
 
 
@@ -212,6 +313,9 @@ class AddcmulRule(Rule):
             return Step.MIXING
         return Step.LINEAR
 
+    def sympy(self, node):
+        return _ADDCMUL
+
     def linearize(self, node, ctx, carried=None):
         x, t1, t2 = node.args[:3]
         value = float(node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 1))
@@ -222,3 +326,7 @@ class AddcmulRule(Rule):
         prod.factors = list(prod.factors) + [ctx.const_factor(t2 if carried is t1 else t1)]
         pieces.append(prod)
         return Linearization(pieces)
+
+
+_ADDCMUL = SympyForm(("self", "tensor1", "tensor2", "value"),
+                     lambda a: a["self"] + _value(a) * a["tensor1"] * a["tensor2"])

@@ -10,7 +10,7 @@ import torch.fx as fx
 from ..core.atoms import In, axis_size
 from ..core.step import Step
 from ..core.terms import Factor, Linearization, Piece
-from .base import Rule, UnaryRule, norm_dim
+from .base import ALL, Rule, UnaryRule, norm_dim
 from .registry import rule_for, rules_for
 
 aten = torch.ops.aten
@@ -189,6 +189,13 @@ class SelectRule(UnaryRule):
         del src[norm_dim(node.args[1], len(src))]
         return src
 
+    def reads(self, node, arg, need, ctx):
+        """One index of the selected axis."""
+        shape = ctx.shape(arg)
+        dim = node.args[1] % len(shape)
+        idx = node.args[2] % shape[dim]
+        return need[:dim] + (frozenset([idx]),) + need[dim:]
+
     def linearize(self, node, ctx, carried=None):
         x, dim, idx = node.args[0], node.args[1], node.args[2]
         shape = ctx.shape(x)
@@ -242,6 +249,16 @@ class SliceRule(UnaryRule):
         src[dim] = ctx.table.axis(n, ("slice", src[dim], start, step), "other")
         ctx.table.promote(src[dim], _role(ctx.table, ctx.raw_axes(node.args[0])[dim]))
         return src
+
+    def reads(self, node, arg, need, ctx):
+        """The indices of the sliced axis that the output's needed indices are (None: none)."""
+        dim, start, end, step = self._bounds(node, ctx.shape(arg))
+        picked = range(start, end, step)
+        want = need[dim]
+        idx = frozenset(picked) if want is ALL else frozenset(picked[j] for j in want if j < len(picked))
+        if not idx:
+            return None
+        return need[:dim] + (idx,) + need[dim + 1:]
 
     def linearize(self, node, ctx, carried=None):
         x = node.args[0]
@@ -314,6 +331,23 @@ class CatRule(Rule):
 
     def carriable(self, node):
         return [t for t in node.args[0] if isinstance(t, fx.Node)]
+
+    def reads(self, node, arg, need, ctx):
+        """Each input reads only the part of the concatenated axis it fills (None: none of it)."""
+        dim = (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) % len(ctx.shape(node))
+        want = need[dim]
+        offset, found = 0, set()
+        for p in node.args[0]:
+            size = ctx.shape(p)[dim] if isinstance(p, fx.Node) and ctx.shape(p) is not None else 0
+            if p is arg:
+                if want is ALL:
+                    found = ALL
+                    break
+                found |= {j - offset for j in want if offset <= j < offset + size}
+            offset += size
+        if found is not ALL and not found:
+            return None
+        return need[:dim] + (found if found is ALL else frozenset(found),) + need[dim + 1:]
 
     def linearize(self, node, ctx, carried=None):
         tensors = node.args[0]

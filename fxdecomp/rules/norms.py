@@ -12,7 +12,7 @@ from .. import kernels
 from ..core.atoms import In
 from ..core.step import Step
 from ..core.terms import Factor, Linearization, Piece
-from .base import UnaryRule
+from .base import ALL, UnaryRule, full
 from .movement import TupleRule
 from .registry import rules_for
 
@@ -44,6 +44,13 @@ class _LastDimsNorm(UnaryRule):
         xa = ctx.raw_axes(x)
         _unify_params(ctx, xa[-len(shape):], node.args[2:2 + self.n_params])
         return list(xa)
+
+    def reads(self, node, arg, need, ctx):
+        """Each position reads all of its normalised axes (their statistics), nothing else."""
+        if node.args[0] is not arg:
+            return full(ctx.shape(arg))
+        nd = len(node.args[1])
+        return need[:-nd] + (ALL,) * nd
 
 
 @rules_for(aten.layer_norm)

@@ -34,12 +34,17 @@ def rules_for(*targets: Any) -> Callable[[type], type]:
     """Class decorator registering one instance of the rule for each target."""
 
     def deco(cls: type) -> type:
-        inst = cls()
-        for t in targets:
-            _RULES[t] = inst
+        add_rule(cls(), *targets)
         return cls
 
     return deco
+
+
+def add_rule(rule: Rule, *targets: Any) -> Rule:
+    """Register ``rule`` for each target (the built-in tables; users call ``register_rule``)."""
+    for t in targets:
+        _RULES[t] = rule
+    return rule
 
 
 def register_rule(op: Any, rule: Rule | None = None, *, kind: str | None = None) -> Rule:
