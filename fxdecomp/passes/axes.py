@@ -14,6 +14,7 @@ do not fit the output, is a bug in the rule and raises :class:`RuleError`.
 from __future__ import annotations
 
 import torch.fx as fx
+from torch.utils._pytree import tree_map
 
 from ..core.atoms import AtomTable, RefineError, axis_size
 from ..core.context import RuleContext
@@ -117,8 +118,7 @@ class AxisAnalysis:
         return axis_size(self.table.resolve(axis)) == size or (size == 0 and not axis)
 
     def _resolve(self, ax):
-        if ax is None:
-            return None
-        if ax and isinstance(ax[0], list) or (ax and ax[0] is None):
-            return [self._resolve(x) for x in ax]
-        return [self.table.resolve(a) for a in ax]
+        """Every axis (a tuple of atoms) resolved to its finest atoms, those of a tuple-valued
+        node's items too."""
+        return tree_map(lambda axis: None if axis is None else self.table.resolve(axis), ax,
+                        is_leaf=lambda x: isinstance(x, tuple))

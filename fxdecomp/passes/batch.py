@@ -6,6 +6,8 @@ first (its output's axes are unknown, which also loses the batch).
 from __future__ import annotations
 
 from ..core.ir import is_varying
+from torch.utils._pytree import tree_leaves
+
 from ..core.state import CompileState
 from ..core.where import describe, op_ref
 from ..errors import UnsupportedOpError
@@ -23,13 +25,12 @@ def run(state: CompileState) -> CompileState:
 
 
 def _has_batch(state: CompileState, node) -> bool:
+    """Whether the batch atom is among ``node``'s atoms (those of its items, for a tuple)."""
     axes = state.axes.of(node)
     batch = state.axes.table.batch
     if not isinstance(axes, list) or batch is None:
         return False
-    flat = [a for ax in axes if isinstance(ax, tuple) for a in ax]
-    flat += [a for ax in axes if isinstance(ax, list) for sub in ax if sub for a in sub]
-    return batch in flat
+    return any(a is batch for a in tree_leaves(axes))
 
 
 def _where_batch_is_lost(state: CompileState) -> str:

@@ -14,6 +14,7 @@ import string
 
 import torch
 import torch.fx as fx
+from torch.utils._pytree import tree_map
 
 from .. import kernels
 from ..core.ir import Axes, Group
@@ -192,11 +193,8 @@ class CodeGen:
         return node
 
     def _arg(self, a):
-        if isinstance(a, Source):
-            return self.materialize(a)
-        if isinstance(a, tuple):
-            return tuple(self._arg(x) for x in a)
-        return a
+        """``a`` with every source in it materialised (a Derived's arguments may nest them)."""
+        return tree_map(lambda x: self.materialize(x) if isinstance(x, Source) else x, a)
 
     # -- terms ---------------------------------------------------------------------------------------
     def _atomized(self, f: Factor) -> tuple[Source, tuple]:

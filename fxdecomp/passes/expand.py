@@ -62,6 +62,7 @@ def _known_zero(f: Factor) -> bool:
 #: terms of one component at a stream node beyond which they are summed there (``_collect``)
 MAX_TERMS = 4
 
+
 def run(state: CompileState) -> CompileState:
     """Fills ``terms``, ``specs``, ``joins``, ``linearised`` and ``collapses``."""
     expander = Expander(state)
@@ -73,6 +74,8 @@ def run(state: CompileState) -> CompileState:
 
 
 class Expander:
+    """The walk: every node's terms, memoised, from the output back."""
+
     def __init__(self, state: CompileState):
         self.gm, self.flow, self.inp, self.stream = state.gm, state.flow, state.inp, state.stream
         self.aff, self.axes, self.out = state.affinity, state.axes, state.out
@@ -176,7 +179,7 @@ class Expander:
         return note + (f" linearize=True cannot avoid this: {why_not}, so it is not an elementwise op "
                        "that can be written x · (f(x)/x).")
 
-    def _step_of(self, node, rule) -> str:
+    def _step_of(self, node, rule) -> Step:
         return self.aff.step.get(node) or rule.classify(node, lambda x: is_varying(self.flow, x))
 
     def _moving(self, node) -> list:

@@ -14,18 +14,11 @@ import torch.fx as fx
 from ..core.atoms import In
 from ..core.step import Step
 from ..core.terms import AttentionWeights, Factor, Linearization, Piece
-from .base import Rule
+from .base import Rule, bound_args
 from .layers import split_info
 from .registry import rules_for
 
 aten = torch.ops.aten
-
-
-def _sdpa_args(node):
-    names = ["query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"]
-    vals = dict(zip(names, node.args))
-    vals.update(node.kwargs)
-    return vals
 
 
 @rules_for(aten.scaled_dot_product_attention)
@@ -33,7 +26,7 @@ class SDPARule(Rule):
     step = Step.MIXING
 
     def axes(self, node, ctx):
-        a = _sdpa_args(node)
+        a = bound_args(node)
         q, k, v = a["query"], a["key"], a["value"]
         qa, ka, va = ctx.raw_axes(q), ctx.raw_axes(k), ctx.raw_axes(v)
         ctx.unify(qa[-1], ka[-1])
@@ -56,10 +49,10 @@ class SDPARule(Rule):
         return list(qa[:-2]) + [qa[-2], va[-1]]
 
     def carriable(self, node):
-        return [_sdpa_args(node)["value"]]
+        return [bound_args(node)["value"]]
 
     def linearize(self, node, ctx, carried=None):
-        a = _sdpa_args(node)
+        a = bound_args(node)
         q, k, v, mask = a["query"], a["key"], a["value"], a.get("attn_mask")
         if a.get("dropout_p"):
             raise ctx.unsupported(node, "attention dropout is active (call model.eval() first)")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch.fx as fx
+from torch.fx.operator_schemas import normalize_function
 
 from .. import kernels
 from ..core.atoms import Axis
@@ -63,7 +64,7 @@ class Rule:
 
     def carriable(self, node: fx.Node) -> Sequence[fx.Node]:
         """Operands the output is linear in (when the others are frozen)."""
-        return [a for a in tensor_args(node)]
+        return list(node.all_input_nodes)
 
     def linearize(self, node: fx.Node, ctx: RuleContext, carried: fx.Node | None = None) -> Linearization:
         """The output as pieces: linear maps of varying inputs (``ctx.axes``) and constants.
@@ -84,7 +85,7 @@ class Rule:
     def classify(self, node: fx.Node, varying) -> Step:
         """The node's step, given which inputs vary (``varying(x)``)."""
         if self.step is Step.MIXING:
-            moving = [a for a in tensor_args(node) if varying(a)]
+            moving = [a for a in node.all_input_nodes if varying(a)]
             if len(moving) <= 1:
                 ok = set(self.carriable(node))
                 return Step.LINEAR if all(a in ok for a in moving) else Step.NONLINEAR
@@ -150,41 +151,18 @@ class UnaryRule(Rule):
         return [node.args[0]]
 
 
-def tensor_args(node: fx.Node) -> list[fx.Node]:
-    """Node-valued arguments (flattening lists such as cat's), in order, unique."""
-    seen: list[fx.Node] = []
-    for a in _flatten((node.args, node.kwargs)):
-        if isinstance(a, fx.Node) and a not in seen:
-            seen.append(a)
-    return seen
-
-
 def bound_args(node: fx.Node) -> dict:
-    """The op's arguments by schema name, defaults filled in (``{}`` for targets without a
-    schema): positions differ between overloads (``var.dim`` has ``unbiased`` where
-    ``var.correction`` has none, ``linalg_vector_norm`` puts ``ord`` before ``dim``), names do not."""
-    schema = getattr(node.target, "_schema", None)
-    if schema is None:
+    """The op's arguments by name, defaults filled in, as torch.fx binds them to the op's schema
+    (``normalize_function``, which calls a schema's ``self`` argument ``input``); ``{}`` for a
+    target without a schema (a Python operator). Optional arguments may be left out of
+    ``node.args`` or given as keywords, and positions differ between overloads (``var.dim`` has
+    ``unbiased`` where ``var.correction`` has none), names do not."""
+    if getattr(node.target, "_schema", None) is None:
         return {}
-    out = {}
-    for i, arg in enumerate(schema.arguments):
-        default = arg.default_value if arg.has_default_value() else None
-        if not arg.kwarg_only and i < len(node.args):
-            out[arg.name] = node.args[i]
-        else:
-            out[arg.name] = node.kwargs.get(arg.name, default)
-    return out
-
-
-def _flatten(x):
-    if isinstance(x, (list, tuple)):
-        for y in x:
-            yield from _flatten(y)
-    elif isinstance(x, dict):
-        for y in x.values():
-            yield from _flatten(y)
-    else:
-        yield x
+    bound = normalize_function(node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True)
+    if bound is None:
+        raise ValueError(f"torch.fx cannot bind the arguments of {node.format_node()} to {node.target}'s schema")
+    return bound.kwargs
 
 
 def broadcast_axes(node: fx.Node, args: Sequence[Any], ctx: RuleContext) -> list[Axis]:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..core.atoms import axis_size
 from ..core.step import Step
 from ..core.terms import Linearization, Piece
-from .base import Rule, SympyForm, UnaryRule, broadcast_axes, broadcast_reads, tensor_args
+from .base import Rule, SympyForm, UnaryRule, bound_args, broadcast_axes, broadcast_reads
 from .movement import regroup_factor
 from .registry import add_rule, rules_for
 
@@ -76,22 +76,22 @@ def _alpha(a):
 
 
 def _same(a):
-    return a["self"]
+    return a["input"]
 
 
 #: symbolic forms by op (packets, or Python operators), for the rules below that cover several
 _FORMS = {
-    aten.add: SympyForm(("self", "other", "alpha"), lambda a: a["self"] + _alpha(a) * a["other"]),
-    aten.sub: SympyForm(("self", "other", "alpha"), lambda a: a["self"] - _alpha(a) * a["other"]),
-    aten.rsub: SympyForm(("self", "other", "alpha"), lambda a: a["other"] - _alpha(a) * a["self"]),
-    operator.add: SympyForm(("self", "other"), lambda a: a["self"] + a["other"]),
-    operator.sub: SympyForm(("self", "other"), lambda a: a["self"] - a["other"]),
-    aten.mul: SympyForm(("self", "other"), lambda a: a["self"] * a["other"]),
-    operator.mul: SympyForm(("self", "other"), lambda a: a["self"] * a["other"]),
-    aten.div: SympyForm(("self", "other"),
-                        lambda a: a["self"] / a["other"] if a.get("rounding_mode") is None else None),
-    operator.truediv: SympyForm(("self", "other"), lambda a: a["self"] / a["other"]),
-    **{op: SympyForm(("self",), _same) for op in (aten.clone, aten.contiguous, aten.alias, aten.detach)},
+    aten.add: SympyForm(("input", "other", "alpha"), lambda a: a["input"] + _alpha(a) * a["other"]),
+    aten.sub: SympyForm(("input", "other", "alpha"), lambda a: a["input"] - _alpha(a) * a["other"]),
+    aten.rsub: SympyForm(("input", "other", "alpha"), lambda a: a["other"] - _alpha(a) * a["input"]),
+    operator.add: SympyForm(("input", "other"), lambda a: a["input"] + a["other"]),
+    operator.sub: SympyForm(("input", "other"), lambda a: a["input"] - a["other"]),
+    aten.mul: SympyForm(("input", "other"), lambda a: a["input"] * a["other"]),
+    operator.mul: SympyForm(("input", "other"), lambda a: a["input"] * a["other"]),
+    aten.div: SympyForm(("input", "other"),
+                        lambda a: a["input"] / a["other"] if a.get("rounding_mode") is None else None),
+    operator.truediv: SympyForm(("input", "other"), lambda a: a["input"] / a["other"]),
+    **{op: SympyForm(("input",), _same) for op in (aten.clone, aten.contiguous, aten.alias, aten.detach)},
 }
 
 
@@ -115,7 +115,7 @@ class IdentityRule(_Elementwise, UnaryRule):
 
     def linearize(self, node, ctx, carried=None):
         x = node.args[0]
-        if node.target in (aten.dropout.default,) and len(node.args) > 2 and node.args[2]:
+        if node.target in (aten.dropout.default,) and bound_args(node)["train"]:
             raise ctx.unsupported(node, "dropout is active (call model.eval() first)")
         return Linearization([_piece(node, x, ctx)])
 
@@ -135,7 +135,7 @@ class AddRule(_Elementwise):
 
     def linearize(self, node, ctx, carried=None):
         x, y = node.args[0], node.args[1]
-        alpha = node.kwargs.get("alpha", node.args[2] if len(node.args) > 2 else 1)
+        alpha = bound_args(node).get("alpha", 1)  # a Python operator has none
         name = getattr(node.target, "__name__", str(node.target))
         sign = -1.0 if ("sub" in name) else 1.0
         if "rsub" in name:  # y - alpha * x
@@ -198,7 +198,7 @@ class DivRule(_Elementwise):
 
     def linearize(self, node, ctx, carried=None):
         x, y = node.args[0], node.args[1]
-        if node.kwargs.get("rounding_mode") is not None:
+        if bound_args(node).get("rounding_mode") is not None:
             raise ctx.unsupported(node, "rounded division is not linear")
         if _is_scalar(y):
             return Linearization([_piece(node, x, ctx, 1.0 / float(y))])
@@ -220,7 +220,7 @@ class UnaryNonlinear(_Elementwise):
         return self.form if self.form is not None and self.form.holds(node) else None
 
     def axes(self, node, ctx):
-        args = [a for a in tensor_args(node) if ctx.shape(a) is not None]
+        args = [a for a in node.all_input_nodes if ctx.shape(a) is not None]
         shape = ctx.shape(node)
         if shape is None:  # a tuple (or no tensor): nothing to follow
             return ctx.fresh(node)
@@ -261,27 +261,27 @@ def _opaque(name: str, fn) -> SympyForm:
     affine in it), evaluated by ``fn`` with torch's defaults: so only for calls that pass no
     other argument (gelu's approximate, leaky_relu's slope)."""
     f = sympy.Function(name)
-    return SympyForm(("self",), lambda a: f(a["self"]), functions={name: fn}, defaults_only=True)
+    return SympyForm(("input",), lambda a: f(a["input"]), functions={name: fn}, defaults_only=True)
 
 
-_NEG = SympyForm(("self",), lambda a: -a["self"])
+_NEG = SympyForm(("input",), lambda a: -a["input"])
 _EXP = {"exp": torch.exp}
 #: symbolic forms of the pointwise nonlinearities that have one (by name in ``_POINTWISE``)
 _NONLINEAR_FORMS = {
-    "lerp": SympyForm(("self", "end", "weight"), lambda a: a["self"] + a["weight"] * (a["end"] - a["self"])),
-    "addcdiv": SympyForm(("self", "tensor1", "tensor2", "value"),
-                         lambda a: a["self"] + _value(a) * a["tensor1"] / a["tensor2"]),
-    "where": SympyForm(("condition", "self", "other"), lambda a: _where(a["condition"], a["self"], a["other"])),
-    "masked_fill": SympyForm(("self", "mask", "value"), lambda a: _where(a["mask"], a["value"], a["self"])),
-    "pow": SympyForm(("self", "exponent"), lambda a: a["self"] ** a["exponent"]),
-    "square": SympyForm(("self",), lambda a: a["self"] ** 2),
-    "reciprocal": SympyForm(("self",), lambda a: 1 / a["self"]),
-    "sqrt": SympyForm(("self",), lambda a: sympy.sqrt(a["self"])),
-    "rsqrt": SympyForm(("self",), lambda a: 1 / sympy.sqrt(a["self"])),
-    "exp": SympyForm(("self",), lambda a: sympy.exp(a["self"]), functions=_EXP),
-    "log": SympyForm(("self",), lambda a: sympy.log(a["self"]), functions={"log": torch.log}),
-    "tanh": SympyForm(("self",), lambda a: sympy.tanh(a["self"]), functions={"tanh": torch.tanh}),
-    "sigmoid": SympyForm(("self",), lambda a: 1 / (1 + sympy.exp(-a["self"])), functions=_EXP),
+    "lerp": SympyForm(("input", "end", "weight"), lambda a: a["input"] + a["weight"] * (a["end"] - a["input"])),
+    "addcdiv": SympyForm(("input", "tensor1", "tensor2", "value"),
+                         lambda a: a["input"] + _value(a) * a["tensor1"] / a["tensor2"]),
+    "where": SympyForm(("condition", "input", "other"), lambda a: _where(a["condition"], a["input"], a["other"])),
+    "masked_fill": SympyForm(("input", "mask", "value"), lambda a: _where(a["mask"], a["value"], a["input"])),
+    "pow": SympyForm(("input", "exponent"), lambda a: a["input"] ** a["exponent"]),
+    "square": SympyForm(("input",), lambda a: a["input"] ** 2),
+    "reciprocal": SympyForm(("input",), lambda a: 1 / a["input"]),
+    "sqrt": SympyForm(("input",), lambda a: sympy.sqrt(a["input"])),
+    "rsqrt": SympyForm(("input",), lambda a: 1 / sympy.sqrt(a["input"])),
+    "exp": SympyForm(("input",), lambda a: sympy.exp(a["input"]), functions=_EXP),
+    "log": SympyForm(("input",), lambda a: sympy.log(a["input"]), functions={"log": torch.log}),
+    "tanh": SympyForm(("input",), lambda a: sympy.tanh(a["input"]), functions={"tanh": torch.tanh}),
+    "sigmoid": SympyForm(("input",), lambda a: 1 / (1 + sympy.exp(-a["input"])), functions=_EXP),
     **{name: _opaque(name, fn) for name, fn in {
         "relu": torch.relu, "gelu": F.gelu, "silu": F.silu, "hardswish": F.hardswish,
         "hardsigmoid": F.hardsigmoid, "abs": torch.abs, "sin": torch.sin, "cos": torch.cos, "erf": torch.erf,
@@ -318,7 +318,7 @@ class AddcmulRule(Rule):
 
     def linearize(self, node, ctx, carried=None):
         x, t1, t2 = node.args[:3]
-        value = float(node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 1))
+        value = float(bound_args(node)["value"])
         pieces = [_piece(node, x, ctx)]
         moving = [t for t in (t1, t2) if isinstance(t, fx.Node) and ctx.varying(t)]
         carried = carried if len(moving) > 1 else (moving or [t1])[0]
@@ -328,5 +328,5 @@ class AddcmulRule(Rule):
         return Linearization(pieces)
 
 
-_ADDCMUL = SympyForm(("self", "tensor1", "tensor2", "value"),
-                     lambda a: a["self"] + _value(a) * a["tensor1"] * a["tensor2"])
+_ADDCMUL = SympyForm(("input", "tensor1", "tensor2", "value"),
+                     lambda a: a["input"] + _value(a) * a["tensor1"] * a["tensor2"])

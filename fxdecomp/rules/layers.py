@@ -13,7 +13,7 @@ import torch.fx as fx
 from ..core.atoms import In
 from ..core.step import Step
 from ..core.terms import Factor, Linearization, Piece
-from .base import Rule, UnaryRule
+from .base import Rule, UnaryRule, bound_args
 from .registry import rules_for
 
 aten = torch.ops.aten
@@ -39,19 +39,17 @@ class LinearRule(UnaryRule):
     step = Step.MIXING
 
     def axes(self, node, ctx):
-        x, w = node.args[0], node.args[1]
+        x, w, b = node.args[0], node.args[1], bound_args(node)["bias"]
         xs, ws = ctx.raw_axes(x), ctx.raw_axes(w)
         ctx.unify(xs[-1], ws[1])
         ctx.table.promote(ws[0], "channel")
-        b = node.args[2] if len(node.args) > 2 else None
         if isinstance(b, fx.Node):
             ctx.unify(ctx.raw_axes(b)[0], ws[0])
         return list(xs[:-1]) + [ws[0]]
 
 
     def linearize(self, node, ctx, carried=None):
-        x, w = node.args[0], node.args[1]
-        b = node.args[2] if len(node.args) > 2 else None
+        x, w, b = node.args[0], node.args[1], bound_args(node)["bias"]
         if ctx.varying(w):
             raise ctx.unsupported(node, "its weight depends on the input")
         out_axis = ctx.axes(node)[-1]
@@ -67,21 +65,13 @@ class LinearRule(UnaryRule):
 
 
 def _conv_params(node):
-    t = str(node.target)
-    a = list(node.args) + [None] * 9
-    if "convolution" in t:
-        x, w, b, stride, padding, dilation, transposed, _, groups = a[:9]
-        if transposed:
-            raise NotImplementedError("transposed convolution")
-    else:
-        x, w, b, stride, padding, dilation, groups = a[:7]
-    kw = node.kwargs
-    b = kw.get("bias", b)
-    stride = kw.get("stride", stride) or 1
-    padding = kw.get("padding", padding) or 0
-    dilation = kw.get("dilation", dilation) or 1
-    groups = kw.get("groups", groups) or 1
-    return x, w, b, stride, padding, dilation, groups
+    """(input, weight, bias, stride, padding, dilation, groups), by name: ``convolution`` has
+    ``transposed`` and ``output_padding`` where ``conv2d`` has none."""
+    a = bound_args(node)
+    if a.get("transposed"):
+        raise NotImplementedError("transposed convolution")
+    return (a["input"], a["weight"], a["bias"], a["stride"] or 1, a["padding"] or 0, a["dilation"] or 1,
+            a["groups"] or 1)
 
 
 def _per_dim(v, n):

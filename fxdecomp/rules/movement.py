@@ -10,7 +10,7 @@ import torch.fx as fx
 from ..core.atoms import In, axis_size
 from ..core.step import Step
 from ..core.terms import Factor, Linearization, Piece
-from .base import ALL, Rule, UnaryRule, norm_dim
+from .base import ALL, Rule, UnaryRule, bound_args, norm_dim
 from .registry import rule_for, rules_for
 
 aten = torch.ops.aten
@@ -233,11 +233,9 @@ class SliceRule(UnaryRule):
     step = Step.LINEAR
 
     def _bounds(self, node, shape):
-        dim = norm_dim(node.args[1] if len(node.args) > 1 else 0, len(shape))
-        start = node.args[2] if len(node.args) > 2 else None
-        end = node.args[3] if len(node.args) > 3 else None
-        step = node.args[4] if len(node.args) > 4 else 1
-        return (dim, *_slice_bounds(shape[dim], start, end, step))
+        a = bound_args(node)
+        dim = norm_dim(a["dim"], len(shape))
+        return (dim, *_slice_bounds(shape[dim], a["start"], a["end"], a["step"]))
 
     def axes(self, node, ctx):
         src = list(ctx.raw_axes(node.args[0]))
@@ -288,11 +286,11 @@ def _segment(t, dim: int, seg, ctx) -> tuple:
     own), (that axis, 1, None, the row's index on it)."""
     size = ctx.shape(t)[dim]
     if not seg and size == 1 and isinstance(t, fx.Node) and getattr(t.target, "overloadpacket", None) is aten.slice:
-        src = t.args[0]
+        a = bound_args(t)
+        src = a["input"]
         shape = ctx.shape(src)
-        if shape is not None and len(shape) == len(ctx.shape(t)) and norm_dim(t.args[1], len(shape)) == dim:
-            start = _slice_bounds(shape[dim], t.args[2] if len(t.args) > 2 else None,
-                                  t.args[3] if len(t.args) > 3 else None, 1)[0]
+        if shape is not None and len(shape) == len(ctx.shape(t)) and norm_dim(a["dim"], len(shape)) == dim:
+            start = _slice_bounds(shape[dim], a["start"], a["end"], 1)[0]
             return (ctx.raw_axes(src)[dim], 1, None, start)
     return (seg, size, ctx.param_name(t))
 
@@ -304,8 +302,8 @@ class CatRule(Rule):
     step = Step.LINEAR
 
     def axes(self, node, ctx):
-        tensors = [t for t in node.args[0]]
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        a = bound_args(node)
+        tensors, dim = list(a["tensors"]), a["dim"]
         out_shape = ctx.shape(node)
         dim = norm_dim(dim, len(out_shape))
         out = None
@@ -334,7 +332,7 @@ class CatRule(Rule):
 
     def reads(self, node, arg, need, ctx):
         """Each input reads only the part of the concatenated axis it fills (None: none of it)."""
-        dim = (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) % len(ctx.shape(node))
+        dim = bound_args(node)["dim"] % len(ctx.shape(node))
         want = need[dim]
         offset, found = 0, set()
         for p in node.args[0]:
@@ -350,9 +348,9 @@ class CatRule(Rule):
         return need[:dim] + (found if found is ALL else frozenset(found),) + need[dim + 1:]
 
     def linearize(self, node, ctx, carried=None):
-        tensors = node.args[0]
-        shape = ctx.shape(node)
-        dim = norm_dim(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0), len(shape))
+        a = bound_args(node)
+        tensors, shape = a["tensors"], ctx.shape(node)
+        dim = norm_dim(a["dim"], len(shape))
         out_axis = ctx.axes(node)[dim]
         total = shape[dim]
         pieces, start = [], 0
@@ -385,9 +383,9 @@ class StackRule(Rule):
     step = Step.LINEAR
 
     def axes(self, node, ctx):
-        tensors = list(node.args[0])
-        out_shape = ctx.shape(node)
-        dim = norm_dim(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0), len(out_shape))
+        a = bound_args(node)
+        tensors, out_shape = list(a["tensors"]), ctx.shape(node)
+        dim = norm_dim(a["dim"], len(out_shape))
         out = None
         for t in tensors:
             t_axes = list(ctx.raw_axes(t))
@@ -406,9 +404,9 @@ class StackRule(Rule):
         return [t for t in node.args[0] if isinstance(t, fx.Node)]
 
     def linearize(self, node, ctx, carried=None):
-        tensors = list(node.args[0])
-        shape = ctx.shape(node)
-        dim = norm_dim(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0), len(shape))
+        a = bound_args(node)
+        tensors, shape = list(a["tensors"]), ctx.shape(node)
+        dim = norm_dim(a["dim"], len(shape))
         out_axis, n = ctx.axes(node)[dim], len(tensors)
         pieces = []
         for i, t in enumerate(tensors):
@@ -431,8 +429,8 @@ class RollRule(UnaryRule):
     step = Step.LINEAR
 
     def _spec(self, node, nd):
-        shifts = node.args[1]
-        dims = node.args[2] if len(node.args) > 2 else node.kwargs.get("dims", [])
+        a = bound_args(node)
+        shifts, dims = a["shifts"], a["dims"]
         shifts = [shifts] if isinstance(shifts, int) else list(shifts)
         dims = [dims] if isinstance(dims, int) else list(dims)
         if not dims:
@@ -489,11 +487,8 @@ class PadRule(UnaryRule):
 
     @staticmethod
     def _mode_value(node):
-        if "constant_pad_nd" in str(node.target):
-            return "constant", (node.args[2] if len(node.args) > 2 else 0)
-        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
-        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
-        return mode, value or 0
+        a = bound_args(node)  # constant_pad_nd has no mode
+        return a.get("mode", "constant"), a["value"] or 0
 
     def _spec(self, node, shape):
         pad = list(node.args[1])
@@ -566,13 +561,13 @@ class TupleRule(UnaryRule):
 class UnbindRule(TupleRule):
     def axes(self, node, ctx):
         src = list(ctx.raw_axes(node.args[0]))
-        dim = norm_dim(node.args[1] if len(node.args) > 1 else 0, len(src))
+        dim = norm_dim(bound_args(node)["dim"], len(src))
         rest = src[:dim] + src[dim + 1:]
         return [list(rest) for _ in range(ctx.shape(node.args[0])[dim])]
 
     def item_linearize(self, node, i, item, ctx):
         x = node.args[0]
-        dim = norm_dim(node.args[1] if len(node.args) > 1 else 0, len(ctx.shape(x)))
+        dim = norm_dim(bound_args(node)["dim"], len(ctx.shape(x)))
         piece = _identity_piece(item, x, ctx)
         axis = ctx.axes(x)[dim]
         piece.passthrough = frozenset(piece.passthrough) - set(axis)
@@ -583,10 +578,9 @@ class UnbindRule(TupleRule):
 @rules_for(aten.split, aten.split_with_sizes, aten.chunk, aten.tensor_split)
 class SplitRule(TupleRule):
     def _bounds(self, node, shape):
-        dim_arg = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
-        dim = norm_dim(dim_arg, len(shape))
+        dim = norm_dim(bound_args(node)["dim"], len(shape))
         size = shape[dim]
-        spec = node.args[1]
+        spec = node.args[1]  # split_size, split_sizes, chunks, sections: one position, four names
         name = str(node.target)
         if "chunk" in name:
             step = -(-size // spec)

@@ -12,7 +12,7 @@ from .. import kernels
 from ..core.atoms import In
 from ..core.step import Step
 from ..core.terms import Factor, Linearization, Piece
-from .base import ALL, UnaryRule, full
+from .base import ALL, UnaryRule, bound_args, full
 from .movement import TupleRule
 from .registry import rules_for
 
@@ -37,19 +37,21 @@ class _LastDimsNorm(UnaryRule):
     """A norm over the trailing ``normalized_shape`` dims with affine parameters after it."""
 
     step = Step.NORM
-    n_params = 2
+    params = ("weight", "bias")
 
     def axes(self, node, ctx):
-        x, shape = node.args[0], node.args[1]
+        a = bound_args(node)
+        x, shape = a["input"], a["normalized_shape"]
         xa = ctx.raw_axes(x)
-        _unify_params(ctx, xa[-len(shape):], node.args[2:2 + self.n_params])
+        _unify_params(ctx, xa[-len(shape):], [a[p] for p in self.params])
         return list(xa)
 
     def reads(self, node, arg, need, ctx):
         """Each position reads all of its normalised axes (their statistics), nothing else."""
-        if node.args[0] is not arg:
+        a = bound_args(node)
+        if a["input"] is not arg:
             return full(ctx.shape(arg))
-        nd = len(node.args[1])
+        nd = len(a["normalized_shape"])
         return need[:-nd] + (ALL,) * nd
 
 
@@ -57,9 +59,8 @@ class _LastDimsNorm(UnaryRule):
 class LayerNormRule(_LastDimsNorm):
 
     def linearize(self, node, ctx, carried=None):
-        x, shape = node.args[0], list(node.args[1])
-        w = node.args[2] if len(node.args) > 2 else None
-        b = node.args[3] if len(node.args) > 3 else None
+        a = bound_args(node)
+        x, shape, w, b = a["input"], list(a["normalized_shape"]), a["weight"], a["bias"]
         nd = len(shape)
         xa = ctx.axes(x)
         normed, lead = _flat(xa[-nd:]), xa[:-nd]
@@ -82,12 +83,11 @@ class LayerNormRule(_LastDimsNorm):
 
 @rules_for(aten.rms_norm)
 class RMSNormRule(_LastDimsNorm):
-    n_params = 1
+    params = ("weight",)
 
     def linearize(self, node, ctx, carried=None):
-        x, shape = node.args[0], list(node.args[1])
-        w = node.args[2] if len(node.args) > 2 else None
-        eps = node.args[3] if len(node.args) > 3 else None
+        a = bound_args(node)
+        x, shape, w, eps = a["input"], list(a["normalized_shape"]), a["weight"], a["eps"]
         nd = len(shape)
         xa = ctx.axes(x)
         lead = xa[:-nd]
@@ -127,10 +127,11 @@ class _SavedStatsRule(TupleRule):
     (weight, bias, ...) indexed by channel; ``norm`` names it in errors."""
 
     norm = ""
-    params = slice(0)
+    params: tuple = ()
 
     def axes(self, node, ctx):
-        out = _bn_axes(node, ctx, node.args[self.params])
+        a = bound_args(node)
+        out = _bn_axes(node, ctx, [a[p] for p in self.params])
         return [out, ctx.fresh_like(node, 1), ctx.fresh_like(node, 2)]
 
     def item_step(self, node, i):
@@ -149,11 +150,12 @@ class _SavedStatsRule(TupleRule):
 class BatchNormEvalRule(_SavedStatsRule):
     """BatchNorm in eval mode: its statistics are constants, so it is plain affine."""
 
-    norm, params = "BatchNorm", slice(1, 5)
+    norm, params = "BatchNorm", ("weight", "bias", "running_mean", "running_var")
 
     def output(self, node, ctx):
-        x, w, b, rm, rv, _momentum, eps = node.args[:7]
-        return _bn_linearize(node, x, w, b, rm, rv, eps, ctx)
+        a = bound_args(node)
+        return _bn_linearize(node, a["input"], a["weight"], a["bias"], a["running_mean"], a["running_var"],
+                             a["eps"], ctx)
 
 
 @rules_for(aten.batch_norm)
@@ -161,13 +163,15 @@ class BatchNormRule(UnaryRule):
     step = Step.LINEAR
 
     def axes(self, node, ctx):
-        return _bn_axes(node, ctx, node.args[1:5])
+        a = bound_args(node)
+        return _bn_axes(node, ctx, [a["weight"], a["bias"], a["running_mean"], a["running_var"]])
 
     def linearize(self, node, ctx, carried=None):
-        x, w, b, rm, rv, training, _momentum, eps = node.args[:8]
-        if training or not isinstance(rm, fx.Node):
+        a = bound_args(node)
+        rm = a["running_mean"]
+        if a["training"] or not isinstance(rm, fx.Node):
             raise ctx.unsupported(node, "BatchNorm uses batch statistics (call model.eval() first)")
-        return _bn_linearize(node, x, w, b, rm, rv, eps, ctx)
+        return _bn_linearize(node, a["input"], a["weight"], a["bias"], rm, a["running_var"], a["eps"], ctx)
 
 
 def _group_norm_linearize(node, x, groups, w, b, eps, ctx):
@@ -210,11 +214,12 @@ class GroupNormRule(UnaryRule):
     step = Step.NORM
 
     def axes(self, node, ctx):
-        return _bn_axes(node, ctx, node.args[2:4])
+        a = bound_args(node)
+        return _bn_axes(node, ctx, [a["weight"], a["bias"]])
 
     def linearize(self, node, ctx, carried=None):
-        x, groups, w, b, eps = (list(node.args) + [None] * 5)[:5]
-        return _group_norm_linearize(node, x, groups, w, b, eps, ctx)
+        a = bound_args(node)
+        return _group_norm_linearize(node, a["input"], a["num_groups"], a["weight"], a["bias"], a["eps"], ctx)
 
 
 @rules_for(aten.native_group_norm)
@@ -222,11 +227,11 @@ class NativeGroupNormRule(_SavedStatsRule):
     """``native_group_norm(x, w, b, N, C, HxW, groups, eps)``: item 0 as GroupNorm; the
     saved mean and rstd are statistics, not part of the stream."""
 
-    step, norm, params = Step.NORM, "GroupNorm", slice(1, 3)
+    step, norm, params = Step.NORM, "GroupNorm", ("weight", "bias")
 
     def output(self, node, ctx):
-        x, w, b, _n, _c, _hw, groups, eps = node.args[:8]
-        return _group_norm_linearize(node, x, groups, w, b, eps, ctx)
+        a = bound_args(node)
+        return _group_norm_linearize(node, a["input"], a["group"], a["weight"], a["bias"], a["eps"], ctx)
 
 
 @rules_for(aten.native_layer_norm)

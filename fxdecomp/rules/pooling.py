@@ -8,7 +8,7 @@ import torch
 from ..core.atoms import In
 from ..core.step import Step
 from ..core.terms import Factor, Linearization, Piece
-from .base import Rule, UnaryRule
+from .base import Rule, UnaryRule, bound_args
 from .registry import rules_for
 
 aten = torch.ops.aten
@@ -57,16 +57,13 @@ class AvgPoolRule(UnaryRule):
         return _pool_axes(node, ctx, _n_spatial(node))
 
     def _params(self, node, n):
-        a = list(node.args) + [None] * 7
-        kw = node.kwargs
-        kernel = _per_dim(kw.get("kernel_size", a[1]), n)
-        stride = _per_dim(kw.get("stride", a[2]) or kernel, n)
-        padding = _per_dim(kw.get("padding", a[3]) or 0, n)
-        ceil_mode = bool(kw.get("ceil_mode", a[4]) or False)
-        include_pad = kw.get("count_include_pad", a[5])
+        a = bound_args(node)  # avg_pool1d has no divisor_override
+        kernel = _per_dim(a["kernel_size"], n)
+        stride = _per_dim(a["stride"] or kernel, n)
+        padding = _per_dim(a["padding"] or 0, n)
+        include_pad = a["count_include_pad"]
         include_pad = True if include_pad is None else bool(include_pad)
-        override = kw.get("divisor_override", a[6]) if n == 2 or n == 3 else None
-        return kernel, stride, padding, ceil_mode, include_pad, override
+        return kernel, stride, padding, bool(a["ceil_mode"]), include_pad, a.get("divisor_override")
 
     def linearize(self, node, ctx, carried=None):
         x = node.args[0]
