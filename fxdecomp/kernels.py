@@ -54,6 +54,17 @@ def bn_shift(weight, bias, running_mean, running_var, eps):
     return shift if bias is None else shift + bias
 
 
+def layer_norm_rstd(rstd, x, ndim, eps):
+    """LayerNorm's reciprocal standard deviation, bit for bit as ``native_layer_norm`` returned
+    it, but differentiable in ``x`` as the model's own norm is (that output of
+    ``native_layer_norm`` carries no gradient): with autograd recording, the gradient of
+    ``1/sqrt(var(x) + eps)`` is added, its value (exactly 0) adds nothing."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return rstd
+    r = torch.rsqrt(x.var(tuple(range(-ndim, 0)), unbiased=False, keepdim=True) + eps)
+    return rstd + (r - r.detach())
+
+
 def rms_inverse(x, ndim, eps):
     dims = tuple(range(-ndim, 0))
     eps = torch.finfo(x.dtype).eps if eps is None else eps

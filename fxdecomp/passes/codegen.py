@@ -4,7 +4,9 @@ The generated forward is the traced forward (so every frozen value is the
 actual one, computed once) followed by, for each component, the einsums that
 contract its terms' factors in the planned order, written into one
 [B, C, *out] tensor. LayerNorms whose statistics are needed are swapped for
-``native_layer_norm``, which returns them for free.
+``native_layer_norm``, which returns them for free (``kernels.layer_norm_rstd`` gives
+them the gradient that output lacks, so the decomposing forward differentiates as the
+model does).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from ..core.terms import (
     Taps,
 )
 from ..errors import UnsupportedOpError
+from ..rules.base import bound_args
 
 aten = torch.ops.aten
 LETTERS = string.ascii_letters
@@ -88,12 +91,15 @@ class CodeGen:
             if node.op == "output":
                 continue
             if node in needed_stats:
-                args = [self.env[a] if isinstance(a, fx.Node) else a for a in node.args[:5]]
-                while len(args) < 5:
-                    args.append(None if len(args) < 4 else 1e-5)
-                nat = g.call_function(aten.native_layer_norm.default, tuple(args[:5]))
+                a = bound_args(node)
+                x, shape, eps = self.env[a["input"]], a["normalized_shape"], a["eps"]
+                args = (x, shape) + tuple(self.env[v] if isinstance(v, fx.Node) else v
+                                          for v in (a["weight"], a["bias"])) + (eps,)
+                nat = g.call_function(aten.native_layer_norm.default, args)
                 self.env[node] = g.call_function(operator.getitem, (nat, 0), name=node.name)
-                self.stats[node] = g.call_function(operator.getitem, (nat, 2), name=f"rstd_{node.name}")
+                saved = g.call_function(operator.getitem, (nat, 2), name=f"saved_rstd_{node.name}")
+                self.stats[node] = g.call_function(kernels.layer_norm_rstd, (saved, x, len(shape), eps),
+                                                   name=f"rstd_{node.name}")
             else:
                 self.env[node] = g.node_copy(node, lambda n: self.env[n])
         self.model_nodes = set(g.nodes)
