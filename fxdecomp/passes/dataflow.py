@@ -15,7 +15,6 @@ from ..core.state import CompileState
 from ..errors import TraceError
 
 
-
 def run(state: CompileState) -> CompileState:
     """Fills ``flow`` and ``inp``."""
     state.flow, state.inp = classify_values(state.gm)

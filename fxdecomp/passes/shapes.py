@@ -12,7 +12,6 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ..core.state import CompileState
 
 
-
 def run(state: CompileState) -> CompileState:
     """Annotates every node of ``gm`` with ``tensor_meta`` (torch.fx's ShapeProp convention)."""
     propagate(state.gm, state.example)

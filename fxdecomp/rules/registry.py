@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..core.step import RULE_STEPS, Step
+from ..core.step import RULE_STEPS
 from .base import Rule
 
 _RULES: dict[Any, Rule] = {}
@@ -85,4 +85,4 @@ def unregister_rule(op: Any) -> None:
     _RULES.pop(op, None)
 
 
-__all__ = ["rule_for", "rules_for", "register_rule", "unregister_rule", "Step"]
+__all__ = ["rule_for", "rules_for", "add_rule", "register_rule", "unregister_rule"]
