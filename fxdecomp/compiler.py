@@ -1,4 +1,8 @@
-"""``decompose(model)``: trace once, run the passes, return a decomposing module."""
+"""``decompose(model)``: trace once, run the passes, return a decomposing module.
+
+The compiler is the list of passes below; each is ``run(state) -> state`` in its own file of
+``fxdecomp/passes/`` and reads and fills fields of one :class:`~fxdecomp.core.state.CompileState`.
+"""
 from __future__ import annotations
 
 import operator
@@ -7,21 +11,46 @@ from typing import Iterable
 
 import torch
 
+from .core.state import CompileState, Pass, run_passes
 from .errors import AxisWarning, CollapseWarning, InputError
 from .models_registry.preprocess import input_size_of
 from .module import DecomposedModel
-from .passes.affinity import analyse
-from .passes.axes import AxisAnalysis
-from .passes.codegen import CodeGen
-from .passes.dataflow import classify_values
-from .passes.expand import Expander
-from .passes.granularity import GRANULARITIES, component_table, plan_groups
-from .passes.hoist import hoist_weight_products
-from .passes.labels import label
-from .passes.shapes import propagate
-from .passes.stream import find_stream, output_node
-from .passes.trace import trace
+from .passes import (
+    affinity,
+    axes,
+    batch,
+    codegen,
+    dataflow,
+    demand,
+    expand,
+    granularity,
+    hoist,
+    labels,
+    route,
+    shapes,
+    stream,
+    trace,
+)
+from .passes.granularity import GRANULARITIES
 from .shared_weights import SharedWeights
+
+#: the passes, in order (each numbered so in its file's docstring)
+PASSES: tuple[Pass, ...] = (
+    trace.run,         # 1  torch.export -> ATen graph                          gm, dynamic
+    shapes.run,        # 2  concrete shapes on the example                     (tensor_meta)
+    dataflow.run,      # 3  image-dependent, constant or shape values          flow, inp
+    axes.run,          # 4  every axis labelled with atoms                     axes
+    stream.run,        # 5  the residual stream (post-dominators)              out, stream
+    affinity.run,      # 6  what is affine in the stream (symbolic inside)     affinity
+    route.run,         # 7  where the walk goes through, where it stops        route
+    demand.run,        # 8  which indices of each value the output reads       demand
+    expand.run,        # 9  the output as a sum of component terms             terms, specs, joins, ...
+    batch.run,         # 10 the output's first axis is the batch               -
+    labels.run,        # 11 names, kinds and layers from the module tree       labels
+    granularity.run,   # 12 how finely each component is split                 groups, components
+    codegen.run,       # 13 the decomposing GraphModule                        forward, model_nodes, ...
+    hoist.run,         # 14 products of weights alone made once                forward, hoisted
+)
 
 
 def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iterable[int] | None = None,
@@ -69,46 +98,19 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
         example = torch.randn(2, *input_size, generator=gen, dtype=dtype).to(device)
     elif example.shape[0] < 2:
         example = example.expand(2, *example.shape[1:]).clone()
-    name = type(model).__name__
-
-    # the passes, in order (each in fxdecomp/passes/, numbered so in its docstring)
-    gm, dynamic = trace(model, example)                          # 1 trace
-    propagate(gm, example)                                       # 2 shapes
-    flow, inp = classify_values(gm)                              # 3 dataflow
-    axis_pass = AxisAnalysis(gm, flow)
-    axes = axis_pass.run()                                       # 4 axes
-    stream = find_stream(gm, flow, inp)                          # 5 stream
-    aff = analyse(gm, flow, stream)                              # 6 affinity (symbolic runs inside)
-    expander = Expander(gm, flow, inp, stream, aff, axes, linearize=linearize)
-    terms, specs = expander.run()                                # 7 expand (7a demand first)
-    axis_pass.check_output(output_node(gm))  # after expand: an op no rule covers on the stream is named there
-    labels = label(specs, stream, axes, expander.joins())        # 8 labels
-    for n in axes.notes:
+    state = CompileState(model=model, example=example, granularity=granularity,
+                         layers=None if layers is None else {int(i) for i in layers}, linearize=linearize,
+                         plan_batch=plan_batch, dtype=dtype, device=device, model_name=type(model).__name__)
+    state = run_passes(state, PASSES)
+    for n in state.axes.notes:
         warnings.warn(n, AxisWarning, stacklevel=2)
-    for n in expander.notes:
+    for n in state.collapses:
         warnings.warn(n, CollapseWarning, stacklevel=2)
-    notes = axes.notes + expander.notes
-
-    known_layers = sorted({lab.layer for lab in labels if lab.layer is not None})
-    if layers is not None:
-        bad = layers - set(known_layers)
-        if bad:
-            raise InputError(f"no layer(s) {sorted(bad)} in {name}; its layers are "
-                             f"{known_layers[0]}..{known_layers[-1]}" if known_layers else
-                             f"{name} has no layers to split")
-    groups = plan_groups(specs, labels, granularity, layers)       # 9 granularity
-    total = groups[-1].start + groups[-1].count if groups else 0
-    by_spec: dict = {}
-    for t in terms:
-        by_spec.setdefault(t.component.id, []).append(t)
-    cg = CodeGen(gm, inp, output_node(gm), axes.table, dtype, device, nominal_batch=plan_batch)
-    components = component_table(groups, axes.table)
-    fwd = cg.build(groups, by_spec, total)                       # 10 codegen
-    hoist_weight_products(fwd, cg.forward_names)                 # 11 hoist
-    return DecomposedModel(fwd, components, input_shape=tuple(example.shape[1:]), dtype=dtype,
-                           granularity=granularity, layers=layers, dynamic_batch=dynamic,
-                           example_batch=example.shape[0], model_name=name, notes=notes,
-                           linearised=expander.linearised, shared=SharedWeights(model, fwd))
+    return DecomposedModel(state.forward, state.components, dtype_buffer=state.dtype_buffer,
+                           input_shape=tuple(example.shape[1:]), dtype=dtype, granularity=granularity,
+                           layers=state.layers, dynamic_batch=state.dynamic, example_batch=example.shape[0],
+                           model_name=state.model_name, notes=state.notes, linearised=state.linearised,
+                           shared=SharedWeights(model, state.forward))
 
 
 def _layer_numbers(layers, granularity: str) -> set[int] | None:

@@ -54,6 +54,17 @@ def bn_shift(weight, bias, running_mean, running_var, eps):
     return shift if bias is None else shift + bias
 
 
+def layer_norm_rstd(rstd, x, ndim, eps):
+    """LayerNorm's reciprocal standard deviation, bit for bit as ``native_layer_norm`` returned
+    it, but differentiable in ``x`` as the model's own norm is (that output of
+    ``native_layer_norm`` carries no gradient): with autograd recording, the gradient of
+    ``1/sqrt(var(x) + eps)`` is added, its value (exactly 0) adds nothing."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return rstd
+    r = torch.rsqrt(x.var(tuple(range(-ndim, 0)), unbiased=False, keepdim=True) + eps)
+    return rstd + (r - r.detach())
+
+
 def rms_inverse(x, ndim, eps):
     dims = tuple(range(-ndim, 0))
     eps = torch.finfo(x.dtype).eps if eps is None else eps
@@ -174,14 +185,19 @@ def _bmm_plan(sa: str, sb: str, res: str, a, b):
     return pa, pb, (prod(batch), prod(a_only), prod(contracted), prod(b_only))
 
 
-#: functions a pointwise program may call (sympy names)
-POINTWISE_FUNCTIONS = {
-    "exp": torch.exp, "log": torch.log, "tanh": torch.tanh, "Abs": torch.abs, "sin": torch.sin, "cos": torch.cos,
-    "relu": torch.relu, "gelu": torch.nn.functional.gelu, "silu": torch.nn.functional.silu,
-    "hardswish": torch.nn.functional.hardswish, "hardsigmoid": torch.nn.functional.hardsigmoid,
-    "abs": torch.abs, "erf": torch.erf, "softplus": torch.nn.functional.softplus,
-    "mish": torch.nn.functional.mish, "sign": torch.sign,
-}
+#: functions a pointwise program may call, by sympy name: the ones the rules' symbolic forms
+#: hold, each registered by its form (``rules.base.SympyForm``), so that every expression the
+#: symbolic pass may accept can be evaluated, and nothing else is listed
+POINTWISE_FUNCTIONS: dict = {}
+
+
+def register_pointwise(name: str, fn) -> None:
+    """Let pointwise programs call ``fn`` as the sympy function ``name``."""
+    have = POINTWISE_FUNCTIONS.get(name)
+    if have is not None and have is not fn:
+        raise ValueError(f"the sympy function {name!r} is already evaluated by {have!r}, not {fn!r}: "
+                         "give the new one another name")
+    POINTWISE_FUNCTIONS[name] = fn
 
 
 def pointwise(program, like, *values):

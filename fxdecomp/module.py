@@ -10,7 +10,6 @@ from .components import ComponentTable
 from .decomposition import Decomposition
 from .errors import InputError
 from .graphs import GraphedForward
-from .passes.codegen import DTYPE_REF
 from .shared_weights import SharedWeights
 
 
@@ -22,15 +21,18 @@ class DecomposedModel(torch.nn.Module):
     shows that code.
     """
 
-    def __init__(self, forward_module: fx.GraphModule, components: ComponentTable, *, input_shape: tuple,
-                 dtype: torch.dtype, granularity: str, layers, dynamic_batch: bool, example_batch: int,
-                 model_name: str, notes: list[str], linearised: list[str] = (), shared: SharedWeights | None = None):
+    def __init__(self, forward_module: fx.GraphModule, components: ComponentTable, *, dtype_buffer: str,
+                 input_shape: tuple, dtype: torch.dtype, granularity: str, layers, dynamic_batch: bool,
+                 example_batch: int, model_name: str, notes: list[str], linearised: list[str] = (),
+                 shared: SharedWeights | None = None):
         super().__init__()
         self.graph_module = forward_module
         #: what the compiled module shares with the model, checked on every call (see ``shared_weights``)
         self.shared = shared
-        if not isinstance(getattr(forward_module, DTYPE_REF, None), torch.Tensor):
-            forward_module.register_buffer(DTYPE_REF, torch.empty(0, dtype=dtype), persistent=False)
+        #: the buffer of ``forward_module`` whose dtype (and device) is the module's compute dtype
+        self._dtype_buffer = dtype_buffer
+        if not isinstance(getattr(forward_module, dtype_buffer, None), torch.Tensor):
+            forward_module.register_buffer(dtype_buffer, torch.empty(0, dtype=dtype), persistent=False)
         self.components = components
         self.input_shape = tuple(input_shape)
         self.granularity = granularity
@@ -53,7 +55,7 @@ class DecomposedModel(torch.nn.Module):
         return self._ref().device
 
     def _ref(self) -> torch.Tensor:
-        return getattr(self.graph_module, DTYPE_REF)
+        return getattr(self.graph_module, self._dtype_buffer)
 
     def _apply(self, fn, recurse=True):
         """``to``/``double``/``float``/``cuda`` convert everything the module holds: the parameters

@@ -2,7 +2,7 @@
 
 A decomposition multiplies weights by weights: an output projection by a norm's centring matrix,
 a head's value map by the readout. Those products do not depend on the images, so the decomposing
-forward reads them from here instead of computing them again for every batch (pass 11, ``hoist``
+forward reads them from here instead of computing them again for every batch (the ``hoist`` pass
 puts them here). They are computed in float64 and rounded once to the dtype they would have had:
 fewer kernels per batch, and products that no longer depend on the summation order a float32
 BLAS kernel picks.

@@ -1,11 +1,12 @@
 """Decompositions agree with each other and with the model's linear structure."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 
 import fxdecomp
-from conftest import images, rel_err, small_vit
+from conftest import images, jitter_, rel_err, small_vit
 
 
 class PreLogits(nn.Module):
@@ -92,13 +93,81 @@ def test_batch_size_is_free():
             assert rel_err(dm(x).total(), vit(x)) < 1e-5
 
 
-def test_gradients_flow_through_contributions():
-    vit = small_vit()
+def _grads(f, x, v, params):
+    """The gradient of <f(x), v> with respect to ``x`` and to each of ``params`` (zeros where unused)."""
+    x = x.clone().requires_grad_(True)
+    got = torch.autograd.grad((f(x) * v).sum(), [x, *params], allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(got, [x, *params])]
+
+
+def _vit():
+    return small_vit(depth=2).double(), (3, 32, 32), False
+
+
+def _group_norm():
+    from test_group_norm import GroupNet
+
+    torch.manual_seed(0)
+    return jitter_(GroupNet(4).eval(), scale=0.3).double(), (3, 16, 16), False
+
+
+def _gated():
+    from test_stream_nonlinearities import tower
+
+    return tower(nn.GELU()).double(), (3, 16, 16), True
+
+
+def _hand_written():
+    from test_symbolic import hand_written
+
+    return hand_written(torch.float64), (3, 16, 16), False
+
+
+@pytest.mark.parametrize("make", [_vit, _group_norm, _gated, _hand_written],
+                         ids=["layer_norm+attention", "group_norm", "linearised_gelu", "symbolic_norm"])
+def test_the_sum_of_the_contributions_has_the_models_gradient(make):
+    """Norm statistics, attention weights, gates and slopes are frozen at their actual values
+    *for each batch*: the decomposing forward computes them from the images, as the model
+    does. So the contributions sum to the model's output at every input, and their sum has
+    the model's own gradient, with respect to the images and to every parameter (shared with
+    the model): a LayerNorm's frozen scale on the stream included, a GroupNorm's, a frozen
+    gate's (a linearised GELU on the stream) and a slope read from a symbolic form."""
+    model, shape, linearize = make()
+    dm = fxdecomp.decompose(model, "token", input_size=shape, linearize=linearize)
+    x = images(shape, dtype=torch.float64)
+    with torch.no_grad():
+        v = torch.randn(model(x).shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    params = list(model.parameters())
+    want = _grads(model, x, v, params)
+    got = _grads(lambda t: dm(t).total(), x, v, params)
+    assert want[0].abs().max() > 0
+    for g, w, name in zip(got, want, ["images"] + [n for n, _ in model.named_parameters()]):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12 * float(w.abs().max().clamp_min(1)), msg=name)
+
+
+def test_a_components_gradient_is_that_of_its_frozen_formula_with_the_actual_statistics():
+    """The class token's component is ``(cls − mean(cls)) · γ / σ(x)``: a constant, centred and
+    scaled by the final norm's γ and its actual scale σ, which the images set. Its value and
+    its gradient are those of that formula computed independently from the norm's actual input."""
+    vit = small_vit(depth=2).double()
     dm = fxdecomp.decompose(vit, "head")
-    x = images(dm).requires_grad_(True)
-    out = dm(x)
-    out.contributions[:, 5].sum().backward()
-    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    x = images(dm, dtype=torch.float64).requires_grad_(True)
+    seen = {}
+    hook = vit.norm.register_forward_pre_hook(lambda m, a: seen.__setitem__("z", a[0]))
+    try:
+        vit(x)
+    finally:
+        hook.remove()
+    z = seen["z"][:, 0]  # the final norm's input at the class token
+    cls = vit.cls_token.reshape(-1)
+    want = (cls - cls.mean()) * vit.norm.weight / torch.sqrt(z.var(-1, unbiased=False, keepdim=True) + vit.norm.eps)
+    got = dm(x)["cls_token"]
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    v = torch.randn(want.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    (g_want,) = torch.autograd.grad((want * v).sum(), x, retain_graph=True)
+    (g_got,) = torch.autograd.grad((got * v).sum(), x)
+    assert g_want.abs().max() > 1e-3  # the constant moves with the images, through the norm's scale
+    torch.testing.assert_close(g_got, g_want, rtol=1e-9, atol=1e-14)
 
 
 def test_generated_code_is_readable():

@@ -20,17 +20,17 @@ GELU = torch.ops.aten.gelu.default  # shadows the rule registered for the packet
 
 
 class RaisingRule(UnaryNonlinear):
-    def axes(self, node, ax):
+    def axes(self, node, ctx):
         raise TypeError("an argument was read from the wrong position")
 
 
 class MisfitRule(UnaryNonlinear):
-    def axes(self, node, ax):
-        return ax.axes(node.args[0])[:-1]  # one axis short
+    def axes(self, node, ctx):
+        return ctx.raw_axes(node.args[0])[:-1]  # one axis short
 
 
 class LimitRule(UnaryNonlinear):
-    def axes(self, node, ax):
+    def axes(self, node, ctx):
         raise RefineError("the batch axis would be split")
 
 
@@ -52,6 +52,15 @@ def test_a_failing_rule_is_an_error_naming_node_module_and_rule(rule, what):
     assert "node 'gelu'" in msg and "module 'blocks.0.mlp.act' (GELU)" in msg
     assert type(rule).__name__ in msg and what in msg
     assert "bug in the rule" in msg and "register_rule(torch.ops.aten.gelu.default" in msg
+
+
+def test_a_rule_written_for_the_old_contract_is_refused_naming_the_fix():
+    with pytest.raises(TypeError, match=r"step = Step.LINEAR, Step.MIXING \(was 'bilinear'\)"):
+        type("OldLinearity", (fxdecomp.Rule,), {"linearity": "bilinear"})
+    with pytest.raises(TypeError, match=r"linearize must take \(self, node, ctx, carried\)"):
+        type("OldLinearize", (fxdecomp.Rule,), {"linearize": lambda self, node, ctx: None})
+    with pytest.raises(ValueError, match="rule.step must be one of"):
+        fxdecomp.register_rule(GELU, type("Unknown", (fxdecomp.Rule,), {"step": fxdecomp.rules.Step.UNKNOWN})())
 
 
 def test_a_known_limit_is_noted_and_warned_and_stays_exact():

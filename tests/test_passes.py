@@ -4,17 +4,26 @@ from __future__ import annotations
 import torch
 
 from conftest import small_vit
-from fxdecomp.passes.affinity import analyse
-from fxdecomp.passes.axes import AxisAnalysis
+from fxdecomp.compiler import PASSES
+from fxdecomp.core.state import CompileState, run_passes
+from fxdecomp.core.step import Step
 from fxdecomp.passes.dataflow import CONST, INPUT, PARAM, SHAPE, VARYING, classify_values
-from fxdecomp.passes.expand import Expander
 from fxdecomp.passes.granularity import component_table, plan_groups
 from fxdecomp.passes.labels import label, majority_module
-from fxdecomp.passes.shapes import propagate, shape_of
+from fxdecomp.core.shape import shape_of
+from fxdecomp.passes.shapes import propagate
 from fxdecomp.passes.stream import find_stream
 from fxdecomp.passes.trace import trace
 
 aten = torch.ops.aten
+
+
+def _state(model, x, upto: str, granularity="head") -> CompileState:
+    """The compile state after the passes up to and including ``upto`` (a pass's file name)."""
+    names = [p.__module__.rsplit(".", 1)[-1] for p in PASSES]
+    state = CompileState(model=model, example=x, granularity=granularity, layers=None, linearize=False,
+                         plan_batch=32, dtype=x.dtype, device=x.device, model_name=type(model).__name__)
+    return run_passes(state, PASSES[:names.index(upto) + 1])
 
 
 def _traced(**kw):
@@ -25,13 +34,9 @@ def _traced(**kw):
     return model, gm, dynamic
 
 
-def _run(**kw):
-    model, gm, _ = _traced(**kw)
-    flow, inp = classify_values(gm)
-    axes = AxisAnalysis(gm, flow).run()
-    stream = find_stream(gm, flow, inp)
-    aff = analyse(gm, flow, stream)
-    return model, gm, flow, inp, axes, stream, aff
+def _run(upto="affinity", **kw):
+    model = small_vit(**kw)
+    return _state(model, torch.randn(2, 3, 32, 32), upto)
 
 
 def _nodes(gm, target):
@@ -57,21 +62,23 @@ def test_dataflow_separates_image_parameters_and_shapes():
 
 
 def test_axes_tie_heads_and_tokens_together():
-    _, gm, flow, inp, axes, _, _ = _run(depth=1, num_heads=4, embed_dim=32)
+    state = _run("axes", depth=1, num_heads=4, embed_dim=32)
+    gm, axes = state.gm, state.axes
     table = axes.table
     sdpa = _nodes(gm, aten.scaled_dot_product_attention.default)[0]
     q, k, v = sdpa.args[:3]
-    b, h, n, e = v.meta["fxd_atoms"]
+    b, h, n, e = axes.of(v)
     assert b == (table.batch,) and [a.size for a in h + n + e] == [4, 17, 8]
-    assert q.meta["fxd_atoms"] == v.meta["fxd_atoms"]  # same heads, tokens and head dims
-    stream_tokens = _nodes(gm, aten.layer_norm.default)[0].meta["fxd_atoms"][1]
+    assert axes.of(q) == axes.of(v)  # same heads, tokens and head dims
+    stream_tokens = axes.of(_nodes(gm, aten.layer_norm.default)[0])[1]
     assert n == stream_tokens
     assert table.coordinates(n)[0] == {"prefix": "cls_token"}
     assert table.coordinates(n)[16] == {"row": 3, "col": 3}
 
 
 def test_stream_is_the_chain_of_residual_adds():
-    _, gm, flow, inp, _, stream, _ = _run(depth=3)
+    state = _run("stream", depth=3)
+    gm, flow, inp, stream = state.gm, state.flow, state.inp, state.stream
     adds = [n for n in stream.nodes if n.target == aten.add.Tensor and len(n.all_input_nodes) == 2
             and all(flow[a] == VARYING for a in n.all_input_nodes)]
     assert len(adds) == 6  # attention and MLP joins of three blocks
@@ -104,18 +111,19 @@ def test_a_shape_only_use_keeps_the_stream_on_the_data_path():
 
 
 def test_affinity_marks_values_shallower_than_weights():
-    _, gm, flow, inp, _, stream, aff = _run(depth=1)
+    state = _run(depth=1)
+    gm, aff = state.gm, state.affinity
     lin = _nodes(gm, aten.linear.default)
     qkv, fc1 = lin[0], lin[2]
     assert not aff.affine[qkv]  # behind the norm that starts the branch
     norm1 = _nodes(gm, aten.layer_norm.default)[0]
-    assert not aff.linear_reach[norm1] and aff.step[norm1] == "norm"
+    assert not aff.linear_reach[norm1] and aff.step[norm1] is Step.NORM
     assert aff.depth[fc1] == 1 and aff.depth[_nodes(gm, aten.gelu.default)[0]] == 2
 
 
 def test_expand_finds_branches_leaves_and_biases():
-    _, gm, flow, inp, axes, stream, aff = _run(depth=2)
-    terms, specs = Expander(gm, flow, inp, stream, aff, axes).run()
+    state = _run("expand", depth=2)
+    gm, terms, specs = state.gm, state.terms, state.specs
     roles = [s.role for s in specs]
     # a class-token readout: the patch embedding reaches the output only through attention
     assert roles.count("branch") == 4 and roles.count("embed") == 0
@@ -132,8 +140,8 @@ def test_expand_finds_branches_leaves_and_biases():
 
 
 def test_labels_and_granularity():
-    _, gm, flow, inp, axes, stream, aff = _run(depth=2)
-    terms, specs = Expander(gm, flow, inp, stream, aff, axes).run()
+    state = _run("expand", depth=2)
+    specs, stream, axes = state.specs, state.stream, state.axes
     labels = label(specs, stream, axes)
     names = [lab.name for lab in labels]
     assert "blocks.1.attn" in names and "blocks.0.mlp" in names

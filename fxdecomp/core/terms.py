@@ -117,6 +117,16 @@ class Taps(Constant):
         super().__init__(m, f"taps_k{k}s{stride}")
 
 
+class OneHot(Constant):
+    """Selects index ``index`` of one atom; applied by indexing, never multiplied."""
+
+    def __init__(self, size: int, index: int):
+        t = torch.zeros(size, dtype=torch.float64)
+        t[index] = 1.0
+        super().__init__(t, f"onehot{index}")
+        self.index = index
+
+
 class PartialSum(Source):
     """What some terms of one component add up to at a stream node, contracted to that
     node's atoms: materialised once, so that later ops see one term instead of one per

@@ -1,8 +1,9 @@
 """Pass 6: how each node inside a segment depends on the segment's start.
 
-* ``step``: how the walk treats the node — ``linear``, ``mixing`` (linear in one
-  operand once the others are frozen: products, attention), ``norm`` (affine once its
-  statistics are frozen), ``nonlinear`` or ``unknown`` (no rule). Op rules answer one op
+* ``step``: how the walk treats the node, a :class:`~fxdecomp.core.step.Step` —
+  ``LINEAR``, ``MIXING`` (linear in one operand once the others are frozen: products,
+  attention), ``NORM`` (affine once its statistics are frozen), ``NONLINEAR`` or
+  ``UNKNOWN`` (no rule). Op rules answer one op
   at a time; a run of pointwise ops they cannot walk through is answered from its
   symbolic form (``passes/symbolic.py``), whose rule then stands in for the op's.
 * ``affine``: the node is an affine function of the stream node that starts its
@@ -17,60 +18,40 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch.fx as fx
 
+from ..core.ir import Affinity, Axes, Stream, is_varying
+from ..core.state import CompileState
+from ..core.step import Step
 from ..rules.registry import rule_for
-from .dataflow import is_varying
-from .stream import Stream
 from .symbolic import pointwise_rules
 
 
-def step_of(node: fx.Node, flow: dict, rule=None) -> str:
-    """``linear``, ``mixing``, ``norm``, ``nonlinear`` or ``unknown`` for a varying node."""
+def step_of(node: fx.Node, flow: dict, rule=None) -> Step:
+    """The step of a varying node (``UNKNOWN`` where no rule covers it)."""
     if node.op != "call_function":
-        return "unknown"
+        return Step.UNKNOWN
     rule = rule or rule_for(node.target)
     if rule is None:
-        return "unknown"
+        return Step.UNKNOWN
     return rule.classify(node, lambda x: is_varying(flow, x))
 
 
-@dataclass
-class Affinity:
-    affine: dict
-    depth: dict
-    linear_reach: dict
-    step: dict
-    frozen_affine: dict
-    #: rules read from the symbolic form, standing in for the op rules at these nodes
-    rules: dict = field(default_factory=dict)
-
-    def rule(self, node: fx.Node):
-        """The rule the walk uses at ``node``."""
-        hit = self.rules.get(node)
-        return hit if hit is not None else rule_for(node.target)
-
-    def inputs(self, node: fx.Node) -> list:
-        """The values ``node`` is a function of, for the walk: its operands, or for a node
-        answered symbolically, the values that enter its run of pointwise ops."""
-        hit = self.rules.get(node)
-        return hit.inputs() if hit is not None else list(node.all_input_nodes)
+def run(state: CompileState) -> CompileState:
+    """Fills ``affinity``."""
+    state.affinity = analyse(state.gm, state.flow, state.stream, state.axes)
+    return state
 
 
-def analyse(gm: fx.GraphModule, flow: dict, stream: Stream) -> Affinity:
+def analyse(gm: fx.GraphModule, flow: dict, stream: Stream, axes: Axes) -> Affinity:
     g = stream.graph
     order = [n for n in gm.graph.nodes if n in g]
-    first = _analyse(order, flow, stream, Affinity({}, {}, {}, {}, {}))
-
-    def atoms(n):
-        return tuple(a for axis in n.meta["fxd_atoms"] for a in axis)
-
-    rules = pointwise_rules(order, flow, stream, lambda n: first.step[n], first.depth, atoms)
-    if not rules:
-        return first
-    return _analyse(order, flow, stream, Affinity({}, {}, {}, {}, {}, rules))
+    aff = _analyse(order, flow, stream, Affinity({}, {}, {}, {}, {}))
+    symbolic = pointwise_rules(order, flow, stream, lambda n: aff.step[n], aff.depth, axes.atoms)
+    if symbolic:
+        aff = _analyse(order, flow, stream, Affinity({}, {}, {}, {}, {}, symbolic=symbolic))
+    aff.rules = {n: symbolic.get(n) or rule_for(n.target) for n in gm.graph.nodes if n.op == "call_function"}
+    return aff
 
 
 def _analyse(order: list, flow: dict, stream: Stream, aff: Affinity) -> Affinity:
@@ -80,15 +61,15 @@ def _analyse(order: list, flow: dict, stream: Stream, aff: Affinity) -> Affinity
     for node in order:
         if node in stream:
             affine[node], depth[node], frozen[node] = True, 0, True
-            step[node] = step_of(node, flow, aff.rules.get(node)) if node.op == "call_function" else "input"
+            step[node] = step_of(node, flow, aff.symbolic.get(node)) if node.op == "call_function" else Step.INPUT
         else:
-            k = step_of(node, flow, aff.rules.get(node))
+            k = step_of(node, flow, aff.symbolic.get(node))
             step[node] = k
             args = [a for a in aff.inputs(node) if a in g]
             base = [affine[a] for a in args]
             d = max((depth[a] for a in args), default=0)
-            frozen[node] = k in ("linear", "norm") and all(frozen[a] for a in args)
-            if k == "linear":
+            frozen[node] = k in (Step.LINEAR, Step.NORM) and all(frozen[a] for a in args)
+            if k == Step.LINEAR:
                 affine[node], depth[node] = all(base), d
             else:
                 affine[node], depth[node] = False, d + 1
@@ -100,5 +81,5 @@ def _analyse(order: list, flow: dict, stream: Stream, aff: Affinity) -> Affinity
         if node in stream:
             reach[node] = True
             continue
-        reach[node] = any(step.get(u) in ("linear", "norm") and (u in stream or reach[u]) for u in users[node])
+        reach[node] = any(step.get(u) in (Step.LINEAR, Step.NORM) and (u in stream or reach[u]) for u in users[node])
     return aff

@@ -3,7 +3,7 @@
 Runs each op's rule forward over the graph. The image gives the batch atom and
 its pixel rows and columns; parameters get atoms of their own, tied to the
 activations they meet by unification. At the end every axis is resolved to its
-finest atoms (``node.meta['fxd_atoms']``).
+finest atoms (``Axes.resolved``; ``Axes.raw`` keeps them as the rules gave them).
 
 Nothing here fails quietly. An op with no rule gets opaque atoms (it may lie in
 a branch, where nothing needs to be followed through it). A rule that meets a
@@ -13,118 +13,42 @@ do not fit the output, is a bug in the rule and raises :class:`RuleError`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch.fx as fx
+from torch.utils._pytree import tree_map
 
 from ..core.atoms import AtomTable, RefineError, axis_size
-from ..errors import RuleError, UnsupportedOpError
+from ..core.context import RuleContext
+from ..core.ir import Axes, SHAPE
+from ..core.shape import item_shapes, shape_of
+from ..core.state import CompileState
+from ..core.where import describe, op_ref
+from ..errors import RuleError
 from ..rules.registry import rule_for
-from .dataflow import SHAPE, is_varying
-from .shapes import item_shapes, shape_of
-from .where import describe, op_ref
-
-#: ops that only reshape, view or cast their first argument
-PASS_THROUGH = {"view", "reshape", "expand", "to", "_to_copy", "clone", "unsqueeze", "squeeze",
-                 "permute", "alias", "detach", "contiguous", "_unsafe_view", "lift_fresh_copy", "t"}
 
 
-def param_name(node) -> str | None:
-    """Qualified parameter name behind a value that only reshapes or casts a parameter."""
-    seen = 0
-    while isinstance(node, fx.Node) and seen < 16:
-        if node.op == "get_attr":
-            return str(node.target)
-        if node.op != "call_function" or not node.args:
-            return None
-        name = getattr(node.target, "__name__", "").split(".")[0]
-        if name not in PASS_THROUGH:
-            return None
-        node = node.args[0]
-        seen += 1
-    return None
-
-
-@dataclass
-class Axes:
-    """What the pass found, besides every node's atoms (``node.meta['fxd_atoms']``)."""
-
-    table: AtomTable
-    #: convolution (or unfold) node -> per spatial axis, the atoms of its kernel taps (None: none)
-    kernels: dict = field(default_factory=dict)
-    #: nodes that mix positions without taps of their own (pooling)
-    mixes_positions: set = field(default_factory=set)
-    #: reshape node -> [(input atoms, output atoms)] it regroups across atom boundaries
-    regroups: dict = field(default_factory=dict)
-    #: known limits met (an op whose axes could not be followed), one sentence each
-    notes: list = field(default_factory=list)
-
-    def mixes(self, node) -> bool:
-        """Whether ``node`` mixes positions (a branch holding one is of kind ``conv``)."""
-        kernels = self.kernels.get(node)
-        return bool(kernels and any(k for k in kernels)) or node in self.mixes_positions
+def run(state: CompileState) -> CompileState:
+    """Fills ``axes``."""
+    state.axes = Axes(AtomTable())
+    AxisAnalysis(state).run()
+    return state
 
 
 class AxisAnalysis:
-    """The pass, and the context handed to ``Rule.axes``."""
+    """Runs every op's ``Rule.axes`` forward over the graph, with one rule context."""
 
-    def __init__(self, gm: fx.GraphModule, flow: dict):
-        self.gm = gm
-        self.flow = flow
-        self.table = AtomTable()
-        self.result = Axes(self.table)
+    def __init__(self, state: CompileState):
+        self.gm, self.flow = state.gm, state.flow
+        self.result = state.axes
+        self.table = self.result.table
         self.notes = self.result.notes
+        self.ctx = RuleContext(state)
 
-    # what rules record besides atoms ---------------------------------------------------
-    def record_kernels(self, node, kernels: list) -> None:
-        """A convolution's kernel-tap atoms per spatial axis (its ``linearize`` reads them)."""
-        self.result.kernels[node] = kernels
-
-    def record_position_mixing(self, node) -> None:
-        self.result.mixes_positions.add(node)
-
-    def record_regroups(self, node, regroups: list) -> None:
-        """Axes a reshape regroups across atom boundaries (its ``linearize`` builds 0/1 maps)."""
-        self.result.regroups[node] = regroups
-
-    # helpers used by rules ---------------------------------------------------------
-    def shape(self, x):
-        return shape_of(x)
-
-    def axes(self, x):
-        return x.meta.get("fxd_axes") if isinstance(x, fx.Node) else None
-
-    def unify(self, a, b) -> bool:
-        try:
-            return self.table.unify(a, b)
-        except RefineError:
-            return False
-
-    def fresh(self, node: fx.Node):
-        shape = shape_of(node)
-        if shape is not None:
-            return [self.table.axis(s, ("opaque", node.name), "other") for s in shape]
-        items = item_shapes(node)
-        if items is not None:
-            return [[self.table.axis(s, ("opaque", node.name), "other") for s in sh] if sh is not None else None
-                    for sh in items]
-        return None
-
-    def fresh_like(self, node: fx.Node, i: int):
-        items = item_shapes(node)
-        sh = items[i] if items else None
-        return [self.table.axis(s, ("opaque", node.name), "other") for s in sh] if sh is not None else None
-
-    def param_name(self, x) -> str | None:
-        return param_name(x)
-
-    # the pass -------------------------------------------------------------------------
     def run(self) -> Axes:
+        raw, resolved = self.result.raw, self.result.resolved
         for node in self.gm.graph.nodes:
-            node.meta["fxd_axes"] = self._axes_of(node)
+            raw[node] = self._axes_of(node)
         for node in self.gm.graph.nodes:
-            ax = node.meta.get("fxd_axes")
-            node.meta["fxd_atoms"] = self._resolve(ax)
+            resolved[node] = self._resolve(raw[node])
         return self.result
 
     def _axes_of(self, node: fx.Node):
@@ -139,13 +63,13 @@ class AxisAnalysis:
             return None
         rule = rule_for(node.target)
         if rule is None:
-            return self.fresh(node)
+            return self.ctx.fresh(node)
         try:
-            out = rule.axes(node, self)
+            out = rule.axes(node, self.ctx)
         except (RefineError, NotImplementedError) as err:
             self.notes.append(f"{describe(node)}: {err or type(err).__name__}; its heads and tokens are not "
                               "followed through it, so splits behind it may be coarser.")
-            return self.fresh(node)
+            return self.ctx.fresh(node)
         except Exception as err:
             raise self._rule_bug(node, rule, f"raised {type(err).__name__}: {err}") from err
         if not self._fits(node, out):
@@ -160,42 +84,6 @@ class AxisAnalysis:
             f"{describe(node)}: its rule {type(rule).__module__}.{type(rule).__name__} {what} while "
             f"labelling axes. This is a bug in the rule, not in the model: fix the rule's axes(), or "
             f"replace it with fxdecomp.register_rule({tname}, MyRule()).")
-
-    def check_output(self, out: fx.Node) -> None:
-        """The output's first axis must be the batch; if it is not, say where the batch was lost."""
-        axes = out.meta.get("fxd_atoms")
-        if axes and axes[0] and axes[0][0] is self.table.batch and self.table.batch is not None:
-            return
-        raise UnsupportedOpError(
-            "the output's first axis cannot be traced back to the batch of images: "
-            + self._where_batch_is_lost(out))
-
-    def _has_batch(self, node) -> bool:
-        axes = node.meta.get("fxd_atoms")
-        if not isinstance(axes, list) or self.table.batch is None:
-            return False
-        flat = [a for ax in axes if isinstance(ax, tuple) for a in ax]
-        flat += [a for ax in axes if isinstance(ax, list) for sub in ax if sub for a in sub]
-        return self.table.batch in flat
-
-    def _where_batch_is_lost(self, out: fx.Node) -> str:
-        """The first op (in forward order) whose output lost the batch atom its varying input had."""
-        for node in self.gm.graph.nodes:
-            if node.op != "call_function" or not is_varying(self.flow, node) or self._has_batch(node):
-                continue
-            if not any(is_varying(self.flow, a) and self._has_batch(a) for a in node.all_input_nodes):
-                continue
-            note = next((n for n in self.notes if n.startswith(describe(node))), None)
-            if note is not None:
-                return f"the batch is lost at {note}"
-            if rule_for(node.target) is None:
-                tname = op_ref(node.target)
-                return (f"the batch is lost at {describe(node)}, which has no rule, so its output's axes "
-                        f"are unknown. Teach it with fxdecomp.register_rule({tname}, MyRule()) (a Rule whose "
-                        f"axes() says how its output's axes relate to its input's).")
-            return (f"the batch is lost at {describe(node)}: its rule gives its output no batch axis "
-                    "(the model folds or reduces its batch axis there).")
-        return "the output does not have the batch as its first axis."
 
     def _input_axes(self, node):
         shape = shape_of(node)
@@ -230,8 +118,7 @@ class AxisAnalysis:
         return axis_size(self.table.resolve(axis)) == size or (size == 0 and not axis)
 
     def _resolve(self, ax):
-        if ax is None:
-            return None
-        if ax and isinstance(ax[0], list) or (ax and ax[0] is None):
-            return [self._resolve(x) for x in ax]
-        return [self.table.resolve(a) for a in ax]
+        """Every axis (a tuple of atoms) resolved to its finest atoms, those of a tuple-valued
+        node's items too."""
+        return tree_map(lambda axis: None if axis is None else self.table.resolve(axis), ax,
+                        is_leaf=lambda x: isinstance(x, tuple))

@@ -1,10 +1,12 @@
-"""Pass 10: generate the decomposing GraphModule.
+"""Pass 13: generate the decomposing GraphModule.
 
 The generated forward is the traced forward (so every frozen value is the
 actual one, computed once) followed by, for each component, the einsums that
 contract its terms' factors in the planned order, written into one
 [B, C, *out] tensor. LayerNorms whose statistics are needed are swapped for
-``native_layer_norm``, which returns them for free.
+``native_layer_norm``, which returns them for free (``kernels.layer_norm_rstd`` gives
+them the gradient that output lacks, so the decomposing forward differentiates as the
+model does).
 """
 from __future__ import annotations
 
@@ -14,9 +16,13 @@ import string
 
 import torch
 import torch.fx as fx
+from torch.utils._pytree import tree_map
 
 from .. import kernels
+from ..core.ir import Axes, Group
 from ..core.planner import Leaf, Pair, leaves_of, plan, subset_key
+from ..core.shape import dtype_of
+from ..core.state import CompileState
 from ..core.terms import (
     AttentionWeights,
     Constant,
@@ -24,14 +30,13 @@ from ..core.terms import (
     Factor,
     NodeValue,
     NormStats,
+    OneHot,
     PartialSum,
     Source,
     Taps,
 )
 from ..errors import UnsupportedOpError
-from .expand import OneHot
-from .granularity import Group
-from .shapes import dtype_of
+from ..rules.base import bound_args
 
 aten = torch.ops.aten
 LETTERS = string.ascii_letters
@@ -42,11 +47,27 @@ def _slug(text: str) -> str:
     return s[:40] or "c"
 
 
+def run(state: CompileState) -> CompileState:
+    """Fills ``forward``, ``model_nodes`` and ``dtype_buffer``."""
+    by_spec: dict = {}
+    for t in state.terms:
+        by_spec.setdefault(t.component.id, []).append(t)
+    groups = state.groups
+    total = groups[-1].start + groups[-1].count if groups else 0
+    cg = CodeGen(state.gm, state.inp, state.out, state.axes, state.dtype, state.device,
+                 nominal_batch=state.plan_batch)
+    state.forward = cg.build(groups, by_spec, total)
+    state.model_nodes = frozenset(cg.model_nodes)
+    state.dtype_buffer = DTYPE_REF
+    return state
+
+
 class CodeGen:
     """Builds the decomposing GraphModule for a list of component groups."""
 
-    def __init__(self, gm, inp, out_node, table, dtype, device, nominal_batch: int = 32):
-        self.gm, self.inp, self.out_node, self.table, self.dtype = gm, inp, out_node, table, dtype
+    def __init__(self, gm, inp, out_node, axes: Axes, dtype, device, nominal_batch: int = 32):
+        self.gm, self.inp, self.out_node, self.dtype = gm, inp, out_node, dtype
+        self.axes, self.table = axes, axes.table
         self.device = device
         self.nominal_batch = nominal_batch
         self.graph = fx.Graph()
@@ -57,12 +78,12 @@ class CodeGen:
         self.buffers: dict = {}
         self.folded: dict = {}  # constants reshaped/indexed at compile time
         self.plans: dict = {}  # contraction trees by the atoms of a term's operands
-        self.forward_names: set[str] = set()
+        self.model_nodes: set[fx.Node] = set()  # the model's own forward in the generated graph
 
     # -- graph -----------------------------------------------------------------------------------
     def build(self, groups: list[Group], terms_by_spec: dict, n_components: int) -> fx.GraphModule:
         """The traced forward, then every group's terms written into the contributions."""
-        out_axes = self.out_node.meta["fxd_atoms"]  # batch first: the axes pass checked it (check_output)
+        out_axes = self.axes.of(self.out_node)  # batch first: the batch pass checked it
         rest_atoms = tuple(a for axis in out_axes[1:] for a in axis)
         needed_stats = self._needed_stats(terms_by_spec)
         g = self.graph
@@ -70,16 +91,18 @@ class CodeGen:
             if node.op == "output":
                 continue
             if node in needed_stats:
-                args = [self.env[a] if isinstance(a, fx.Node) else a for a in node.args[:5]]
-                while len(args) < 5:
-                    args.append(None if len(args) < 4 else 1e-5)
-                nat = g.call_function(aten.native_layer_norm.default, tuple(args[:5]))
+                a = bound_args(node)
+                x, shape, eps = self.env[a["input"]], a["normalized_shape"], a["eps"]
+                args = (x, shape) + tuple(self.env[v] if isinstance(v, fx.Node) else v
+                                          for v in (a["weight"], a["bias"])) + (eps,)
+                nat = g.call_function(aten.native_layer_norm.default, args)
                 self.env[node] = g.call_function(operator.getitem, (nat, 0), name=node.name)
-                self.stats[node] = g.call_function(operator.getitem, (nat, 2), name=f"rstd_{node.name}")
+                saved = g.call_function(operator.getitem, (nat, 2), name=f"saved_rstd_{node.name}")
+                self.stats[node] = g.call_function(kernels.layer_norm_rstd, (saved, x, len(shape), eps),
+                                                   name=f"rstd_{node.name}")
             else:
                 self.env[node] = g.node_copy(node, lambda n: self.env[n])
-        forward_nodes = set(g.nodes)
-        self.forward_names = {n.name for n in forward_nodes}  # the model's own forward, for the hoist pass
+        self.model_nodes = set(g.nodes)
         out_val = self.env[self.out_node]
         out_shape = tuple(self.out_node.meta["tensor_meta"].shape[1:])
         buf = g.call_function(kernels.new_contributions, (self.env[self.inp], n_components, out_shape,
@@ -99,7 +122,7 @@ class CodeGen:
             if not written:
                 buf = g.call_function(kernels.zero_, (buf, grp.start, grp.count), name=f"zero_{slug}")
         g.output((out_val, buf))
-        _schedule_early(g, forward_nodes)
+        _schedule_early(g, self.model_nodes)
         root = self.gm
         for name, t in self.buffers.items():
             root.register_buffer(name, t, persistent=False)
@@ -176,11 +199,8 @@ class CodeGen:
         return node
 
     def _arg(self, a):
-        if isinstance(a, Source):
-            return self.materialize(a)
-        if isinstance(a, tuple):
-            return tuple(self._arg(x) for x in a)
-        return a
+        """``a`` with every source in it materialised (a Derived's arguments may nest them)."""
+        return tree_map(lambda x: self.materialize(x) if isinstance(x, Source) else x, a)
 
     # -- terms ---------------------------------------------------------------------------------------
     def _atomized(self, f: Factor) -> tuple[Source, tuple]:
@@ -245,7 +265,7 @@ class CodeGen:
     def _partial(self, src: PartialSum) -> fx.Node:
         """A component's terms at a stream node, summed into one tensor with one axis per atom
         of that node."""
-        want = tuple(a for axis in src.node.meta["fxd_atoms"] for a in axis)
+        want = self.axes.atoms(src.node)
         shape = tuple(-1 if a is self.table.batch else a.size for a in want)
         slug = _slug(src.name)
         layout, values = [], []

@@ -10,9 +10,15 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
+from ..core.ir import CONST, INPUT, PARAM, SHAPE, VARYING
+from ..core.state import CompileState
 from ..errors import TraceError
 
-INPUT, PARAM, CONST, SHAPE, VARYING = "input", "param", "const", "shape", "varying"
+
+def run(state: CompileState) -> CompileState:
+    """Fills ``flow`` and ``inp``."""
+    state.flow, state.inp = classify_values(state.gm)
+    return state
 
 
 def classify_values(gm: fx.GraphModule) -> tuple[dict, fx.Node]:
@@ -59,7 +65,3 @@ def reads_values(user: fx.Node, node: fx.Node) -> bool:
     if skip is None:
         return True
     return any(a is node for i, a in enumerate(user.args) if i != skip) or node in user.kwargs.values()
-
-
-def is_varying(flow: dict, x) -> bool:
-    return isinstance(x, fx.Node) and flow.get(x) in (INPUT, VARYING)

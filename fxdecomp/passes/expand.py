@@ -1,7 +1,7 @@
-"""Pass 7: write the output as a sum of component terms.
+"""Pass 9: write the output as a sum of component terms.
 
-First runs the demand pass (7a, ``demand.py``), then walks back from the output.
-Linear ops pass every term through (adding their factors); a residual join is just
+Walks back from the output along the route the route pass chose, giving no terms to what
+the demand pass found dead. Linear ops pass every term through (adding their factors); a residual join is just
 an add, so the skip's terms and the branch's terms meet there. A walk into a
 branch stops at
 
@@ -24,35 +24,19 @@ Constants met on the way become bias components.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-import networkx as nx
 import torch
 import torch.fx as fx
 
-from ..core.atoms import AtomTable, In
-from ..core.terms import (
-    Constant,
-    Derived,
-    Factor,
-    NodeValue,
-    NormStats,
-    PartialSum,
-    Piece,
-    Taps,
-    Term,
-    resolve_in,
-)
 from .. import kernels
+from ..core.atoms import AtomTable
+from ..core.context import RuleContext
+from ..core.ir import CONST, ComponentSpec, PARAM, is_varying
+from ..core.state import CompileState
+from ..core.step import Step
+from ..core.terms import Derived, Factor, NodeValue, PartialSum, Piece, Term, resolve_in
+from ..core.where import describe, module_of, param_name, unsupported
 from ..errors import UnsupportedOpError
-from ..rules.movement import TupleRule
-from .affinity import Affinity
-from .axes import Axes, param_name
-from .dataflow import CONST, PARAM, is_varying
-from .demand import Demand, analyse_demand
-from .shapes import shape_of
-from .stream import Stream, output_node
-from .where import describe, module_of, op_ref
+from .route import moving
 
 
 def _nonzero_at_zero(node: fx.Node) -> bool:
@@ -78,151 +62,37 @@ def _known_zero(f: Factor) -> bool:
 #: terms of one component at a stream node beyond which they are summed there (``_collect``)
 MAX_TERMS = 4
 
-#: ops that join a residual branch back onto the stream
-RESIDUAL_JOINS = (torch.ops.aten.add.Tensor, torch.ops.aten.sub.Tensor)
 
-
-class OneHot(Constant):
-    """Selects index ``index`` of one atom; applied by indexing, never multiplied."""
-
-    def __init__(self, size: int, index: int):
-        t = torch.zeros(size, dtype=torch.float64)
-        t[index] = 1.0
-        super().__init__(t, f"onehot{index}")
-        self.index = index
-
-
-@dataclass
-class ComponentSpec:
-    """A component as found by the walk (labels are added by the labels pass)."""
-
-    id: int
-    role: str                       # embed | bias | branch | collapsed
-    node: fx.Node                   # where it was found (leaf, or op adding the constant)
-    leaf: fx.Node | None = None
-    mixing: fx.Node | None = None   # the attention-weighted sum that defines its split
-    split: dict = field(default_factory=dict)
-    label: str | None = None
-    order: int = 0
-
-
-class LinCtx:
-    """Context handed to ``Rule.linearize``."""
-
-    def __init__(self, owner: "Expander"):
-        self._o = owner
-        self.table: AtomTable = owner.table
-        self._carried: dict = {}
-        self._constants: dict = {}
-
-    def axes(self, x):
-        return x.meta["fxd_atoms"]
-
-    def atoms(self, x):
-        return tuple(a for axis in x.meta["fxd_atoms"] for a in axis)
-
-    def shape(self, x):
-        return shape_of(x)
-
-    def resolve(self, axis):
-        return self.table.resolve(axis)
-
-    def kernels(self, node):
-        """A convolution's kernel-tap atoms, as its rule recorded them in the axes pass."""
-        return self._o.axes.kernels.get(node)
-
-    def regroups(self, node):
-        """The axes a reshape regroups, as its rule recorded them in the axes pass."""
-        return self._o.axes.regroups.get(node)
-
-    def varying(self, x) -> bool:
-        return is_varying(self._o.flow, x)
-
-    def value(self, x) -> NodeValue:
-        return NodeValue(x)
-
-    def const_factor(self, x) -> Factor:
-        if isinstance(x, fx.Node):
-            return Factor(NodeValue(x), tuple(self.axes(x)))
-        return self.scalar(float(x))
-
-    def scalar(self, v: float) -> Factor:
-        return Factor(self.constant(("scalar", v), lambda: torch.tensor(v, dtype=torch.float64), "scalar"), ())
-
-    def _shared(self, key, build) -> Constant:
-        c = self._constants.get(key)
-        if c is None:
-            c = self._constants[key] = build()
-        return c
-
-    def constant(self, key, make, name: str) -> Constant:
-        return self._shared(key, lambda: Constant(make(), name))
-
-    def taps(self, n_out: int, k: int, n_in: int, stride: int, pad: int, dilation: int) -> Taps:
-        geometry = (n_out, k, n_in, stride, pad, dilation)
-        return self._shared(("conv_taps",) + geometry, lambda: Taps(*geometry))
-
-    def onehots(self, axis, index: int) -> list:
-        out = []
-        for a in reversed(tuple(axis)):
-            i = index % a.size
-            index //= a.size
-            oh = self._shared(("onehot", a.size, i), lambda a=a, i=i: OneHot(a.size, i))
-            out.append(Factor(oh, ((In(a),),)))
-        return out[::-1]
-
-    def ones(self, atom) -> Factor:
-        c = self.constant(("ones", atom.size), lambda: torch.ones(atom.size, dtype=torch.float64), "ones")
-        return Factor(c, ((In(atom),),))
-
-    def derived(self, fn, args: tuple, name: str) -> Derived:
-        return Derived(fn, tuple(args), name)
-
-    def derived_factor(self, fn, x, name: str) -> Factor:
-        return Factor(Derived(fn, (NodeValue(x),), name), tuple(self.axes(x)))
-
-    def stats(self, node) -> NormStats:
-        return NormStats(node)
-
-    def carried(self, node):
-        """The operand a product is linear in (chosen by the expand pass)."""
-        return self._carried[node]
-
-    def set_carried(self, node, arg) -> None:
-        self._carried[node] = arg
-
-    def param_name(self, x):
-        return param_name(x)
-
-    def module_of(self, node):
-        return module_of(node)
-
-    def unsupported(self, node, why: str) -> UnsupportedOpError:
-        return self._o.unsupported(node, why)
+def run(state: CompileState) -> CompileState:
+    """Fills ``terms``, ``specs``, ``joins``, ``linearised`` and ``collapses``."""
+    expander = Expander(state)
+    state.terms, state.specs = expander.run()
+    state.joins = expander.joins()
+    state.linearised = expander.linearised
+    state.collapses = expander.notes
+    return state
 
 
 class Expander:
-    def __init__(self, gm: fx.GraphModule, flow: dict, inp: fx.Node, stream: Stream, aff: Affinity,
-                 axes: Axes, linearize: bool = False):
-        self.gm, self.flow, self.inp, self.stream, self.aff = gm, flow, inp, stream, aff
-        self.axes = axes
-        self.table: AtomTable = axes.table
-        self.demand: Demand | None = None
-        self.linearize = linearize
+    """The walk: every node's terms, memoised, from the output back."""
+
+    def __init__(self, state: CompileState):
+        self.gm, self.flow, self.inp, self.stream = state.gm, state.flow, state.inp, state.stream
+        self.aff, self.axes, self.out = state.affinity, state.axes, state.out
+        self.route, self.demand = state.route, state.demand
+        self.table: AtomTable = self.axes.table
+        self.state = state
         self.linearised: list[str] = []
         #: one sentence per collapse: where, and whether linearize=True would avoid it
         self.notes: list[str] = []
-        self._stem: dict = {}
-        self.ctx = LinCtx(self)
+        self.ctx = RuleContext(state)
         self.memo: dict = {}
         self.components: list[ComponentSpec] = []
-        self.order = {n: i for i, n in enumerate(gm.graph.nodes)}
+        self.order = {n: i for i, n in enumerate(self.gm.graph.nodes)}
 
     # -- public ------------------------------------------------------------------------
     def run(self) -> tuple[list[Term], list[ComponentSpec]]:
-        out = output_node(self.gm)
-        self.demand = analyse_demand(self.gm, self.stream, out, self._walks, self.aff.inputs)
-        terms = self.terms(out)
+        terms = self.terms(self.out)
         self.components.sort(key=lambda c: (c.order, c.id))
         for i, c in enumerate(self.components):
             c.id = i
@@ -277,27 +147,26 @@ class Expander:
         if rule is None:
             raise self.unsupported(node, None)
         step = self._step_of(node, rule)
-        if step == "linear":
+        through = self.route.through[node]
+        if step == Step.LINEAR:
             self._linear_branches_are_leaves(node)
             return self._through(node, rule)
-        if step == "norm":
-            if self._norm_passes(node, rule):
+        if step == Step.NORM:
+            if through:
                 return self._through(node, rule)
             return [self._leaf_term(self._new("branch", node, leaf=node), node)]
-        if step == "mixing":
-            carried = self._choose_carried(node, rule)
-            self.ctx.set_carried(node, carried)
-            if self._mixing_passes(node, carried):
-                return self._through(node, rule)
+        if step == Step.MIXING:
+            carried = self.route.carried[node]
+            if through:
+                return self._through(node, rule, carried)
             return self._leaf_mixing(node, rule, carried)
         if node not in self.stream:
             return [self._leaf_term(self._new("branch", node, leaf=node), node)]
-        if self._only_stream_before(node):
+        if self.route.stem[node]:
             return [self._leaf_term(self._new("embed", node, leaf=node), node)]
-        why_not = self._why_not_gateable(node)
-        if self.linearize and why_not is None:
+        if through:
             return self._gated(node)
-        self.notes.append(self._collapse_note(node, why_not))
+        self.notes.append(self._collapse_note(node, self.route.why_not[node]))
         return [self._leaf_term(self._new("collapsed", node, leaf=node), node)]
 
     def _collapse_note(self, node, why_not: str | None) -> str:
@@ -310,12 +179,11 @@ class Expander:
         return note + (f" linearize=True cannot avoid this: {why_not}, so it is not an elementwise op "
                        "that can be written x · (f(x)/x).")
 
-    def _step_of(self, node, rule) -> str:
+    def _step_of(self, node, rule) -> Step:
         return self.aff.step.get(node) or rule.classify(node, lambda x: is_varying(self.flow, x))
 
     def _moving(self, node) -> list:
-        """The operands of ``node`` that depend on the image."""
-        return [a for a in self.aff.inputs(node) if is_varying(self.flow, a)]
+        return moving(self.state, node)
 
     def _linear_branches_are_leaves(self, node) -> None:
         """At a residual join ``x + b(x)`` whose branch ``b`` is affine in the stream once norms
@@ -331,28 +199,6 @@ class Expander:
         for a in moving:
             if a not in self.stream and a not in self.memo and self.aff.frozen_affine.get(a, False):
                 self.memo[a] = [self._leaf_term(self._new("branch", a, leaf=a), a)]
-
-    def _only_stream_before(self, node) -> bool:
-        """Nothing but a chain of stream ops (a stem) computes ``node``'s input."""
-        hit = self._stem.get(node)
-        if hit is None:
-            hit = self._stem[node] = all(a in self.stream for a in nx.ancestors(self.stream.graph, node))
-        return hit
-
-    def _gateable(self, node) -> bool:
-        """An op with one varying operand whose output has that operand's shape and atoms."""
-        return self._why_not_gateable(node) is None
-
-    def _why_not_gateable(self, node) -> str | None:
-        moving = self._moving(node)
-        if len(moving) != 1:
-            return f"it has {len(moving)} operands that depend on the image"
-        x = moving[0]
-        if shape_of(x) != shape_of(node):
-            return f"its output's shape {list(shape_of(node) or ())} differs from its input's {list(shape_of(x) or ())}"
-        if self.ctx.atoms(x) != self.ctx.atoms(node):
-            return "its output's axes are not its input's"
-        return None
 
     def _gated(self, node) -> list[Term]:
         """``f(x) = x · g`` with ``g = f(x)/x`` frozen (plus ``f`` at x = 0 when that is not 0)."""
@@ -372,64 +218,8 @@ class Expander:
             out.append(self._apply(Term(comp, (off,)), Piece(const=off, passthrough=atoms), atoms, node)[0])
         return out
 
-    def _walks(self, user: fx.Node, arg: fx.Node) -> bool:
-        """Whether the walk takes ``arg``'s terms through ``user`` (a superset is safe)."""
-        if user.op != "call_function":
-            return True
-        rule = self.aff.rule(user)
-        if rule is None or isinstance(rule, TupleRule):
-            return True  # unknown (the walk will refuse it), or a split whose items are walked
-        step = self._step_of(user, rule)
-        if step == "linear":
-            return True
-        if step == "norm":
-            return self._norm_passes(user, rule)
-        if step == "mixing":
-            return self._mixing_passes(user, self._choose_carried(user, rule))
-        return (user in self.stream and self.linearize and self._gateable(user)
-                and not self._only_stream_before(user))
-
-    def _mixing_passes(self, node, carried) -> bool:
-        """A frozen product the walk passes through: on the stream (an explicit norm, a
-        gate), or reading the stream through linear ops only (an attention pooling with a
-        learned query reads the stream directly: a readout, not a branch)."""
-        if node in self.stream:
-            return True
-        return self.aff.affine.get(carried, False) and not self._in_residual_branch(node)
-
-    def _in_residual_branch(self, node) -> bool:
-        """``node``'s segment ends in a sum that a path avoiding ``node`` also reaches (the
-        skip of ``x + f(x)``): it is a branch, even when it reads the stream through linear
-        ops only (Swin V2's attention, whose norm comes after it). Walking through it would
-        double every earlier component's terms at each block. A readout concatenated with
-        other features is not a residual join."""
-        seg = self.stream.segment.get(node)
-        if seg is None or seg + 1 >= len(self.stream.nodes):
-            return False
-        end = self.stream.nodes[seg + 1]
-        if end.op != "call_function" or end.target not in RESIDUAL_JOINS:
-            return False
-        below = nx.descendants(self.stream.graph, node) | {node}
-        return any(a not in below for a in self.stream.graph.predecessors(end))
-
-    def _norm_passes(self, node, rule) -> bool:
-        if node in self.stream:
-            return True
-        x = rule.carriable(node)[0]
-        entering = x in self.stream or self.aff.affine.get(x, False)
-        return not entering or self.aff.linear_reach.get(node, False)
-
-    def _choose_carried(self, node, rule):
-        options = [a for a in rule.carriable(node) if is_varying(self.flow, a)]
-        if not options:
-            raise self.unsupported(node, "it is not linear in any of its varying operands")
-        if len(options) == 1:
-            return options[0]
-        best = min(self.aff.depth.get(a, 0) for a in options)
-        return [a for a in options if self.aff.depth.get(a, 0) == best][-1]
-
-    def _through(self, node, rule) -> list[Term]:
-        lin = rule.linearize(node, self.ctx)
+    def _through(self, node, rule, carried=None) -> list[Term]:
+        lin = rule.linearize(node, self.ctx, carried)
         out: list[Term] = []
         for piece in lin.pieces:
             if piece.arg is not None:
@@ -444,7 +234,7 @@ class Expander:
         return out
 
     def _leaf_mixing(self, node, rule, carried) -> list[Term]:
-        lin = rule.linearize(node, self.ctx)
+        lin = rule.linearize(node, self.ctx, carried)
         comp = self._new("branch", node, leaf=carried, mixing=node)
         out: list[Term] = []
         for piece in lin.pieces:
@@ -493,15 +283,4 @@ class Expander:
         return f"{mod}.{op}" if mod else op
 
     def unsupported(self, node: fx.Node, why: str | None) -> UnsupportedOpError:
-        where = "on the residual stream" if node in self.stream else "in the linear tail of a residual branch"
-        tname = op_ref(node.target)
-        if why is None:
-            return UnsupportedOpError(
-                f"{describe(node)} lies {where}, so the decomposition must pass through "
-                f"it, but no rule says how. If it is an elementwise nonlinearity, register it with "
-                f"fxdecomp.register_rule({tname}, kind='nonlinear'); if it returns its input unchanged, "
-                f"kind='identity'; otherwise subclass fxdecomp.rules.Rule and pass an instance.")
-        return UnsupportedOpError(
-            f"{describe(node)} lies {where} and cannot be decomposed: {why}. "
-            f"Register a rule for {tname} with fxdecomp.register_rule(...) if it should be handled "
-            "differently.")
+        return unsupported(self.stream, node, why)

@@ -1,4 +1,4 @@
-"""Pass 9: choose how finely each component is split, and label the pieces.
+"""Pass 12: choose how finely each component is split, and label the pieces.
 
 A branch whose tail ends in an attention-weighted sum can be split along the
 atoms that sum names: its heads (shared non-batch atoms), its windows (shared
@@ -8,26 +8,29 @@ stay free; every index of the free atoms becomes one labelled component.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from math import prod
 
 from ..components import Component, ComponentTable
 from ..core.atoms import AtomTable
-from .expand import ComponentSpec
-from .labels import BaseLabel
+from ..core.ir import BaseLabel, ComponentSpec, Group
+from ..core.state import CompileState
+from ..errors import InputError
 
 GRANULARITIES = ("block", "head", "token")
 
 
-@dataclass
-class Group:
-    """One found component and the slots [start, start + count) its pieces occupy."""
-
-    spec: ComponentSpec
-    label: BaseLabel
-    split: tuple
-    start: int
-    count: int
+def run(state: CompileState) -> CompileState:
+    """Fills ``groups`` and ``components``; refuses ``layers`` the model does not have."""
+    known = sorted({lab.layer for lab in state.labels if lab.layer is not None})
+    if state.layers is not None:
+        bad = state.layers - set(known)
+        if bad:
+            name = state.model_name
+            raise InputError(f"no layer(s) {sorted(bad)} in {name}; its layers are {known[0]}..{known[-1]}"
+                             if known else f"{name} has no layers to split")
+    state.groups = plan_groups(state.specs, state.labels, state.granularity, state.layers)
+    state.components = component_table(state.groups, state.axes.table)
+    return state
 
 
 def split_atoms(spec: ComponentSpec, lab: BaseLabel, granularity: str, layers) -> tuple:

@@ -1,4 +1,4 @@
-"""Pass 11: hoist the products of weights alone out of the per-batch code.
+"""Pass 14: hoist the products of weights alone out of the per-batch code.
 
 Codegen writes every factor of a term as it comes, so a term whose weights meet before any
 image-dependent value (an output projection times a norm's centring matrix) recomputes that
@@ -15,17 +15,24 @@ import operator
 import torch
 import torch.fx as fx
 
+from ..core.state import CompileState
 from ..weight_products import WeightProducts
 
 SUBMODULE = "_fxd_weight_products"
 
 
-def hoist_weight_products(gm: fx.GraphModule, forward: set[str]) -> int:
-    """Move the image-independent products of ``gm``'s decomposition (nodes not named in
-    ``forward``) into a ``WeightProducts`` submodule; returns how many products moved."""
+def run(state: CompileState) -> CompileState:
+    """Rewrites ``forward``; fills ``hoisted``."""
+    state.hoisted = hoist_weight_products(state.forward, state.model_nodes)
+    return state
+
+
+def hoist_weight_products(gm: fx.GraphModule, forward: frozenset) -> int:
+    """Move the image-independent products of ``gm``'s decomposition (nodes not in ``forward``,
+    the model's own forward) into a ``WeightProducts`` submodule; returns how many products moved."""
     g = gm.graph
     fixed = _image_independent(g)
-    roots = [n for n in g.nodes if n in fixed and n.op == "call_function" and n.name not in forward
+    roots = [n for n in g.nodes if n in fixed and n.op == "call_function" and n not in forward
              and any(u not in fixed for u in n.users)]
     views = _views_of_weights(gm, roots)
     roots = [r for r in roots if r not in views]
@@ -54,7 +61,7 @@ def hoist_weight_products(gm: fx.GraphModule, forward: set[str]) -> int:
             anchor = g.call_function(operator.getitem, (call, i), name=f"weights_{r.name}")
         r.replace_all_uses_with(anchor)
     for n in reversed(list(g.nodes)):  # the decomposition's copies of them are now unused
-        if n in needed and n.op == "call_function" and n.name not in forward and not n.users:
+        if n in needed and n.op == "call_function" and n not in forward and not n.users:
             g.erase_node(n)
     g.lint()
     gm.recompile()

@@ -1,4 +1,4 @@
-"""Pass 8: name components from the graph, not from a per-model table.
+"""Pass 11: name components from the graph, not from a per-model table.
 
 A branch is named after the deepest module that holds most of its ops (the
 attention module, not the block around it, nor the norm in front of it); its
@@ -10,23 +10,16 @@ per-position ``mlp`` (gated MLPs such as SwiGLU, squeeze-excitation included).
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+
+from ..core.ir import Axes, BaseLabel, ComponentSpec, Stream
+from ..core.state import CompileState
+from ..core.where import PASS_THROUGH, module_of, module_type_of
 
 
-from .axes import PASS_THROUGH, Axes
-from .expand import ComponentSpec
-from .where import module_of, module_type_of
-from .stream import Stream
-
-
-@dataclass
-class BaseLabel:
-    name: str
-    kind: str
-    module: str
-    module_type: str
-    layer: int | None
-    branch: int
+def run(state: CompileState) -> CompileState:
+    """Fills ``labels``."""
+    state.labels = label(state.specs, state.stream, state.axes, state.joins)
+    return state
 
 
 def _module_types(nodes) -> dict:

@@ -8,24 +8,20 @@ a nonlinear stretch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import networkx as nx
 import torch.fx as fx
 
+from ..core.ir import Stream, is_varying
+from ..core.state import CompileState
 from ..errors import TraceError
-from .dataflow import is_varying, reads_values
+from .dataflow import reads_values
 
 
-@dataclass
-class Stream:
-    nodes: list                      # stream nodes, input first, output last
-    index: dict                      # stream node -> position
-    segment: dict = field(default_factory=dict)  # varying node -> index of the stream node starting its segment
-    graph: nx.DiGraph | None = None  # varying nodes that reach the output
-
-    def __contains__(self, node) -> bool:
-        return node in self.index
+def run(state: CompileState) -> CompileState:
+    """Fills ``out`` and ``stream``."""
+    state.out = output_node(state.gm)
+    state.stream = find_stream(state.gm, state.flow, state.inp)
+    return state
 
 
 def output_node(gm: fx.GraphModule) -> fx.Node:

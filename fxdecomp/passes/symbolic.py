@@ -8,94 +8,39 @@ image — is written as one sympy expression of the values that enter it: the va
 are the variables, constants (parameters, buffers, scalars) are symbols. At a node where
 values leave the run (an *outlet*), the expression decides:
 
-* jointly affine in every variable: ``linear``, one piece per variable with the
+* jointly affine in every variable: ``Step.LINEAR``, one piece per variable with the
   coefficient as its slope, plus the constant part as a bias;
 * affine in some variables once the others are frozen at their actual values, with a
-  constant part free of variables: ``mixing`` (one carried variable, like a gated
-  product) or ``norm`` (several, like a norm written by hand with frozen statistics).
+  constant part free of variables: ``Step.MIXING`` (one carried variable, like a gated
+  product) or ``Step.NORM`` (several, like a norm written by hand with frozen statistics).
 
-Slopes and offsets are read from the expression and evaluated at run time by
-:func:`fxdecomp.kernels.pointwise`. An outlet the op rules already walk through (no
+Each op's form comes from its rule (``Rule.sympy``), so this pass holds no op table and an
+op registered with ``register_rule`` takes part once its rule gives a form. Slopes and offsets
+are read from the expression and evaluated at run time by :func:`fxdecomp.kernels.pointwise`,
+with the torch functions the forms name (``kernels.POINTWISE_FUNCTIONS``). An outlet the op rules already walk through (no
 nonlinear or unknown op between its variables and it) keeps its rules; a new
 combination of pointwise ops needs no new rule.
 """
 from __future__ import annotations
 
 import math
-import operator
 
 import sympy
-import torch
 import torch.fx as fx
 
 from .. import kernels
+from ..core.ir import is_varying
+from ..core.step import Step
 from ..core.terms import Derived, Factor, Linearization, NodeValue, Piece
-from ..rules.base import NONLINEAR, Rule, bound_args
+from ..rules.base import Rule, bound_args
 from ..rules.registry import rule_for
-from .dataflow import is_varying
 
-aten = torch.ops.aten
-
-
-# -- ops as sympy ------------------------------------------------------------------------------
-
-def _alpha(a):
-    return a.get("alpha", 1) if a.get("alpha") is not None else 1
-
-
-def _where(c, x, y):
-    return c * x + (1 - c) * y
-
-
-#: packet -> (argument names, builder over sympy values)
-_OPS = {
-    aten.add: (("self", "other"), lambda a: a["self"] + _alpha(a) * a["other"]),
-    aten.sub: (("self", "other"), lambda a: a["self"] - _alpha(a) * a["other"]),
-    aten.rsub: (("self", "other"), lambda a: a["other"] - _alpha(a) * a["self"]),
-    aten.mul: (("self", "other"), lambda a: a["self"] * a["other"]),
-    aten.div: (("self", "other"), lambda a: a["self"] / a["other"] if a.get("rounding_mode") is None else None),
-    aten.neg: (("self",), lambda a: -a["self"]),
-    aten.lerp: (("self", "end", "weight"), lambda a: a["self"] + a["weight"] * (a["end"] - a["self"])),
-    aten.addcmul: (("self", "tensor1", "tensor2"), lambda a: a["self"] + a["value"] * a["tensor1"] * a["tensor2"]),
-    aten.addcdiv: (("self", "tensor1", "tensor2"), lambda a: a["self"] + a["value"] * a["tensor1"] / a["tensor2"]),
-    aten.where: (("condition", "self", "other"), lambda a: _where(a["condition"], a["self"], a["other"])),
-    aten.masked_fill: (("self", "mask", "value"), lambda a: _where(a["mask"], a["value"], a["self"])),
-    aten.pow: (("self", "exponent"), lambda a: a["self"] ** a["exponent"]),
-    aten.square: (("self",), lambda a: a["self"] ** 2),
-    aten.reciprocal: (("self",), lambda a: 1 / a["self"]),
-    aten.sqrt: (("self",), lambda a: sympy.sqrt(a["self"])),
-    aten.rsqrt: (("self",), lambda a: 1 / sympy.sqrt(a["self"])),
-    aten.exp: (("self",), lambda a: sympy.exp(a["self"])),
-    aten.log: (("self",), lambda a: sympy.log(a["self"])),
-    aten.tanh: (("self",), lambda a: sympy.tanh(a["self"])),
-    aten.sigmoid: (("self",), lambda a: 1 / (1 + sympy.exp(-a["self"]))),
-    aten.clone: (("self",), lambda a: a["self"]),
-    aten.contiguous: (("self",), lambda a: a["self"]),
-    aten.alias: (("self",), lambda a: a["self"]),
-    aten.detach: (("self",), lambda a: a["self"]),
-}
-#: pointwise functions kept opaque: an expression holding one of a variable is not affine in it. They
-#: are evaluated by name with torch's defaults (kernels.POINTWISE_FUNCTIONS), so a call that passes any
-#: other argument (gelu's approximate, clamp's bounds, leaky_relu's slope) is not expressible here.
-_OPAQUE = set()
-for _name in ("relu", "gelu", "silu", "hardswish", "hardsigmoid", "abs", "sin", "cos", "erf", "softplus", "mish",
-              "leaky_relu", "elu", "clamp", "clamp_min", "clamp_max", "sign"):
-    _fn = sympy.Function(_name)
-    _OPS[getattr(aten, _name)] = (("self",), lambda a, f=_fn: f(a["self"]))
-    _OPAQUE.add(getattr(aten, _name))
-_OPS[operator.add] = (("self", "other"), lambda a: a["self"] + a["other"])
-_OPS[operator.sub] = (("self", "other"), lambda a: a["self"] - a["other"])
-_OPS[operator.mul] = (("self", "other"), lambda a: a["self"] * a["other"])
-_OPS[operator.truediv] = (("self", "other"), lambda a: a["self"] / a["other"])
-
-
-def _spec(node: fx.Node):
+def _form(node: fx.Node):
+    """The op's symbolic form, as its rule gives it (``Rule.sympy``; None: it has none)."""
     if node.op != "call_function":
         return None
-    op = getattr(node.target, "overloadpacket", node.target)
-    if op in _OPAQUE and (len(node.args) > 1 or node.kwargs):
-        return None
-    return _OPS.get(op)
+    rule = rule_for(node.target)
+    return rule.sympy(node) if rule is not None else None
 
 
 def _args(node: fx.Node, names) -> dict:
@@ -105,8 +50,8 @@ def _args(node: fx.Node, names) -> dict:
 
 
 def is_pointwise(node: fx.Node) -> bool:
-    """Whether the op is in the symbolic table (and keeps its input's dtype class)."""
-    return _spec(node) is not None
+    """Whether the op has a symbolic form (and keeps its input's dtype class)."""
+    return _form(node) is not None
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -145,11 +90,11 @@ class Run:
 
     def build(self, node: fx.Node, member) -> sympy.Expr | None:
         """The expression of ``node``; ``member(x)``: whether ``x`` belongs to the run."""
-        names, fn = _spec(node)
-        raw = _args(node, names)
+        form = _form(node)
+        raw = _args(node, form.operands)
         vals = {}
         for k, v in raw.items():
-            if k in names or k in ("alpha", "value"):
+            if k in form.operands:
                 o = self._operand(v, member)
                 if o is None and v is not None:
                     self.expr[node] = None
@@ -157,10 +102,8 @@ class Run:
                 vals[k] = o if o is not None else v
             else:
                 vals[k] = v
-        vals.setdefault("value", 1)
-        vals["value"] = sympy.Integer(1) if vals["value"] is None else vals["value"]
         try:
-            e = fn(vals)
+            e = form.build(vals)
         except (TypeError, ValueError):
             e = None
         self.expr[node] = e
@@ -198,9 +141,7 @@ def nonpolynomial(expr) -> set:
 class PointwiseRule(Rule):
     """The rule for one outlet, read from its expression (see the module docstring)."""
 
-    linearity = NONLINEAR  # unused: ``classify`` answers from the expression
-
-    def __init__(self, outlet: fx.Node, step: str, slopes: dict, offset, run: Run):
+    def __init__(self, outlet: fx.Node, step: Step, slopes: dict, offset, run: Run):
         self.outlet, self.step, self.slopes, self.offset, self.run = outlet, step, slopes, offset, run
 
     def classify(self, node, varying) -> str:
@@ -218,7 +159,7 @@ class PointwiseRule(Rule):
         return Derived(kernels.pointwise, (program, NodeValue(self.outlet)) + tuple(NodeValue(n) for n in nodes),
                        name)
 
-    def linearize(self, node, ctx) -> Linearization:
+    def linearize(self, node, ctx, carried=None) -> Linearization:
         axes = tuple(ctx.axes(node))
         pieces = []
         for x, slope in self.slopes.items():
@@ -293,7 +234,7 @@ def classify_outlet(node: fx.Node, run: Run, depth: dict, atoms) -> PointwiseRul
     slopes = {syms[s]: poly.coeff_monomial(s) for s in carried}
     if not all(_evaluable(e) for e in (offset, *slopes.values())):
         return None
-    step = "linear" if not frozen else ("mixing" if len(carried) == 1 else "norm")
+    step = Step.LINEAR if not frozen else (Step.MIXING if len(carried) == 1 else Step.NORM)
     return PointwiseRule(node, step, slopes, offset, run)
 
 
@@ -301,11 +242,11 @@ def pointwise_rules(order: list, flow: dict, stream, step_of, depth: dict, atoms
     """``{outlet: PointwiseRule}`` for the outlets the op rules cannot walk through.
 
     ``order``: the varying nodes in forward order; ``step_of(node)``: the op rules' answer
-    (``linear``, ``mixing``, ``norm``, ``nonlinear``, ``unknown``). A stream node is always
+    (a Step). A stream node is always
     an outlet: what enters a later run through it is read as a value, never inlined."""
     graph = stream.graph
     members = [n for n in order if is_pointwise(n)]
-    if not any(step_of(n) in ("nonlinear", "unknown") for n in members):
+    if not any(step_of(n) in (Step.NONLINEAR, Step.UNKNOWN) for n in members):
         return {}
     member_set = set(members)
     # runs: pointwise nodes joined by edges between them (union-find)
@@ -321,7 +262,7 @@ def pointwise_rules(order: list, flow: dict, stream, step_of, depth: dict, atoms
         for a in n.all_input_nodes:
             if a in member_set:
                 parent[find(a)] = find(n)
-    blocked = {find(n) for n in members if step_of(n) in ("nonlinear", "unknown")}
+    blocked = {find(n) for n in members if step_of(n) in (Step.NONLINEAR, Step.UNKNOWN)}
     run = Run(flow)
     rules: dict = {}
     outlets: set = set()  # their values are needed anyway: later expressions read them as values
@@ -350,15 +291,15 @@ def _needs_symbolic(node, inside, step_of, depth: dict, flow: dict) -> bool:
             continue
         seen.add(n)
         step = step_of(n)
-        if step in ("nonlinear", "unknown"):
+        if step in (Step.NONLINEAR, Step.UNKNOWN):
             return True
         carried = [a for a in n.all_input_nodes if is_varying(flow, a)]
-        if step in ("mixing", "norm"):
+        if step in (Step.MIXING, Step.NORM):
             rule = rule_for(n.target)
             options = [a for a in rule.carriable(n) if is_varying(flow, a)] if rule is not None else []
             if not options:
                 return True
-            if step == "norm":
+            if step == Step.NORM:
                 carried = options[:1]
             else:
                 best = min(depth.get(a, 0) for a in options)

@@ -15,6 +15,7 @@ import warnings
 import torch
 import torch.fx as fx
 
+from ..core.state import CompileState
 from ..errors import TraceError
 
 _NOISE = {
@@ -29,6 +30,12 @@ def _export(model: torch.nn.Module, example: torch.Tensor, dynamic: bool):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.export.export(model, (example,), dynamic_shapes=dyn, strict=False)
+
+
+def run(state: CompileState) -> CompileState:
+    """Fills ``gm`` and ``dynamic``."""
+    state.gm, state.dynamic = trace(state.model, state.example)
+    return state
 
 
 def trace(model: torch.nn.Module, example: torch.Tensor) -> tuple[fx.GraphModule, bool]:

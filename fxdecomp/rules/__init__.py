@@ -1,6 +1,8 @@
 """Rule tables for the ops the compiler understands (importing registers them)."""
+from ..core.context import RuleContext
+from ..core.step import Step
 from . import attention, einsum, elementwise, layers, movement, norms, pooling, reductions  # noqa: F401
-from .base import BILINEAR, LINEAR, NONLINEAR, NORM, Rule
+from .base import ALL, Rule, SympyForm
 from .registry import register_rule, rule_for, unregister_rule
 
-__all__ = ["Rule", "register_rule", "unregister_rule", "rule_for", "LINEAR", "BILINEAR", "NORM", "NONLINEAR"]
+__all__ = ["Rule", "RuleContext", "Step", "SympyForm", "ALL", "register_rule", "unregister_rule", "rule_for"]

@@ -12,53 +12,47 @@ import torch
 import torch.fx as fx
 
 from ..core.atoms import In
+from ..core.step import Step
 from ..core.terms import AttentionWeights, Factor, Linearization, Piece
-from .base import BILINEAR, Rule
+from .base import Rule, bound_args
 from .layers import split_info
 from .registry import rules_for
 
 aten = torch.ops.aten
 
 
-def _sdpa_args(node):
-    names = ["query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"]
-    vals = dict(zip(names, node.args))
-    vals.update(node.kwargs)
-    return vals
-
-
 @rules_for(aten.scaled_dot_product_attention)
 class SDPARule(Rule):
-    linearity = BILINEAR
+    step = Step.MIXING
 
-    def axes(self, node, ax):
-        a = _sdpa_args(node)
+    def axes(self, node, ctx):
+        a = bound_args(node)
         q, k, v = a["query"], a["key"], a["value"]
-        qa, ka, va = ax.axes(q), ax.axes(k), ax.axes(v)
-        ax.unify(qa[-1], ka[-1])
-        ax.unify(ka[-2], va[-2])
+        qa, ka, va = ctx.raw_axes(q), ctx.raw_axes(k), ctx.raw_axes(v)
+        ctx.unify(qa[-1], ka[-1])
+        ctx.unify(ka[-2], va[-2])
         nb = len(qa) - 2
-        for t_axes, t_shape in ((ka, ax.shape(k)), (va, ax.shape(v))):
+        for t_axes, t_shape in ((ka, ctx.shape(k)), (va, ctx.shape(v))):
             off = nb - (len(t_axes) - 2)
             for i in range(len(t_axes) - 2):
                 j = i + off
-                if 0 <= j < nb and t_shape[i] != 1 and ax.shape(q)[j] != 1:
-                    ax.unify(qa[j], t_axes[i])
+                if 0 <= j < nb and t_shape[i] != 1 and ctx.shape(q)[j] != 1:
+                    ctx.unify(qa[j], t_axes[i])
         mask = a.get("attn_mask")
         if isinstance(mask, fx.Node):
             full = list(qa[:-2]) + [qa[-2], ka[-2]]
-            ms = ax.shape(mask)
+            ms = ctx.shape(mask)
             off = len(full) - len(ms)
             for i, s in enumerate(ms):
                 if s != 1 and i + off >= 0:
-                    ax.unify(full[i + off], ax.axes(mask)[i])
+                    ctx.unify(full[i + off], ctx.raw_axes(mask)[i])
         return list(qa[:-2]) + [qa[-2], va[-1]]
 
     def carriable(self, node):
-        return [_sdpa_args(node)["value"]]
+        return [bound_args(node)["value"]]
 
-    def linearize(self, node, ctx):
-        a = _sdpa_args(node)
+    def linearize(self, node, ctx, carried=None):
+        a = bound_args(node)
         q, k, v, mask = a["query"], a["key"], a["value"], a.get("attn_mask")
         if a.get("dropout_p"):
             raise ctx.unsupported(node, "attention dropout is active (call model.eval() first)")

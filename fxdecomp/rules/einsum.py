@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 
 from ..core.atoms import In
+from ..core.step import Step
 from ..core.terms import Factor, Linearization, Piece
-from .base import BILINEAR, Rule
+from .base import Rule
 from .layers import split_info
 from .registry import rules_for
 
@@ -38,35 +39,35 @@ def _not_spatial(ctx, axis) -> bool:
 
 @rules_for(aten.einsum)
 class EinsumRule(Rule):
-    linearity = BILINEAR
+    step = Step.MIXING
 
     def carriable(self, node):
         return list(node.args[1])
 
-    def axes(self, node, ax):
+    def axes(self, node, ctx):
         spec = parse(node.args[0], len(node.args[1]))
         if spec is None:
-            return ax.fresh(node)
+            return ctx.fresh(node)
         ins, rhs = spec
         letter: dict = {}
         for t, x in zip(ins, node.args[1]):
-            for c, axis, size in zip(t, ax.axes(x), ax.shape(x)):
+            for c, axis, size in zip(t, ctx.raw_axes(x), ctx.shape(x)):
                 if size == 1:
                     continue
                 if c in letter:
-                    ax.unify(letter[c], axis)
+                    ctx.unify(letter[c], axis)
                 else:
                     letter[c] = axis
         return [letter.get(c, ()) for c in rhs]
 
-    def linearize(self, node, ctx):
+    def linearize(self, node, ctx, carried=None):
         equation, operands = node.args[0], list(node.args[1])
         spec = parse(equation, len(operands))
         if spec is None:
             raise ctx.unsupported(node, f"einsum {equation!r} uses an ellipsis or a repeated letter")
         ins, rhs = spec
         moving = [x for x in operands if ctx.varying(x)]
-        carried = ctx.carried(node) if len(moving) > 1 else moving[0]
+        carried = carried if len(moving) > 1 else moving[0]
         k = operands.index(carried)
         mine = set(ins[k])
         summed = [c for c in ins[k] if c not in rhs]

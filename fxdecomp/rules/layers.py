@@ -11,8 +11,9 @@ import torch
 import torch.fx as fx
 
 from ..core.atoms import In
+from ..core.step import Step
 from ..core.terms import Factor, Linearization, Piece
-from .base import BILINEAR, LINEAR, Rule, UnaryRule
+from .base import Rule, UnaryRule, bound_args
 from .registry import rules_for
 
 aten = torch.ops.aten
@@ -35,22 +36,20 @@ def split_info(shared_batch: list, contracted: tuple, table) -> dict:
 
 @rules_for(aten.linear)
 class LinearRule(UnaryRule):
-    linearity = BILINEAR
+    step = Step.MIXING
 
-    def axes(self, node, ax):
-        x, w = node.args[0], node.args[1]
-        xs, ws = ax.axes(x), ax.axes(w)
-        ax.unify(xs[-1], ws[1])
-        ax.table.promote(ws[0], "channel")
-        b = node.args[2] if len(node.args) > 2 else None
+    def axes(self, node, ctx):
+        x, w, b = node.args[0], node.args[1], bound_args(node)["bias"]
+        xs, ws = ctx.raw_axes(x), ctx.raw_axes(w)
+        ctx.unify(xs[-1], ws[1])
+        ctx.table.promote(ws[0], "channel")
         if isinstance(b, fx.Node):
-            ax.unify(ax.axes(b)[0], ws[0])
+            ctx.unify(ctx.raw_axes(b)[0], ws[0])
         return list(xs[:-1]) + [ws[0]]
 
 
-    def linearize(self, node, ctx):
-        x, w = node.args[0], node.args[1]
-        b = node.args[2] if len(node.args) > 2 else None
+    def linearize(self, node, ctx, carried=None):
+        x, w, b = node.args[0], node.args[1], bound_args(node)["bias"]
         if ctx.varying(w):
             raise ctx.unsupported(node, "its weight depends on the input")
         out_axis = ctx.axes(node)[-1]
@@ -66,21 +65,13 @@ class LinearRule(UnaryRule):
 
 
 def _conv_params(node):
-    t = str(node.target)
-    a = list(node.args) + [None] * 9
-    if "convolution" in t:
-        x, w, b, stride, padding, dilation, transposed, _, groups = a[:9]
-        if transposed:
-            raise NotImplementedError("transposed convolution")
-    else:
-        x, w, b, stride, padding, dilation, groups = a[:7]
-    kw = node.kwargs
-    b = kw.get("bias", b)
-    stride = kw.get("stride", stride) or 1
-    padding = kw.get("padding", padding) or 0
-    dilation = kw.get("dilation", dilation) or 1
-    groups = kw.get("groups", groups) or 1
-    return x, w, b, stride, padding, dilation, groups
+    """(input, weight, bias, stride, padding, dilation, groups), by name: ``convolution`` has
+    ``transposed`` and ``output_padding`` where ``conv2d`` has none."""
+    a = bound_args(node)
+    if a.get("transposed"):
+        raise NotImplementedError("transposed convolution")
+    return (a["input"], a["weight"], a["bias"], a["stride"] or 1, a["padding"] or 0, a["dilation"] or 1,
+            a["groups"] or 1)
 
 
 def _per_dim(v, n):
@@ -91,7 +82,7 @@ def _per_dim(v, n):
 class ConvRule(UnaryRule):
     """Convolution as factors: the kernel, and per spatial axis a 0/1 tensor S[out, tap, in]."""
 
-    linearity = BILINEAR
+    step = Step.MIXING
     KEYS = {1: ("pos",), 2: ("row", "col"), 3: ("depth", "row", "col")}
 
     def _geometry(self, node, ax_shape):
@@ -112,23 +103,23 @@ class ConvRule(UnaryRule):
                              n_in=xs[2 + i], n_out=out_shape[2 + i]))
         return x, w, b, groups, dims
 
-    def axes(self, node, ax):
-        x, w, b, groups, dims = self._geometry(node, ax.shape)
-        xa, wa = ax.axes(x), ax.axes(w)
-        c_in, out_ch = ax.shape(x)[1], ax.shape(w)[0]
+    def axes(self, node, ctx):
+        x, w, b, groups, dims = self._geometry(node, ctx.shape)
+        xa, wa = ctx.raw_axes(x), ctx.raw_axes(w)
+        c_in, out_ch = ctx.shape(x)[1], ctx.shape(w)[0]
         if groups == 1:
-            ax.unify(xa[1], wa[1])
+            ctx.unify(xa[1], wa[1])
         else:
-            xg = ax.table.reshape([xa[1]], [groups, c_in // groups])
-            wg = ax.table.reshape([wa[0]], [groups, out_ch // groups])
+            xg = ctx.table.reshape([xa[1]], [groups, c_in // groups])
+            wg = ctx.table.reshape([wa[0]], [groups, out_ch // groups])
             if xg is None or wg is None:
-                return ax.fresh(node)
-            ax.unify(xg[0], wg[0])
+                return ctx.fresh(node)
+            ctx.unify(xg[0], wg[0])
             if c_in // groups > 1:
-                ax.unify(xg[1], wa[1])
-        ax.table.promote(wa[0], "channel")
+                ctx.unify(xg[1], wa[1])
+        ctx.table.promote(wa[0], "channel")
         if isinstance(b, fx.Node):
-            ax.unify(ax.axes(b)[0], wa[0])
+            ctx.unify(ctx.raw_axes(b)[0], wa[0])
         keys = self.KEYS.get(len(dims), tuple(f"dim{i}" for i in range(len(dims))))
         out = [xa[0], wa[0]]
         kernels = []
@@ -137,16 +128,16 @@ class ConvRule(UnaryRule):
                 out.append(xa[2 + i])
                 kernels.append(None)
                 continue
-            out.append(ax.table.axis(g["n_out"], ("grid", keys[i], node.name), "spatial"))
-            k_axis = ax.table.axis(g["k"], ("kernel", node.name, i), "other")
+            out.append(ctx.table.axis(g["n_out"], ("grid", keys[i], node.name), "spatial"))
+            k_axis = ctx.table.axis(g["k"], ("kernel", node.name, i), "other")
             if k_axis:
-                ax.unify(wa[2 + i], k_axis)
+                ctx.unify(wa[2 + i], k_axis)
             kernels.append(k_axis)
-        ax.record_kernels(node, kernels)
+        ctx.record_kernels(node, kernels)
         return out
 
 
-    def linearize(self, node, ctx):
+    def linearize(self, node, ctx, carried=None):
         x, w, b, groups, dims = self._geometry(node, ctx.shape)
         if ctx.varying(w):
             raise ctx.unsupported(node, "its weight depends on the input")
@@ -202,7 +193,7 @@ class Im2colRule(UnaryRule):
     (out rows, out columns): a batch folded with positions later (TNT's pixel-level
     transformer runs on [B·patches, pixels, C]) keeps the batch atom."""
 
-    linearity = LINEAR
+    step = Step.LINEAR
 
     @staticmethod
     def _geometry(node, shape):
@@ -215,17 +206,17 @@ class Im2colRule(UnaryRule):
             dims.append(dict(k=kernel[i], s=stride[i], p=padding[i], d=dilation[i], n_in=n_in, n_out=n_out))
         return x, dims
 
-    def axes(self, node, ax):
-        x, dims = self._geometry(node, ax.shape)
-        xa = ax.axes(x)
+    def axes(self, node, ctx):
+        x, dims = self._geometry(node, ctx.shape)
+        xa = ctx.raw_axes(x)
         taps, grid = [], []
         for key, g in zip(("row", "col"), dims):
-            taps.extend(ax.table.axis(g["k"], ("kernel", node.name, key), "other"))
-            grid.extend(ax.table.axis(g["n_out"], ("grid", key, node.name), "spatial"))
-        ax.record_position_mixing(node)
+            taps.extend(ctx.table.axis(g["k"], ("kernel", node.name, key), "other"))
+            grid.extend(ctx.table.axis(g["n_out"], ("grid", key, node.name), "spatial"))
+        ctx.record_position_mixing(node)
         return [xa[0], tuple(xa[1]) + tuple(taps), tuple(grid)]
 
-    def linearize(self, node, ctx):
+    def linearize(self, node, ctx, carried=None):
         x, dims = self._geometry(node, ctx.shape)
         xa, out = ctx.axes(x), ctx.axes(node)
         c = ctx.shape(x)[1]
@@ -243,15 +234,15 @@ class Im2colRule(UnaryRule):
 class MatmulRule(Rule):
     """``a @ b``; with both operands varying, linear in the carried one."""
 
-    linearity = BILINEAR
+    step = Step.MIXING
 
-    def axes(self, node, ax):
+    def axes(self, node, ctx):
         a, b = node.args[0], node.args[1]
-        aa, ba = list(ax.axes(a)), list(ax.axes(b))
-        sa, sb = ax.shape(a), ax.shape(b)
+        aa, ba = list(ctx.raw_axes(a)), list(ctx.raw_axes(b))
+        sa, sb = ctx.shape(a), ctx.shape(b)
         if len(sa) < 2 or len(sb) < 2:
-            return ax.fresh(node)
-        ax.unify(aa[-1], ba[-2])
+            return ctx.fresh(node)
+        ctx.unify(aa[-1], ba[-2])
         batch_a, batch_b = aa[:-2], ba[:-2]
         sha, shb = sa[:-2], sb[:-2]
         nb = max(len(batch_a), len(batch_b))
@@ -261,14 +252,14 @@ class MatmulRule(Rule):
             x = batch_a[ia] if ia >= 0 and sha[ia] != 1 else None
             y = batch_b[ib] if ib >= 0 and shb[ib] != 1 else None
             if x is not None and y is not None:
-                ax.unify(x, y)
+                ctx.unify(x, y)
             batch.append(x if x is not None else (y if y is not None else ()))
         return batch + [aa[-2], ba[-1]]
 
-    def linearize(self, node, ctx):
+    def linearize(self, node, ctx, carried=None):
         a, b = node.args[0], node.args[1]
         va, vb = ctx.varying(a), ctx.varying(b)
-        carried = ctx.carried(node) if (va and vb) else (a if va else b)
+        carried = carried if (va and vb) else (a if va else b)
         other = b if carried is a else a
         ca, oa = ctx.axes(carried), ctx.axes(other)
         if carried is b:  # out = other @ carried; contracted atoms: carried's rows

@@ -8,8 +8,9 @@ import torch
 import torch.fx as fx
 
 from ..core.atoms import In, axis_size
+from ..core.step import Step
 from ..core.terms import Factor, Linearization, Piece
-from .base import LINEAR, Rule, UnaryRule, norm_dim
+from .base import ALL, Rule, UnaryRule, bound_args, norm_dim
 from .registry import rule_for, rules_for
 
 aten = torch.ops.aten
@@ -29,9 +30,9 @@ def _identity_piece(node, x, ctx) -> Piece:
 class RelabelRule(UnaryRule):
     """Ops that only rearrange axes: the output's atoms are the input's."""
 
-    linearity = LINEAR
+    step = Step.LINEAR
 
-    def linearize(self, node, ctx):
+    def linearize(self, node, ctx, carried=None):
         x = node.args[0]
         if sorted(a.id for a in ctx.atoms(x)) != sorted(a.id for a in ctx.atoms(node)):
             raise ctx.unsupported(
@@ -68,23 +69,23 @@ class ReshapeRule(RelabelRule):
     """A reshape only relabels atoms, except where its axis boundaries cut the input's
     atoms across: there the output gets fresh atoms and the map is a 0/1 regrouping."""
 
-    def axes(self, node, ax):
-        src, in_shape, out_shape = ax.axes(node.args[0]), ax.shape(node.args[0]), ax.shape(node)
-        out = ax.table.reshape(src, out_shape)
+    def axes(self, node, ctx):
+        src, in_shape, out_shape = ctx.raw_axes(node.args[0]), ctx.shape(node.args[0]), ctx.shape(node)
+        out = ctx.table.reshape(src, out_shape)
         if out is not None:
             return out
         out, regroups = [], []
         for ins, outs in reshape_groups(in_shape, out_shape):
-            part = ax.table.reshape([src[i] for i in ins], [out_shape[j] for j in outs])
+            part = ctx.table.reshape([src[i] for i in ins], [out_shape[j] for j in outs])
             if part is None:
-                part = ax.table.regroup([src[i] for i in ins], [out_shape[j] for j in outs])
+                part = ctx.table.regroup([src[i] for i in ins], [out_shape[j] for j in outs])
                 regroups.append((tuple(a for i in ins for a in src[i]), tuple(a for p in part for a in p)))
             out.extend(part)
         if regroups:
-            ax.record_regroups(node, regroups)
+            ctx.record_regroups(node, regroups)
         return out
 
-    def linearize(self, node, ctx):
+    def linearize(self, node, ctx, carried=None):
         regroups = ctx.regroups(node)
         if not regroups:
             return super().linearize(node, ctx)
@@ -119,16 +120,16 @@ def regroup_factor(ctx, node, out_axis: tuple, in_axis: tuple) -> Factor:
 
 @rules_for(aten.permute)
 class PermuteRule(RelabelRule):
-    def axes(self, node, ax):
-        src = ax.axes(node.args[0])
+    def axes(self, node, ctx):
+        src = ctx.raw_axes(node.args[0])
         return [src[norm_dim(d, len(src))] for d in node.args[1]]
 
 
 
 @rules_for(aten.transpose, aten.t, aten.swapaxes)
 class TransposeRule(RelabelRule):
-    def axes(self, node, ax):
-        src = list(ax.axes(node.args[0]))
+    def axes(self, node, ctx):
+        src = list(ctx.raw_axes(node.args[0]))
         if len(node.args) < 3:  # t()
             return src[::-1]
         i, j = norm_dim(node.args[1], len(src)), norm_dim(node.args[2], len(src))
@@ -141,10 +142,10 @@ class TransposeRule(RelabelRule):
 class SqueezeRule(RelabelRule):
     """Size-1 axes carry no atoms, so (un)squeezing only drops or adds empty axes."""
 
-    def axes(self, node, ax):
-        src = [axis for axis, s in zip(ax.axes(node.args[0]), ax.shape(node.args[0])) if s != 1]
+    def axes(self, node, ctx):
+        src = [axis for axis, s in zip(ctx.raw_axes(node.args[0]), ctx.shape(node.args[0])) if s != 1]
         out, k = [], 0
-        for s in ax.shape(node):
+        for s in ctx.shape(node):
             if s == 1:
                 out.append(())
             else:
@@ -158,11 +159,11 @@ class SqueezeRule(RelabelRule):
 class ExpandRule(UnaryRule):
     """Broadcasting to a larger shape: new atoms, values constant along them."""
 
-    linearity = LINEAR
+    step = Step.LINEAR
 
-    def axes(self, node, ax):
-        src_axes, src_shape = ax.axes(node.args[0]), ax.shape(node.args[0])
-        out_shape = ax.shape(node)
+    def axes(self, node, ctx):
+        src_axes, src_shape = ctx.raw_axes(node.args[0]), ctx.shape(node.args[0])
+        out_shape = ctx.shape(node)
         off = len(out_shape) - len(src_shape)
         out = []
         for j, s in enumerate(out_shape):
@@ -170,10 +171,10 @@ class ExpandRule(UnaryRule):
             if i >= 0 and src_shape[i] == s:
                 out.append(src_axes[i])
             else:
-                out.append(ax.table.axis(s, ("broadcast", node.name), "other"))
+                out.append(ctx.table.axis(s, ("broadcast", node.name), "other"))
         return out
 
-    def linearize(self, node, ctx):
+    def linearize(self, node, ctx, carried=None):
         return Linearization([_identity_piece(node, node.args[0], ctx)])
 
 
@@ -181,14 +182,21 @@ class ExpandRule(UnaryRule):
 class SelectRule(UnaryRule):
     """``x[..., i, ...]``: a one-hot factor, applied by indexing at code generation."""
 
-    linearity = LINEAR
+    step = Step.LINEAR
 
-    def axes(self, node, ax):
-        src = list(ax.axes(node.args[0]))
+    def axes(self, node, ctx):
+        src = list(ctx.raw_axes(node.args[0]))
         del src[norm_dim(node.args[1], len(src))]
         return src
 
-    def linearize(self, node, ctx):
+    def reads(self, node, arg, need, ctx):
+        """One index of the selected axis."""
+        shape = ctx.shape(arg)
+        dim = node.args[1] % len(shape)
+        idx = node.args[2] % shape[dim]
+        return need[:dim] + (frozenset([idx]),) + need[dim:]
+
+    def linearize(self, node, ctx, carried=None):
         x, dim, idx = node.args[0], node.args[1], node.args[2]
         shape = ctx.shape(x)
         dim = norm_dim(dim, len(shape))
@@ -222,27 +230,35 @@ def _slice_bounds(size: int, start, end, step) -> tuple[int, int, int]:
 
 @rules_for(aten.slice)
 class SliceRule(UnaryRule):
-    linearity = LINEAR
+    step = Step.LINEAR
 
     def _bounds(self, node, shape):
-        dim = norm_dim(node.args[1] if len(node.args) > 1 else 0, len(shape))
-        start = node.args[2] if len(node.args) > 2 else None
-        end = node.args[3] if len(node.args) > 3 else None
-        step = node.args[4] if len(node.args) > 4 else 1
-        return (dim, *_slice_bounds(shape[dim], start, end, step))
+        a = bound_args(node)
+        dim = norm_dim(a["dim"], len(shape))
+        return (dim, *_slice_bounds(shape[dim], a["start"], a["end"], a["step"]))
 
-    def axes(self, node, ax):
-        src = list(ax.axes(node.args[0]))
-        shape = ax.shape(node.args[0])
+    def axes(self, node, ctx):
+        src = list(ctx.raw_axes(node.args[0]))
+        shape = ctx.shape(node.args[0])
         dim, start, end, step = self._bounds(node, shape)
         n = len(range(start, end, step))
         if n == shape[dim]:
             return src
-        src[dim] = ax.table.axis(n, ("slice", src[dim], start, step), "other")
-        ax.table.promote(src[dim], _role(ax.table, ax.axes(node.args[0])[dim]))
+        src[dim] = ctx.table.axis(n, ("slice", src[dim], start, step), "other")
+        ctx.table.promote(src[dim], _role(ctx.table, ctx.raw_axes(node.args[0])[dim]))
         return src
 
-    def linearize(self, node, ctx):
+    def reads(self, node, arg, need, ctx):
+        """The indices of the sliced axis that the output's needed indices are (None: none)."""
+        dim, start, end, step = self._bounds(node, ctx.shape(arg))
+        picked = range(start, end, step)
+        want = need[dim]
+        idx = frozenset(picked) if want is ALL else frozenset(picked[j] for j in want if j < len(picked))
+        if not idx:
+            return None
+        return need[:dim] + (idx,) + need[dim + 1:]
+
+    def linearize(self, node, ctx, carried=None):
         x = node.args[0]
         shape = ctx.shape(x)
         dim, start, end, step = self._bounds(node, shape)
@@ -264,60 +280,77 @@ def _role(table, axis) -> str:
     return "other"
 
 
-def _segment(t, dim: int, seg, ax) -> tuple:
+def _segment(t, dim: int, seg, ctx) -> tuple:
     """What one input of a concatenation is along its axis, for provenance: (axis, size, name),
     or, for a single row sliced from a larger axis (``x[:, 0:1]``, which has no atom of its
     own), (that axis, 1, None, the row's index on it)."""
-    size = ax.shape(t)[dim]
+    size = ctx.shape(t)[dim]
     if not seg and size == 1 and isinstance(t, fx.Node) and getattr(t.target, "overloadpacket", None) is aten.slice:
-        src = t.args[0]
-        shape = ax.shape(src)
-        if shape is not None and len(shape) == len(ax.shape(t)) and norm_dim(t.args[1], len(shape)) == dim:
-            start = _slice_bounds(shape[dim], t.args[2] if len(t.args) > 2 else None,
-                                  t.args[3] if len(t.args) > 3 else None, 1)[0]
-            return (ax.axes(src)[dim], 1, None, start)
-    return (seg, size, ax.param_name(t))
+        a = bound_args(t)
+        src = a["input"]
+        shape = ctx.shape(src)
+        if shape is not None and len(shape) == len(ctx.shape(t)) and norm_dim(a["dim"], len(shape)) == dim:
+            start = _slice_bounds(shape[dim], a["start"], a["end"], 1)[0]
+            return (ctx.raw_axes(src)[dim], 1, None, start)
+    return (seg, size, ctx.param_name(t))
 
 
 @rules_for(aten.cat, aten.concat, aten.concatenate)
 class CatRule(Rule):
     """Concatenation: each input is embedded into its segment of a new axis."""
 
-    linearity = LINEAR
+    step = Step.LINEAR
 
-    def axes(self, node, ax):
-        tensors = [t for t in node.args[0]]
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        out_shape = ax.shape(node)
+    def axes(self, node, ctx):
+        a = bound_args(node)
+        tensors, dim = list(a["tensors"]), a["dim"]
+        out_shape = ctx.shape(node)
         dim = norm_dim(dim, len(out_shape))
         out = None
         segments = []
         for t in tensors:
-            t_axes = list(ax.axes(t))
+            t_axes = list(ctx.raw_axes(t))
             seg = t_axes[dim]
-            segments.append(_segment(t, dim, seg, ax))
+            segments.append(_segment(t, dim, seg, ctx))
             if out is None:
                 out = t_axes
             else:
                 for i, a in enumerate(t_axes):
-                    if i != dim and not ax.unify(out[i], a):
-                        return ax.fresh(node)
+                    if i != dim and not ctx.unify(out[i], a):
+                        return ctx.fresh(node)
         out = list(out)
         if out_shape[dim] == 1:
             out[dim] = ()
         else:
-            out[dim] = (ax.table.new(out_shape[dim], ("cat", tuple(segments)), "other"),)
+            out[dim] = (ctx.table.new(out_shape[dim], ("cat", tuple(segments)), "other"),)
             for seg, *_ in segments:
-                ax.table.promote(out[dim], _role(ax.table, seg) if seg else "other")
+                ctx.table.promote(out[dim], _role(ctx.table, seg) if seg else "other")
         return out
 
     def carriable(self, node):
         return [t for t in node.args[0] if isinstance(t, fx.Node)]
 
-    def linearize(self, node, ctx):
-        tensors = node.args[0]
-        shape = ctx.shape(node)
-        dim = norm_dim(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0), len(shape))
+    def reads(self, node, arg, need, ctx):
+        """Each input reads only the part of the concatenated axis it fills (None: none of it)."""
+        dim = bound_args(node)["dim"] % len(ctx.shape(node))
+        want = need[dim]
+        offset, found = 0, set()
+        for p in node.args[0]:
+            size = ctx.shape(p)[dim] if isinstance(p, fx.Node) and ctx.shape(p) is not None else 0
+            if p is arg:
+                if want is ALL:
+                    found = ALL
+                    break
+                found |= {j - offset for j in want if offset <= j < offset + size}
+            offset += size
+        if found is not ALL and not found:
+            return None
+        return need[:dim] + (found if found is ALL else frozenset(found),) + need[dim + 1:]
+
+    def linearize(self, node, ctx, carried=None):
+        a = bound_args(node)
+        tensors, shape = a["tensors"], ctx.shape(node)
+        dim = norm_dim(a["dim"], len(shape))
         out_axis = ctx.axes(node)[dim]
         total = shape[dim]
         pieces, start = [], 0
@@ -347,33 +380,33 @@ class StackRule(Rule):
     """``stack``: the inputs, each placed at its index of a new axis (a concatenation of
     unsqueezed inputs). Their axes are one; the new axis remembers which input is where."""
 
-    linearity = LINEAR
+    step = Step.LINEAR
 
-    def axes(self, node, ax):
-        tensors = list(node.args[0])
-        out_shape = ax.shape(node)
-        dim = norm_dim(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0), len(out_shape))
+    def axes(self, node, ctx):
+        a = bound_args(node)
+        tensors, out_shape = list(a["tensors"]), ctx.shape(node)
+        dim = norm_dim(a["dim"], len(out_shape))
         out = None
         for t in tensors:
-            t_axes = list(ax.axes(t))
+            t_axes = list(ctx.raw_axes(t))
             if out is None:
                 out = t_axes
             else:
                 for a, b in zip(out, t_axes):
-                    if not ax.unify(a, b):
-                        return ax.fresh(node)
+                    if not ctx.unify(a, b):
+                        return ctx.fresh(node)
         n = len(tensors)
-        new = ax.table.axis(n, ("cat", tuple(((), 1, ax.param_name(t)) for t in tensors)), "other") \
+        new = ctx.table.axis(n, ("cat", tuple(((), 1, ctx.param_name(t)) for t in tensors)), "other") \
             if n > 1 else ()
         return out[:dim] + [new] + out[dim:]
 
     def carriable(self, node):
         return [t for t in node.args[0] if isinstance(t, fx.Node)]
 
-    def linearize(self, node, ctx):
-        tensors = list(node.args[0])
-        shape = ctx.shape(node)
-        dim = norm_dim(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0), len(shape))
+    def linearize(self, node, ctx, carried=None):
+        a = bound_args(node)
+        tensors, shape = list(a["tensors"]), ctx.shape(node)
+        dim = norm_dim(a["dim"], len(shape))
         out_axis, n = ctx.axes(node)[dim], len(tensors)
         pieces = []
         for i, t in enumerate(tensors):
@@ -393,32 +426,32 @@ class StackRule(Rule):
 
 @rules_for(aten.roll)
 class RollRule(UnaryRule):
-    linearity = LINEAR
+    step = Step.LINEAR
 
     def _spec(self, node, nd):
-        shifts = node.args[1]
-        dims = node.args[2] if len(node.args) > 2 else node.kwargs.get("dims", [])
+        a = bound_args(node)
+        shifts, dims = a["shifts"], a["dims"]
         shifts = [shifts] if isinstance(shifts, int) else list(shifts)
         dims = [dims] if isinstance(dims, int) else list(dims)
         if not dims:
             raise NotImplementedError("roll without dims (flattened roll)")
         return [(norm_dim(d, nd), s) for d, s in zip(dims, shifts)]
 
-    def axes(self, node, ax):
-        src = list(ax.axes(node.args[0]))
-        shape = ax.shape(node.args[0])
+    def axes(self, node, ctx):
+        src = list(ctx.raw_axes(node.args[0]))
+        shape = ctx.shape(node.args[0])
         try:
             spec = self._spec(node, len(shape))
         except NotImplementedError:
-            return ax.fresh(node)
+            return ctx.fresh(node)
         for d, s in spec:
             if shape[d] > 1 and s % shape[d]:
-                new = ax.table.axis(shape[d], ("roll", src[d], s % shape[d]), "other")
-                ax.table.promote(new, _role(ax.table, src[d]))
+                new = ctx.table.axis(shape[d], ("roll", src[d], s % shape[d]), "other")
+                ctx.table.promote(new, _role(ctx.table, src[d]))
                 src[d] = new
         return src
 
-    def linearize(self, node, ctx):
+    def linearize(self, node, ctx, carried=None):
         x = node.args[0]
         shape = ctx.shape(x)
         try:
@@ -450,15 +483,12 @@ class RollRule(UnaryRule):
 class PadRule(UnaryRule):
     """Zero padding (``constant_pad_nd``, and ``pad`` in constant mode): an embedding per padded axis."""
 
-    linearity = LINEAR
+    step = Step.LINEAR
 
     @staticmethod
     def _mode_value(node):
-        if "constant_pad_nd" in str(node.target):
-            return "constant", (node.args[2] if len(node.args) > 2 else 0)
-        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
-        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
-        return mode, value or 0
+        a = bound_args(node)  # constant_pad_nd has no mode
+        return a.get("mode", "constant"), a["value"] or 0
 
     def _spec(self, node, shape):
         pad = list(node.args[1])
@@ -468,19 +498,19 @@ class PadRule(UnaryRule):
             out.append((d, pad[2 * i], pad[2 * i + 1]))
         return out
 
-    def axes(self, node, ax):
-        src = list(ax.axes(node.args[0]))
-        shape = ax.shape(node.args[0])
+    def axes(self, node, ctx):
+        src = list(ctx.raw_axes(node.args[0]))
+        shape = ctx.shape(node.args[0])
         for d, before, after in self._spec(node, shape):
             if before or after:
                 if before < 0 or after < 0:
-                    return ax.fresh(node)
-                new = ax.table.axis(shape[d] + before + after, ("pad", src[d], before), "other")
-                ax.table.promote(new, _role(ax.table, src[d]))
+                    return ctx.fresh(node)
+                new = ctx.table.axis(shape[d] + before + after, ("pad", src[d], before), "other")
+                ctx.table.promote(new, _role(ctx.table, src[d]))
                 src[d] = new
         return src
 
-    def linearize(self, node, ctx):
+    def linearize(self, node, ctx, carried=None):
         x = node.args[0]
         mode, value = self._mode_value(node)
         if mode != "constant":
@@ -514,13 +544,14 @@ class PadRule(UnaryRule):
 class TupleRule(UnaryRule):
     """An op returning several tensors; ``getitem`` nodes read them."""
 
-    linearity = LINEAR
+    step = Step.LINEAR
 
-    def item_axes(self, node, i, ax):
-        return self.axes(node, ax)[i]
+    def item_axes(self, node, i, ctx):
+        return self.axes(node, ctx)[i]
 
-    def item_linearity(self, node, i) -> str:
-        return self.linearity
+    def item_step(self, node, i) -> Step:
+        """The step of item ``i`` (a ``getitem`` of it is walked as this)."""
+        return self.step
 
     def item_linearize(self, node, i, item: fx.Node, ctx) -> Linearization:
         raise NotImplementedError
@@ -528,15 +559,15 @@ class TupleRule(UnaryRule):
 
 @rules_for(aten.unbind)
 class UnbindRule(TupleRule):
-    def axes(self, node, ax):
-        src = list(ax.axes(node.args[0]))
-        dim = norm_dim(node.args[1] if len(node.args) > 1 else 0, len(src))
+    def axes(self, node, ctx):
+        src = list(ctx.raw_axes(node.args[0]))
+        dim = norm_dim(bound_args(node)["dim"], len(src))
         rest = src[:dim] + src[dim + 1:]
-        return [list(rest) for _ in range(ax.shape(node.args[0])[dim])]
+        return [list(rest) for _ in range(ctx.shape(node.args[0])[dim])]
 
     def item_linearize(self, node, i, item, ctx):
         x = node.args[0]
-        dim = norm_dim(node.args[1] if len(node.args) > 1 else 0, len(ctx.shape(x)))
+        dim = norm_dim(bound_args(node)["dim"], len(ctx.shape(x)))
         piece = _identity_piece(item, x, ctx)
         axis = ctx.axes(x)[dim]
         piece.passthrough = frozenset(piece.passthrough) - set(axis)
@@ -547,10 +578,9 @@ class UnbindRule(TupleRule):
 @rules_for(aten.split, aten.split_with_sizes, aten.chunk, aten.tensor_split)
 class SplitRule(TupleRule):
     def _bounds(self, node, shape):
-        dim_arg = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
-        dim = norm_dim(dim_arg, len(shape))
+        dim = norm_dim(bound_args(node)["dim"], len(shape))
         size = shape[dim]
-        spec = node.args[1]
+        spec = node.args[1]  # split_size, split_sizes, chunks, sections: one position, four names
         name = str(node.target)
         if "chunk" in name:
             step = -(-size // spec)
@@ -565,16 +595,16 @@ class SplitRule(TupleRule):
             s0 += n
         return dim, out
 
-    def axes(self, node, ax):
-        src = list(ax.axes(node.args[0]))
-        shape = ax.shape(node.args[0])
+    def axes(self, node, ctx):
+        src = list(ctx.raw_axes(node.args[0]))
+        shape = ctx.shape(node.args[0])
         dim, bounds = self._bounds(node, shape)
         out = []
         for start, end in bounds:
             axes = list(src)
             if end - start != shape[dim]:
-                axes[dim] = ax.table.axis(end - start, ("slice", src[dim], start, 1), "other")
-                ax.table.promote(axes[dim], _role(ax.table, src[dim]))
+                axes[dim] = ctx.table.axis(end - start, ("slice", src[dim], start, 1), "other")
+                ctx.table.promote(axes[dim], _role(ctx.table, src[dim]))
             out.append(axes)
         return out
 
@@ -602,28 +632,27 @@ class GetItemRule(Rule):
             return None, None
         return prod, rule_for(prod.target)
 
-    @property
-    def linearity(self):  # type: ignore[override]
-        return LINEAR
+    step = Step.LINEAR
 
-    def axes(self, node, ax):
+    def axes(self, node, ctx):
         prod, _ = self._producer(node)
-        items = ax.axes(prod) if prod is not None else None
+        items = ctx.raw_axes(prod) if prod is not None else None
         if isinstance(items, list) and items and isinstance(items[0], list):
             return items[node.args[1]]
-        return ax.fresh(node)
+        return ctx.fresh(node)
 
     def classify(self, node, varying):
         prod, rule = self._producer(node)
         if not isinstance(rule, TupleRule):
-            return "nonlinear"
-        return {"linear": "linear", "norm": "norm"}.get(rule.item_linearity(prod, node.args[1]), "nonlinear")
+            return Step.NONLINEAR
+        step = rule.item_step(prod, node.args[1])
+        return step if step in (Step.LINEAR, Step.NORM) else Step.NONLINEAR
 
     def carriable(self, node):
         prod, rule = self._producer(node)
         return rule.carriable(prod) if isinstance(rule, TupleRule) else []
 
-    def linearize(self, node, ctx):
+    def linearize(self, node, ctx, carried=None):
         prod, rule = self._producer(node)
         if not isinstance(rule, TupleRule):
             raise ctx.unsupported(node, "it reads an output of an op with no rule")

@@ -10,22 +10,23 @@ import torch.fx as fx
 
 from .. import kernels
 from ..core.atoms import In
+from ..core.step import Step
 from ..core.terms import Factor, Linearization, Piece
-from .base import LINEAR, NORM, UnaryRule
+from .base import ALL, UnaryRule, bound_args, full
 from .movement import TupleRule
 from .registry import rules_for
 
 aten = torch.ops.aten
 
 
-def _unify_params(ax, axes, params):
+def _unify_params(ctx, axes, params):
     for p in params:
         if isinstance(p, fx.Node):
-            pa = ax.axes(p)
+            pa = ctx.raw_axes(p)
             if len(pa) == len(axes):
                 for a, b in zip(pa, axes):
                     if a or b:
-                        ax.unify(a, b)
+                        ctx.unify(a, b)
 
 
 def _flat(axes):
@@ -35,23 +36,31 @@ def _flat(axes):
 class _LastDimsNorm(UnaryRule):
     """A norm over the trailing ``normalized_shape`` dims with affine parameters after it."""
 
-    linearity = NORM
-    n_params = 2
+    step = Step.NORM
+    params = ("weight", "bias")
 
-    def axes(self, node, ax):
-        x, shape = node.args[0], node.args[1]
-        xa = ax.axes(x)
-        _unify_params(ax, xa[-len(shape):], node.args[2:2 + self.n_params])
+    def axes(self, node, ctx):
+        a = bound_args(node)
+        x, shape = a["input"], a["normalized_shape"]
+        xa = ctx.raw_axes(x)
+        _unify_params(ctx, xa[-len(shape):], [a[p] for p in self.params])
         return list(xa)
+
+    def reads(self, node, arg, need, ctx):
+        """Each position reads all of its normalised axes (their statistics), nothing else."""
+        a = bound_args(node)
+        if a["input"] is not arg:
+            return full(ctx.shape(arg))
+        nd = len(a["normalized_shape"])
+        return need[:-nd] + (ALL,) * nd
 
 
 @rules_for(aten.layer_norm)
 class LayerNormRule(_LastDimsNorm):
 
-    def linearize(self, node, ctx):
-        x, shape = node.args[0], list(node.args[1])
-        w = node.args[2] if len(node.args) > 2 else None
-        b = node.args[3] if len(node.args) > 3 else None
+    def linearize(self, node, ctx, carried=None):
+        a = bound_args(node)
+        x, shape, w, b = a["input"], list(a["normalized_shape"]), a["weight"], a["bias"]
         nd = len(shape)
         xa = ctx.axes(x)
         normed, lead = _flat(xa[-nd:]), xa[:-nd]
@@ -74,12 +83,11 @@ class LayerNormRule(_LastDimsNorm):
 
 @rules_for(aten.rms_norm)
 class RMSNormRule(_LastDimsNorm):
-    n_params = 1
+    params = ("weight",)
 
-    def linearize(self, node, ctx):
-        x, shape = node.args[0], list(node.args[1])
-        w = node.args[2] if len(node.args) > 2 else None
-        eps = node.args[3] if len(node.args) > 3 else None
+    def linearize(self, node, ctx, carried=None):
+        a = bound_args(node)
+        x, shape, w, eps = a["input"], list(a["normalized_shape"]), a["weight"], a["eps"]
         nd = len(shape)
         xa = ctx.axes(x)
         lead = xa[:-nd]
@@ -105,11 +113,11 @@ def _bn_linearize(node, x, w, b, rm, rv, eps, ctx):
     ])
 
 
-def _bn_axes(node, ax, params):
-    xa = ax.axes(node.args[0])
+def _bn_axes(node, ctx, params):
+    xa = ctx.raw_axes(node.args[0])
     for p in params:
         if isinstance(p, fx.Node):
-            ax.unify(ax.axes(p)[0], xa[1])
+            ctx.unify(ctx.raw_axes(p)[0], xa[1])
     return list(xa)
 
 
@@ -119,14 +127,15 @@ class _SavedStatsRule(TupleRule):
     (weight, bias, ...) indexed by channel; ``norm`` names it in errors."""
 
     norm = ""
-    params = slice(0)
+    params: tuple = ()
 
-    def axes(self, node, ax):
-        out = _bn_axes(node, ax, node.args[self.params])
-        return [out, ax.fresh_like(node, 1), ax.fresh_like(node, 2)]
+    def axes(self, node, ctx):
+        a = bound_args(node)
+        out = _bn_axes(node, ctx, [a[p] for p in self.params])
+        return [out, ctx.fresh_like(node, 1), ctx.fresh_like(node, 2)]
 
-    def item_linearity(self, node, i):
-        return self.linearity if i == 0 else "nonlinear"
+    def item_step(self, node, i):
+        return self.step if i == 0 else Step.NONLINEAR
 
     def item_linearize(self, node, i, item, ctx):
         if i != 0:
@@ -141,25 +150,28 @@ class _SavedStatsRule(TupleRule):
 class BatchNormEvalRule(_SavedStatsRule):
     """BatchNorm in eval mode: its statistics are constants, so it is plain affine."""
 
-    norm, params = "BatchNorm", slice(1, 5)
+    norm, params = "BatchNorm", ("weight", "bias", "running_mean", "running_var")
 
     def output(self, node, ctx):
-        x, w, b, rm, rv, _momentum, eps = node.args[:7]
-        return _bn_linearize(node, x, w, b, rm, rv, eps, ctx)
+        a = bound_args(node)
+        return _bn_linearize(node, a["input"], a["weight"], a["bias"], a["running_mean"], a["running_var"],
+                             a["eps"], ctx)
 
 
 @rules_for(aten.batch_norm)
 class BatchNormRule(UnaryRule):
-    linearity = LINEAR
+    step = Step.LINEAR
 
-    def axes(self, node, ax):
-        return _bn_axes(node, ax, node.args[1:5])
+    def axes(self, node, ctx):
+        a = bound_args(node)
+        return _bn_axes(node, ctx, [a["weight"], a["bias"], a["running_mean"], a["running_var"]])
 
-    def linearize(self, node, ctx):
-        x, w, b, rm, rv, training, _momentum, eps = node.args[:8]
-        if training or not isinstance(rm, fx.Node):
+    def linearize(self, node, ctx, carried=None):
+        a = bound_args(node)
+        rm = a["running_mean"]
+        if a["training"] or not isinstance(rm, fx.Node):
             raise ctx.unsupported(node, "BatchNorm uses batch statistics (call model.eval() first)")
-        return _bn_linearize(node, x, w, b, rm, rv, eps, ctx)
+        return _bn_linearize(node, a["input"], a["weight"], a["bias"], rm, a["running_var"], a["eps"], ctx)
 
 
 def _group_norm_linearize(node, x, groups, w, b, eps, ctx):
@@ -199,14 +211,15 @@ def _group_norm_linearize(node, x, groups, w, b, eps, ctx):
 class GroupNormRule(UnaryRule):
     """GroupNorm (channels first) with its per-sample group statistics frozen."""
 
-    linearity = NORM
+    step = Step.NORM
 
-    def axes(self, node, ax):
-        return _bn_axes(node, ax, node.args[2:4])
+    def axes(self, node, ctx):
+        a = bound_args(node)
+        return _bn_axes(node, ctx, [a["weight"], a["bias"]])
 
-    def linearize(self, node, ctx):
-        x, groups, w, b, eps = (list(node.args) + [None] * 5)[:5]
-        return _group_norm_linearize(node, x, groups, w, b, eps, ctx)
+    def linearize(self, node, ctx, carried=None):
+        a = bound_args(node)
+        return _group_norm_linearize(node, a["input"], a["num_groups"], a["weight"], a["bias"], a["eps"], ctx)
 
 
 @rules_for(aten.native_group_norm)
@@ -214,11 +227,11 @@ class NativeGroupNormRule(_SavedStatsRule):
     """``native_group_norm(x, w, b, N, C, HxW, groups, eps)``: item 0 as GroupNorm; the
     saved mean and rstd are statistics, not part of the stream."""
 
-    linearity, norm, params = NORM, "GroupNorm", slice(1, 3)
+    step, norm, params = Step.NORM, "GroupNorm", ("weight", "bias")
 
     def output(self, node, ctx):
-        x, w, b, _n, _c, _hw, groups, eps = node.args[:8]
-        return _group_norm_linearize(node, x, groups, w, b, eps, ctx)
+        a = bound_args(node)
+        return _group_norm_linearize(node, a["input"], a["group"], a["weight"], a["bias"], a["eps"], ctx)
 
 
 @rules_for(aten.native_layer_norm)
@@ -226,16 +239,16 @@ class UnsupportedNormRule(TupleRule):
     """Norms whose frozen form is not implemented yet: fine inside branches,
     refused where the decomposition would have to pass through them."""
 
-    linearity = NORM
+    step = Step.NORM
 
-    def axes(self, node, ax):
-        return [list(ax.axes(node.args[0])), ax.fresh_like(node, 1), ax.fresh_like(node, 2)]
+    def axes(self, node, ctx):
+        return [list(ctx.raw_axes(node.args[0])), ctx.fresh_like(node, 1), ctx.fresh_like(node, 2)]
 
-    def item_axes(self, node, i, ax):
-        return self.axes(node, ax)[i]
+    def item_axes(self, node, i, ctx):
+        return self.axes(node, ctx)[i]
 
-    def item_linearity(self, node, i):
-        return NORM if i == 0 else "nonlinear"
+    def item_step(self, node, i):
+        return Step.NORM if i == 0 else Step.NONLINEAR
 
     def item_linearize(self, node, i, item, ctx):
         raise ctx.unsupported(node, f"decomposing through {node.target} is not implemented yet")

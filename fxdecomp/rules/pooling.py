@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 
 from ..core.atoms import In
+from ..core.step import Step
 from ..core.terms import Factor, Linearization, Piece
-from .base import LINEAR, NONLINEAR, Rule, UnaryRule
+from .base import Rule, UnaryRule, bound_args
 from .registry import rules_for
 
 aten = torch.ops.aten
@@ -21,18 +22,18 @@ def _per_dim(v, n: int) -> list:
     return v * n if len(v) == 1 else v
 
 
-def _pool_axes(node, ax, n_spatial: int):
+def _pool_axes(node, ctx, n_spatial: int):
     """Leading (batch, channel) atoms kept; every changed spatial axis gets a fresh grid atom.
     Records the node as mixing positions (a branch holding it is of kind ``conv``)."""
-    ax.record_position_mixing(node)
-    src = list(ax.axes(node.args[0]))
-    in_shape, out_shape = ax.shape(node.args[0]), ax.shape(node)
+    ctx.record_position_mixing(node)
+    src = list(ctx.raw_axes(node.args[0]))
+    in_shape, out_shape = ctx.shape(node.args[0]), ctx.shape(node)
     keys = KEYS.get(n_spatial, tuple(f"dim{i}" for i in range(n_spatial)))
     lead = len(src) - n_spatial
     for i in range(n_spatial):
         d = lead + i
         if out_shape[d] != in_shape[d]:
-            src[d] = ax.table.axis(out_shape[d], ("grid", keys[i], node.name), "spatial")
+            src[d] = ctx.table.axis(out_shape[d], ("grid", keys[i], node.name), "spatial")
     return src
 
 
@@ -50,24 +51,21 @@ class AvgPoolRule(UnaryRule):
     factorises over axes; ``divisor_override`` is a single scale.
     """
 
-    linearity = LINEAR
+    step = Step.LINEAR
 
-    def axes(self, node, ax):
-        return _pool_axes(node, ax, _n_spatial(node))
+    def axes(self, node, ctx):
+        return _pool_axes(node, ctx, _n_spatial(node))
 
     def _params(self, node, n):
-        a = list(node.args) + [None] * 7
-        kw = node.kwargs
-        kernel = _per_dim(kw.get("kernel_size", a[1]), n)
-        stride = _per_dim(kw.get("stride", a[2]) or kernel, n)
-        padding = _per_dim(kw.get("padding", a[3]) or 0, n)
-        ceil_mode = bool(kw.get("ceil_mode", a[4]) or False)
-        include_pad = kw.get("count_include_pad", a[5])
+        a = bound_args(node)  # avg_pool1d has no divisor_override
+        kernel = _per_dim(a["kernel_size"], n)
+        stride = _per_dim(a["stride"] or kernel, n)
+        padding = _per_dim(a["padding"] or 0, n)
+        include_pad = a["count_include_pad"]
         include_pad = True if include_pad is None else bool(include_pad)
-        override = kw.get("divisor_override", a[6]) if n == 2 or n == 3 else None
-        return kernel, stride, padding, ceil_mode, include_pad, override
+        return kernel, stride, padding, bool(a["ceil_mode"]), include_pad, a.get("divisor_override")
 
-    def linearize(self, node, ctx):
+    def linearize(self, node, ctx, carried=None):
         x = node.args[0]
         n = _n_spatial(node)
         kernel, stride, padding, _ceil, include_pad, override = self._params(node, n)
@@ -108,7 +106,7 @@ class AvgPoolRule(UnaryRule):
 class MaxPoolRule(Rule):
     """Max pooling: nonlinear (a CNN stem's, or inside a branch); axes as for any pooling."""
 
-    linearity = NONLINEAR
+    step = Step.NONLINEAR
 
-    def axes(self, node, ax):
-        return _pool_axes(node, ax, _n_spatial(node))
+    def axes(self, node, ctx):
+        return _pool_axes(node, ctx, _n_spatial(node))

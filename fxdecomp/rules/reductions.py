@@ -6,8 +6,9 @@ from math import prod
 import torch
 
 from ..core.atoms import In
+from ..core.step import Step
 from ..core.terms import Factor, Linearization, Piece
-from .base import LINEAR, NONLINEAR, UnaryRule, bound_args, norm_dim
+from .base import UnaryRule, bound_args, norm_dim
 from .movement import TupleRule
 from .registry import rules_for
 
@@ -26,25 +27,25 @@ def _reduce_spec(node, nd):
     return sorted(norm_dim(d, nd) for d in dims), bool(args.get("keepdim") or False)
 
 
-def _reduced_axes(node, ax, src):
+def _reduced_axes(node, ctx, src):
     dims, keep = _reduce_spec(node, len(src))
     return [() if i in dims else a for i, a in enumerate(src)] if keep else \
         [a for i, a in enumerate(src) if i not in dims]
 
 
 class _Reduction(UnaryRule):
-    def axes(self, node, ax):
-        return _reduced_axes(node, ax, list(ax.axes(node.args[0])))
+    def axes(self, node, ctx):
+        return _reduced_axes(node, ctx, list(ctx.raw_axes(node.args[0])))
 
 
 @rules_for(aten.mean, aten.sum)
 class MeanRule(_Reduction):
     """Mean (or sum) over axes: a ones factor on the reduced atoms, scaled."""
 
-    linearity = LINEAR
+    step = Step.LINEAR
 
 
-    def linearize(self, node, ctx):
+    def linearize(self, node, ctx, carried=None):
         x = node.args[0]
         shape = ctx.shape(x)
         dims, _ = _reduce_spec(node, len(shape))
@@ -61,17 +62,17 @@ class MeanRule(_Reduction):
 @rules_for(aten.amax, aten.amin, aten.var, aten.std, aten.linalg_vector_norm, aten.norm,
            aten.logsumexp, aten.prod, aten.argmax, aten.argmin)
 class NonlinearReduction(_Reduction):
-    linearity = NONLINEAR
+    step = Step.NONLINEAR
 
 
 @rules_for(aten.var_mean, aten.std_mean)
 class MomentsRule(TupleRule):
     """``var_mean``/``std_mean``: two reductions of the same axes, returned together."""
 
-    linearity = NONLINEAR
+    step = Step.NONLINEAR
 
-    def axes(self, node, ax):
-        out = _reduced_axes(node, ax, list(ax.axes(node.args[0])))
+    def axes(self, node, ctx):
+        out = _reduced_axes(node, ctx, list(ctx.raw_axes(node.args[0])))
         return [out, list(out)]
 
 
@@ -79,7 +80,7 @@ class MomentsRule(TupleRule):
 class AdaptiveAvgPoolRule(UnaryRule):
     """Adaptive average pooling: per spatial axis a fixed averaging matrix."""
 
-    linearity = LINEAR
+    step = Step.LINEAR
 
     def _out(self, node, shape):
         size = node.args[1]
@@ -88,17 +89,17 @@ class AdaptiveAvgPoolRule(UnaryRule):
         return [(len(shape) - nsp + i, s if s is not None else shape[len(shape) - nsp + i])
                 for i, s in enumerate(size)]
 
-    def axes(self, node, ax):
-        src = list(ax.axes(node.args[0]))
-        shape = ax.shape(node.args[0])
+    def axes(self, node, ctx):
+        src = list(ctx.raw_axes(node.args[0]))
+        shape = ctx.shape(node.args[0])
         for d, n in self._out(node, shape):
             if n != shape[d]:
-                src[d] = ax.table.axis(n, ("grid", ("row", "col")[d - len(shape) + 2] if len(shape) >= 2 else "pos"),
+                src[d] = ctx.table.axis(n, ("grid", ("row", "col")[d - len(shape) + 2] if len(shape) >= 2 else "pos"),
                                        "spatial")
         return src
 
 
-    def linearize(self, node, ctx):
+    def linearize(self, node, ctx, carried=None):
         x = node.args[0]
         shape = ctx.shape(x)
         factors, dropped = [], set()

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .base import LINEARITIES, NONLINEAR, Rule
+from ..core.step import RULE_STEPS
+from .base import Rule
 
 _RULES: dict[Any, Rule] = {}
 
@@ -33,12 +34,17 @@ def rules_for(*targets: Any) -> Callable[[type], type]:
     """Class decorator registering one instance of the rule for each target."""
 
     def deco(cls: type) -> type:
-        inst = cls()
-        for t in targets:
-            _RULES[t] = inst
+        add_rule(cls(), *targets)
         return cls
 
     return deco
+
+
+def add_rule(rule: Rule, *targets: Any) -> Rule:
+    """Register ``rule`` for each target (the built-in tables; users call ``register_rule``)."""
+    for t in targets:
+        _RULES[t] = rule
+    return rule
 
 
 def register_rule(op: Any, rule: Rule | None = None, *, kind: str | None = None) -> Rule:
@@ -69,8 +75,8 @@ def register_rule(op: Any, rule: Rule | None = None, *, kind: str | None = None)
             )
     if not isinstance(rule, Rule):
         raise TypeError("rule must be an instance of fxdecomp.rules.Rule")
-    if rule.linearity not in LINEARITIES:
-        raise ValueError(f"rule.linearity must be one of {LINEARITIES}")
+    if rule.step not in RULE_STEPS:
+        raise ValueError(f"rule.step must be one of {', '.join(map(repr, RULE_STEPS))}, got {rule.step!r}")
     _RULES[op] = rule
     return rule
 
@@ -79,4 +85,4 @@ def unregister_rule(op: Any) -> None:
     _RULES.pop(op, None)
 
 
-__all__ = ["rule_for", "rules_for", "register_rule", "unregister_rule", "NONLINEAR"]
+__all__ = ["rule_for", "rules_for", "add_rule", "register_rule", "unregister_rule"]
