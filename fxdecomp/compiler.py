@@ -6,6 +6,7 @@ from typing import Iterable
 
 import torch
 
+from .adapters import Selected, select, unwrap
 from .errors import AxisWarning, CollapseWarning, InputError
 from .models_registry.preprocess import input_size_of
 from .module import DecomposedModel
@@ -24,7 +25,7 @@ from .passes.trace import trace
 
 def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iterable[int] | None = None,
               input_size: tuple[int, ...] | None = None, example: torch.Tensor | None = None,
-              plan_batch: int = 32, linearize: bool = False) -> DecomposedModel:
+              plan_batch: int = 32, linearize: bool = False, output: str | int | None = None) -> DecomposedModel:
     """Compile ``model`` into a module that returns its output as a sum of components.
 
     Args:
@@ -45,6 +46,11 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
             one component. ``dm.linearised`` lists the ops so treated. Without it such an op
             raises a :class:`CollapseWarning` (also in ``dm.notes``); a nonlinear stem before
             any branch is just the embedding and never warns.
+        output: for a model returning several tensors, the one to decompose: a Hugging Face
+            model's ``"image_embeds"``, ``"logits"``, ``"pooler"``, ``"cls"``, ``"mean"`` or
+            ``"last_hidden_state"``; an open_clip tower's ``"pooled"`` or ``"tokens"``; a tuple's
+            index. The default is the representation people use (``fxdecomp.adapters``); the
+            first line of ``dm.notes`` says which was decomposed.
 
     Norm statistics, attention weights and activations are frozen at their actual values
     for each batch, so the decomposition is exact: ``dm(x).total() == model(x)``.
@@ -62,7 +68,9 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
         example = torch.randn(2, *input_size, generator=gen, dtype=dtype).to(device)
     elif example.shape[0] < 2:
         example = example.expand(2, *example.shape[1:]).clone()
-    name = type(model).__name__
+    name = type(unwrap(model)).__name__
+    model = select(model, example, output)  # several outputs: the one to decompose (adapters/)
+    chosen = [model.note] if isinstance(model, Selected) else []
 
     # the passes, in order (each in fxdecomp/passes/, numbered so in its docstring)
     gm, dynamic = trace(model, example)                          # 1 trace
@@ -80,7 +88,7 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
         warnings.warn(n, AxisWarning, stacklevel=2)
     for n in expander.notes:
         warnings.warn(n, CollapseWarning, stacklevel=2)
-    notes = axes.notes + expander.notes
+    notes = chosen + axes.notes + expander.notes
 
     known_layers = sorted({lab.layer for lab in labels if lab.layer is not None})
     if layers is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import adapters
 from ..errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -17,6 +18,9 @@ def _pair(v):
 
 def input_size_of(model: torch.nn.Module) -> tuple[int, int, int]:
     """(C, H, W) the model expects."""
+    model = adapters.unwrap(model)
+    if adapters.is_hf_model(model) and adapters.input_size(model) is not None:
+        return adapters.input_size(model)
     chans = 3
     for attr in ("patch_embed", "stem", "conv1"):
         mod = getattr(model, attr, None)
