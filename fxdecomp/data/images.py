@@ -8,6 +8,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
+from ..preprocessing import square
 
 #: File endings read as images (anything PIL decodes is accepted when named explicitly).
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -18,20 +19,15 @@ def is_image(path: Path) -> bool:
 
 
 def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
-    """uint8 [3, size, size] (or the file's own size when ``size`` is None): the short side resized to
-    ``size`` (bicubic, antialiased) and the centre cropped, as models' eval transforms do."""
+    """uint8 [3, H, W] at the file's own size, or with ``size`` [3, size, size]: the short side resized
+    to ``size`` and the centre cropped (``fxdecomp.preprocessing.square``, the one resize path). A
+    model's own resize and crop is applied later, once, where batches are made."""
     path = Path(path)
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
             if size is not None:
-                w, h = im.size
-                scale = size / min(w, h)
-                new = (max(size, round(w * scale)), max(size, round(h * scale)))
-                if new != (w, h):
-                    im = im.resize(new, Image.BICUBIC, reducing_gap=None)
-                left, top = (new[0] - size) // 2, (new[1] - size) // 2
-                im = im.crop((left, top, left + size, top + size))
+                return square(size).resize_crop(im)
             arr = np.asarray(im, dtype=np.uint8).copy()
     except FileNotFoundError:
         raise InputError(f"image {path} does not exist") from None

@@ -10,6 +10,7 @@ as the class its config names. Every loaded model is in eval mode.
 """
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,6 +143,10 @@ def _hf(path: str, pretrained: bool, checkpoint, **kwargs) -> torch.nn.Module:
     config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
     names = [a for a in (getattr(config, "architectures", None) or []) if hasattr(transformers, a)]
     cls = getattr(transformers, names[0]) if names else transformers.AutoModel
+    bars = transformers.utils.logging
+    quiet = not sys.stderr.isatty() and bars.is_progress_bar_enabled()  # its bars, like ours, only on a terminal
+    if quiet:
+        bars.disable_progress_bar()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -149,6 +154,9 @@ def _hf(path: str, pretrained: bool, checkpoint, **kwargs) -> torch.nn.Module:
         except (OSError, ValueError) as err:
             raise InputError(f"hf:{path}: transformers cannot load {folder}: {str(err).splitlines()[0][:300]}") \
                 from None
+        finally:
+            if quiet:
+                bars.enable_progress_bar()
     if info.get("missing_keys"):
         missing = sorted(info["missing_keys"])
         raise InputError(f"hf:{path}: the folder's weights lack {len(missing)} of {cls.__name__}'s "

@@ -23,10 +23,14 @@ def embed_images(run: Run, clip: ClipSpace, *, batch: int = 256, device="cpu", w
     data = run.data()
     clip.to(device)
     plan = ShardPlan(len(data), len(data))
-    feed = loader(data, plan, [0], batch, workers=workers, pin=torch.device(device).type == "cuda")
+    pre = clip.preprocess  # resize and crop in the loader where it can be split so; the rest on the device
+    split = callable(getattr(pre, "resize_crop", None)) and callable(getattr(pre, "normalize", None))
+    feed = loader(data, plan, [0], batch, workers=workers, pin=torch.device(device).type == "cuda",
+                  transform=pre.resize_crop if split else None)
     out = []
     for raw in tqdm(feed, disable=not progress, desc=f"embed with {clip.name}", unit="batch"):
-        out.append(clip.embed_preprocessed(clip.preprocess(raw.to(device, non_blocking=True))).float().cpu())
+        x = pre.normalize(raw.to(device, non_blocking=True)) if split else pre(raw.to(device, non_blocking=True))
+        out.append(clip.embed_preprocessed(x).float().cpu())
     emb = torch.cat(out)
     folder = run.clip_folder(clip.name)
     folder.mkdir(parents=True, exist_ok=True)

@@ -75,7 +75,8 @@ class Run:
         return float(self.manifest["reconstruction"]["max_relative_error"])
 
     def data(self):
-        """The run's images again, from where they were read (checked to be the same images)."""
+        """The run's images again, from where they were read (checked to be the same images), as the
+        model saw them: through the run's recorded resize and crop (``fxdecomp.preprocessing.ModelView``)."""
         from ..data.folder import ImageFolder
         from ..data.waterbirds import WaterbirdsFolder
         from ..data.world import WorldImages
@@ -94,7 +95,9 @@ class Run:
         if json_digest(data.ids()) != self.manifest["data"]["ids"]:
             raise InputError(f"the images at {src.get('root', kind)} are not the ones this run decomposed (files were "
                              "added, removed or renamed); decompose them again into a new run")
-        return data
+        from ..preprocessing import EvalTransform, ModelView
+
+        return ModelView(data, EvalTransform.from_description(self.manifest["preprocess"]))
 
     # -- reading --------------------------------------------------------------------------------------
     def _file(self, info: dict) -> str:
