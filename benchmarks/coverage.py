@@ -352,7 +352,9 @@ def measure(library: str, arch: str, kwargs: dict, report=lambda row: None, seed
                 row["uncovered_names"] = miss[:6]
                 row["norm_labels"] = sorted({c.name for c in dm.components if c.kind in ("attn", "mlp")
                                              and "norm" in c.module_type.lower()})[:4]
-                row["unsplit_attn"] = [c.name for c in dm.components if c.kind == "attn" and c.head is None][:4]
+                mods = dict(unwrap(model).named_modules())
+                row["unsplit_attn"] = [c.name for c in dm.components if c.kind == "attn" and c.head is None
+                                       and _heads(mods.get(c.module)) != 1][:4]
                 kept, kept_first_s = dm, first_call_s
             else:
                 del dm
@@ -386,6 +388,15 @@ def measure(library: str, arch: str, kwargs: dict, report=lambda row: None, seed
     row.pop("running")
     row["ok"] = (len(row["exact"]) == len(GRANULARITIES) and row["err64"] is not None and row["err64"] <= F64)
     return row
+
+
+def _heads(module) -> int | None:
+    """The number of heads an attention module says it has (None when it does not say)."""
+    for attr in ("num_heads", "num_attention_heads", "heads", "n_head"):
+        v = getattr(module, attr, None)
+        if isinstance(v, int):
+            return v
+    return None
 
 
 def _time(fn, x, budget: float = 1.0, most: int = 20) -> float:
