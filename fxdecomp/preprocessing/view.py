@@ -24,10 +24,11 @@ class ModelView(torch.utils.data.Dataset):
             return {**item, "image": self.transform.resize_crop(item["image"])}
         return self.transform.resize_crop(item)
 
-    def masks(self) -> np.ndarray:
+    def _masks(self) -> np.ndarray:
         return np.stack([self.transform.mask(m).numpy() for m in self.data.masks()])
 
     def __getattr__(self, name):
         if name in ("data", "transform"):
             raise AttributeError(name)
-        return getattr(self.data, name)
+        value = getattr(self.data, name)  # AttributeError where data has no such thing (so hasattr is honest)
+        return self._masks if name == "masks" else value
