@@ -6,7 +6,8 @@
 
 Images are random uint8 [3, 224, 224] arrays on the host (drawn from --seed), as decoded images
 would arrive; weights are random (speed does not depend on them). Both paths read the same
-images through the same DataLoader and preprocessing on the device:
+images through the same DataLoader, the model's resize and crop in its workers (DeiT: short side
+to 248, bicubic, centre crop 224) and its normalisation on the device:
 
 * plain: the model's own forward, output copied to the host;
 * store: ``decompose_to_store`` end to end (pinned buffers, non-blocking copies, background shard
@@ -60,13 +61,14 @@ def plain(model, data, batch, device, workers) -> float:
     from fxdecomp.store.shards import ShardPlan
 
     pre = transform_for(model)
-    feed = loader(data, ShardPlan(len(data), len(data)), [0], batch, workers=workers, pin=device.type == "cuda")
+    feed = loader(data, ShardPlan(len(data), len(data)), [0], batch, workers=workers, pin=device.type == "cuda",
+                  transform=pre.resize_crop)  # the model's resize and crop in the workers, as the store does
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
     start = time.perf_counter()
     out = []
     for raw, _ in feed:  # (images, their content digests)
-        y = model(pre(raw.to(device, non_blocking=True)))
+        y = model(pre.normalize(raw.to(device, non_blocking=True)))
         out.append(y.to("cpu", non_blocking=True))
     sync()
     return len(data) / (time.perf_counter() - start)

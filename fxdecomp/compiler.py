@@ -11,6 +11,7 @@ from typing import Iterable
 
 import torch
 
+from .adapters import Selected, select, unwrap
 from .core.state import CompileState, Pass, run_passes
 from .errors import AxisWarning, CollapseWarning, InputError
 from .models_registry.preprocess import input_size_of
@@ -55,7 +56,7 @@ PASSES: tuple[Pass, ...] = (
 
 def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iterable[int] | None = None,
               input_size: tuple[int, ...] | None = None, example: torch.Tensor | None = None,
-              plan_batch: int = 32, linearize: bool = False) -> DecomposedModel:
+              plan_batch: int = 32, linearize: bool = False, output: str | int | None = None) -> DecomposedModel:
     """Compile ``model`` into a module that returns its output as a sum of components.
 
     Args:
@@ -76,6 +77,11 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
             one component. ``dm.linearised`` lists the ops so treated. Without it such an op
             raises a :class:`CollapseWarning` (also in ``dm.notes``); a nonlinear stem before
             any branch is just the embedding and never warns.
+        output: for a model returning several tensors, the one to decompose: a Hugging Face
+            model's ``"image_embeds"``, ``"logits"``, ``"pooler"``, ``"cls"``, ``"mean"`` or
+            ``"last_hidden_state"``; an open_clip tower's ``"pooled"`` or ``"tokens"``; a tuple's
+            index. The default is the representation people use (``fxdecomp.adapters``); the
+            first line of ``dm.notes`` says which was decomposed.
 
     Norm statistics, attention weights and activations are frozen at their actual values
     for each batch, so the decomposition is exact: ``dm(x).total() == model(x)``.
@@ -98,9 +104,12 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
         example = torch.randn(2, *input_size, generator=gen, dtype=dtype).to(device)
     elif example.shape[0] < 2:
         example = example.expand(2, *example.shape[1:]).clone()
+    name = type(unwrap(model)).__name__
+    model = select(model, example, output)  # several outputs: the one to decompose (adapters/)
+    chosen = [model.note] if isinstance(model, Selected) else []
     state = CompileState(model=model, example=example, granularity=granularity,
                          layers=None if layers is None else {int(i) for i in layers}, linearize=linearize,
-                         plan_batch=plan_batch, dtype=dtype, device=device, model_name=type(model).__name__)
+                         plan_batch=plan_batch, dtype=dtype, device=device, model_name=name)
     state = run_passes(state, PASSES)
     for n in state.axes.notes:
         warnings.warn(n, AxisWarning, stacklevel=2)
@@ -109,7 +118,7 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
     return DecomposedModel(state.forward, state.components, dtype_buffer=state.dtype_buffer,
                            input_shape=tuple(example.shape[1:]), dtype=dtype, granularity=granularity,
                            layers=state.layers, dynamic_batch=state.dynamic, example_batch=example.shape[0],
-                           model_name=state.model_name, notes=state.notes, linearised=state.linearised,
+                           model_name=state.model_name, notes=chosen + state.notes, linearised=state.linearised,
                            shared=SharedWeights(model, state.forward))
 
 

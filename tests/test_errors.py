@@ -101,8 +101,8 @@ class TwoOutputs(nn.Module):
         return y, y * 2
 
 
-def test_several_outputs_are_refused():
-    with pytest.raises(fxdecomp.TraceError, match="returns 2 values"):
+def test_several_outputs_need_a_choice():
+    with pytest.raises(fxdecomp.InputError, match="returns 2 values; choose the tensor to decompose with output=INDEX"):
         fxdecomp.decompose(TwoOutputs().eval(), input_size=(3, 2, 2))
 
 

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .images import as_batch, to_unit_float
+from ..models_registry.preprocess import transform_for
+from .images import as_batch
 
 Template = str | Callable[[str], str]
 
@@ -35,28 +36,6 @@ def open_clip_templates() -> tuple[Template, ...]:
     return tuple(OPENAI_IMAGENET_TEMPLATES)
 
 
-def tensor_preprocess(size: tuple[int, int], mean: Sequence[float], std: Sequence[float],
-                      interpolation: str = "bicubic") -> Callable[[torch.Tensor], torch.Tensor]:
-    """Resize the short side, centre-crop and normalise a raw [B, 3, H, W] batch (open_clip's eval
-    transform, on tensors so that batches stay batches)."""
-    h, w = size
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    mode = interpolation if interpolation in ("bilinear", "bicubic") else "bilinear"
-
-    def apply(images) -> torch.Tensor:
-        x = to_unit_float(as_batch(images))
-        scale = max(h / x.shape[-2], w / x.shape[-1])
-        new = (max(h, round(x.shape[-2] * scale)), max(w, round(x.shape[-1] * scale)))
-        if new != tuple(x.shape[-2:]):
-            x = F.interpolate(x, size=new, mode=mode, antialias=True, align_corners=False).clamp(0, 1)
-        top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
-        x = x[..., top:top + h, left:left + w]
-        return (x - mean_t.to(x.device)) / std_t.to(x.device)
-
-    return apply
-
-
 class ClipSpace:
     """Image and text towers sharing one embedding space.
 
@@ -64,7 +43,9 @@ class ClipSpace:
         model: has ``encode_image(x)`` and ``encode_text(tokens)`` (open_clip's CLIP does)
             and an image tower as ``model.visual``.
         tokenizer: texts -> token ids for ``encode_text``.
-        preprocess: raw [B, 3, H, W] batch (uint8 or float [0, 1]) -> image-tower input.
+        preprocess: raw [B, 3, H, W] batch (uint8 or float [0, 1]) -> image-tower input; an
+            ``EvalTransform`` (``transform_for(model.visual)``, as the constructors make) also lets
+            a run's loader resize and crop in its workers.
         templates: prompt templates (``"a photo of a {}."`` or callables) that every
             description is put through before its embeddings are averaged.
         name: recorded in saved aligners, so an aligner is not used with another CLIP.
@@ -104,15 +85,7 @@ class ClipSpace:
                 raise InputError(f"open_clip cannot load {name} with pretrained tag {pretrained!r} "
                                  f"({type(err).__name__}: {str(err)[:200]}); tags of {name}: {_tags(name)}") \
                     from None
-        cfg = getattr(model.visual, "preprocess_cfg", None) or {}
-        size = cfg.get("size", getattr(model.visual, "image_size", 224))
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        mean = cfg.get("mean", getattr(model.visual, "image_mean", None))
-        std = cfg.get("std", getattr(model.visual, "image_std", None))
-        if mean is None or std is None:
-            from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-            mean, std = OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-        pre = tensor_preprocess(size, mean, std, cfg.get("interpolation", "bicubic"))
+        pre = transform_for(model.visual)  # open_clip's own eval transform, from the tower's preprocess_cfg
         spec = f"open_clip:{name}" + (f":{pretrained}" if pretrained and checkpoint is None else "")
         tag = spec + (f":{Path(checkpoint).name}" if checkpoint is not None else "")
         return cls(model, open_clip.get_tokenizer(name), pre, open_clip_templates(), tag, spec)
@@ -122,11 +95,10 @@ class ClipSpace:
         """A CLIP of the synthetic world (offline): ``world-clip`` (64 wide, shipped) or
         ``world-clip-l`` (256 wide, the strong target space). The default stays ``world-clip``
         until world-clip-l's trained file ships; until then ``path`` loads a trained file."""
-        from ..world.models import IMAGE_SIZE, MEAN, STD
         from ..world.shipped import load_clip
 
         model, tokenizer = load_clip(name, path=path)
-        pre = tensor_preprocess((IMAGE_SIZE, IMAGE_SIZE), MEAN, STD, "bilinear")
+        pre = transform_for(model.visual)  # the world's 64-pixel renders pass unchanged
         tag = name if path is None else f"{name}:{Path(path).name}"
         return cls(model, tokenizer, pre, world_templates(), tag, name)
 
@@ -175,9 +147,8 @@ class ClipSpace:
         x = images if preprocessed else as_batch(images)
         outs = []
         for start in range(0, len(x), batch_size):
-            batch = x[start:start + batch_size].to(self.device)
-            if not preprocessed:
-                batch = self.preprocess(batch)
+            batch = x[start:start + batch_size]
+            batch = (batch if preprocessed else self.preprocess(batch)).to(self.device)  # resized on the host
             outs.append(self.embed_preprocessed(batch, normalize=normalize).cpu())
         return torch.cat(outs) if outs else torch.zeros(0, self.dim)
 

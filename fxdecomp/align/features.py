@@ -73,7 +73,8 @@ def _image_of(item):
 
 
 class _Source:
-    """Raw image batches [B, 3, H, W] from an array, a tensor, a dataset or an unshuffled DataLoader."""
+    """Raw image batches [B, 3, H, W] from an array, a tensor, a dataset or an unshuffled DataLoader
+    (a list of [3, H, W] images where a dataset's images differ in size, as image files do)."""
 
     def __init__(self, data):
         self.data = data
@@ -106,7 +107,11 @@ class _Source:
             if arraylike:
                 yield as_batch(self.data[sel] if order is not None else self.data[start:start + batch_size])
             else:
-                yield as_batch([as_batch(_image_of(self.data[int(i)]))[0] for i in sel])
+                images = [as_batch(_image_of(self.data[int(i)]))[0] for i in sel]
+                if len({tuple(im.shape) for im in images}) > 1:
+                    yield images  # files of several sizes: the model's EvalTransform resizes each
+                else:
+                    yield as_batch(images)
 
     def n_batches(self, batch_size: int) -> int:
         return len(self.data) if self.loader else -(-len(self) // batch_size)
@@ -116,13 +121,13 @@ class _Source:
 
 
 def _run_batch(dm: DecomposedModel, clip: ClipSpace | None, preprocess: Callable, raw: torch.Tensor, device):
-    x = preprocess(raw.to(device)).to(device=device, dtype=dm.dtype)
+    x = preprocess(raw).to(device=device, dtype=dm.dtype)  # on the host, where images are resized
     contributions = dm(x).contributions.detach()
     if contributions.dim() != 3:
         raise InputError(f"{dm.model_name}'s output is not one vector per image (contributions "
                          f"{list(contributions.shape)}); decompose a model returning [B, D] features, e.g. "
                          "fxdecomp.align.representation(model)")
-    emb = clip.embed_preprocessed(clip.preprocess(raw.to(device))).detach() if clip is not None else None
+    emb = clip.embed_preprocessed(clip.preprocess(raw).to(device)).detach() if clip is not None else None
     return contributions, emb
 
 
@@ -237,7 +242,8 @@ def _cache_key(dm: DecomposedModel, clip: ClipSpace | None, source: _Source, pre
         "model": dm.model_name, "granularity": dm.granularity, "layers": sorted(dm.layers) if dm.layers else None,
         "components": hashlib.sha256("\n".join(dm.components.names).encode()).hexdigest(),
         "weights": module_digest(dm.graph_module), "dtype": str(dm.dtype), "input": list(dm.input_shape),
-        "n": len(source), "data": data_id, "first_batch": tensors_digest([("raw", first)]),
+        "n": len(source), "data": data_id, "first_batch": tensors_digest([("raw", first)] if isinstance(first, torch.Tensor) else
+                                      [(f"raw{i}", im) for i, im in enumerate(first)]),
         "preprocess": tensors_digest([("x", preprocess(first).float())]),
         "clip": None,
     }

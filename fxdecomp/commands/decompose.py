@@ -13,10 +13,13 @@ EPILOG = """examples:
   fxdecomp decompose world-vit world:2000 --out runs/vit
   fxdecomp decompose timm:deit_base_patch16_224 ~/imagenet/val --pretrained --out runs/deit --device cuda --batch 256
   fxdecomp decompose timm:vit_base_patch16_224 ~/waterbirds --checkpoint wb.pth --num-classes 2 --out runs/wb
+  fxdecomp decompose hf:~/models/dinov2-small ~/images --out runs/dinov2
   torchrun --nproc-per-node 8 -m fxdecomp decompose timm:deit_base_patch16_224 ~/imagenet/val --pretrained --out runs/deit
 
-MODEL: a preset (world-vit, world-swin, world-ssl, world-clip, world-spurious, ...), timm:NAME or
-open_clip:NAME[:TAG]. DATA: an image folder (flat, or one subfolder per class), a Waterbirds-layout
+MODEL: a preset (world-vit, world-swin, world-ssl, world-clip, world-spurious, ...), timm:NAME,
+open_clip:NAME[:TAG] or hf:FOLDER (a Hugging Face save_pretrained folder). Images are resized and
+cropped once, as the model's library does it for evaluation (timm's crop_pct and interpolation,
+open_clip's preprocess, the folder's preprocessor_config.json); run.json records the steps. DATA: an image folder (flat, or one subfolder per class), a Waterbirds-layout
 folder (metadata.csv), or world:N[:SEED]. Killed runs continue where they stopped when the same
 command is run again (shards are checked against their checksums, images against their contents);
 a different model, granularity or preprocessing into the same folder is refused, and a second
@@ -26,7 +29,7 @@ fxdecomp verify finds damaged or missing."""
 
 def add(sub) -> None:
     p = sub.add_parser("decompose", help=HELP, description=HELP, epilog=EPILOG, formatter_class=formatter)
-    p.add_argument("model", help="preset, timm:NAME or open_clip:NAME[:TAG]")
+    p.add_argument("model", help="preset, timm:NAME, open_clip:NAME[:TAG] or hf:FOLDER")
     p.add_argument("data", help="image folder, Waterbirds-layout folder or world:N[:SEED]")
     p.add_argument("--out", required=True, help="the run folder to write (or to resume)")
     p.add_argument("--granularity", choices=("block", "head", "token"), default="head")
@@ -39,7 +42,8 @@ def add(sub) -> None:
     p.add_argument("--workers", type=at_least(0), default=min(8, os.cpu_count() or 1),
                    help="DataLoader processes decoding images (default: up to 8)")
     p.add_argument("--size", type=positive(), default=None,
-                   help="folders: resize and crop images to this square size first (default: the model's input)")
+                   help="folders: first bring images to this square size (short side, bicubic, centre crop), "
+                        "before the model's own resize and crop (default: none, the files as they are)")
     add_model_args(p)
     p.set_defaults(handler=run)
 
@@ -47,7 +51,6 @@ def add(sub) -> None:
 def run(args) -> int:
     from ..data import open_data
     from ..errors import InputError
-    from ..models_registry import input_size_of
     from ..store import decompose_to_store
     from ..store.build import check_options
     from .distributed import process_group
@@ -64,8 +67,7 @@ def run(args) -> int:
     device = device_of(args.device)
     with process_group(device):
         model = load_model(args.model, args)
-        size = args.size or max(input_size_of(model)[1:])
-        data = open_data(args.data, size=size)
+        data = open_data(args.data, size=args.size)  # the model's own resize and crop comes once, in the loader
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         done = decompose_to_store(model, data, args.out, model_name=args.model, checkpoint=args.checkpoint,
                                   granularity=args.granularity, layers=args.layers, batch=args.batch, device=device,

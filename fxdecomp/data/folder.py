@@ -11,17 +11,18 @@ from .images import fit_image, is_image, read_image
 
 
 class ImageFolder(torch.utils.data.Dataset):
-    """Items are dicts: ``image`` (uint8 [3, size, size]), ``path``, ``index`` and, in the class-subfolder
-    layout, ``label`` (the class's index in ``classes``, sorted by name).
+    """Items are dicts: ``image`` (uint8 [3, H, W] at the file's size, or [3, size, size] with ``size``),
+    ``path``, ``index`` and, in the class-subfolder layout, ``label`` (the class's index in ``classes``,
+    sorted by name).
 
     Files are listed once, sorted, so the order (and so every image's index) is the same on every run.
     """
 
-    def __init__(self, root: str | Path, size: int = 224):
+    def __init__(self, root: str | Path, size: int | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise InputError(f"{self.root} is not a folder of images")
-        self.size = int(size)
+        self.size = None if size is None else int(size)
         entries = list(self.root.iterdir())
         _refuse_broken_links(entries)
         subdirs = sorted(p for p in entries if p.is_dir() and not p.name.startswith("."))

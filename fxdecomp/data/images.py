@@ -1,5 +1,6 @@
-"""Image files into batches that stack: decoded faithfully to 8-bit RGB (``read_image``), then resized
-and centre-cropped to one square size (``fit_image``); ``load_image`` does both.
+"""Image files as uint8 tensors: decoded faithfully to 8-bit RGB (``read_image``), then, only where a
+square size is asked for, resized and centre-cropped to it (``fit_image``); ``load_image`` does both.
+A model's own resize and crop is applied later, where batches are made (``fxdecomp.preprocessing``).
 
 Decoding is where a wrong number starts quietly: a 16-bit PNG converted the way PIL converts it
 saturates to white, a float TIFF becomes black, a photo with an EXIF orientation lies on its side.
@@ -20,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputError
 from ..hashing import bytes_digest
+from ..preprocessing import square
 
 #: File endings read as images (anything PIL decodes is accepted when named explicitly).
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -109,20 +111,15 @@ def _size(raw: bytes) -> tuple[int, int]:
 
 
 def fit_image(im: Image.Image, size: int | None = None) -> torch.Tensor:
-    """uint8 [3, size, size] (or the image's own size when ``size`` is None): the short side resized to
-    ``size`` (bicubic, antialiased) and the centre cropped, as models' eval transforms do."""
+    """uint8 [3, H, W] at the image's own size, or with ``size`` [3, size, size]: the short side resized
+    to ``size`` and the centre cropped (``fxdecomp.preprocessing.square``, the one resize path). A
+    model's own resize and crop is applied later, once, where batches are made."""
     if size is not None:
-        w, h = im.size
-        scale = size / min(w, h)
-        new = (max(size, round(w * scale)), max(size, round(h * scale)))
-        if new != (w, h):
-            im = im.resize(new, Image.BICUBIC, reducing_gap=None)
-        left, top = (new[0] - size) // 2, (new[1] - size) // 2
-        im = im.crop((left, top, left + size, top + size))
+        return square(size).resize_crop(im)
     arr = np.asarray(im, dtype=np.uint8).copy()
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
 def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
-    """uint8 [3, size, size]: ``read_image`` then ``fit_image``."""
+    """uint8 [3, H, W] (or [3, size, size]): ``read_image`` then ``fit_image``."""
     return fit_image(read_image(path)[0], size)

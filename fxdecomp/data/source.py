@@ -26,8 +26,9 @@ def parse_world(spec: str) -> tuple[int, int]:
     return n, seed
 
 
-def open_data(spec: str, size: int = 224, split: str | None = None):
-    """The data set ``spec`` names; folders' images are resized and centre-cropped to ``size``."""
+def open_data(spec: str, size: int | None = None, split: str | None = None):
+    """The data set ``spec`` names. Folders' images come at their own size (a model's preprocessing
+    resizes them, once), or with ``size`` resized and centre-cropped to that square first."""
     if spec.startswith("world:"):
         return WorldImages(*parse_world(spec))
     root = Path(spec)

@@ -24,10 +24,10 @@ def is_waterbirds(root: str | Path) -> bool:
 
 
 class WaterbirdsFolder(torch.utils.data.Dataset):
-    """Items are dicts: ``image`` (uint8 [3, size, size]), ``target`` (y), ``place``, ``group``,
+    """Items are dicts: ``image`` (uint8 [3, H, W], or [3, size, size] with ``size``), ``target`` (y), ``place``, ``group``,
     ``split``, ``path``, ``index``. ``split`` ("train", "val", "test" or None for all) selects rows."""
 
-    def __init__(self, root: str | Path, split: str | None = None, size: int = 224):
+    def __init__(self, root: str | Path, split: str | None = None, size: int | None = None):
         self.root = Path(root)
         meta = self.root / "metadata.csv"
         if not meta.is_file():
@@ -49,7 +49,7 @@ class WaterbirdsFolder(torch.utils.data.Dataset):
             parsed = [p for p in parsed if p[3] == SPLITS[split]]
         if not parsed:
             raise InputError(f"{meta} lists no images" + (f" in split {split!r}" if split else ""))
-        self.split, self.size = split, int(size)
+        self.split, self.size = split, None if size is None else int(size)
         self.files = [self.root / p[0] for p in parsed]
         self.targets = np.array([p[1] for p in parsed])
         self.places = np.array([p[2] for p in parsed])

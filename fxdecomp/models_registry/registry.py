@@ -4,10 +4,13 @@
 pretrained=True)`` asks timm for hub weights (needs network);
 ``load("timm:deit_base_patch16_224", checkpoint="deit.safetensors")`` loads a
 local file instead; ``load("open_clip:ViT-B-16", checkpoint="clip.bin")``
-returns the visual tower of an open_clip model. Every loaded model is in eval mode.
+returns the visual tower of an open_clip model; ``load("hf:PATH")`` loads a Hugging Face
+model from a local folder written by ``save_pretrained`` (``config.json`` and the weights),
+as the class its config names. Every loaded model is in eval mode.
 """
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,15 +85,17 @@ def load(name: str = DEFAULT, *, pretrained: bool = False, checkpoint: str | Pat
         import timm
 
         if not timm.is_model(name.split(".")[0]):
-            raise InputError(f"unknown model {name!r}: use a preset ({', '.join(_PRESETS)}), 'timm:<arch>' or "
-                             "'open_clip:<arch>[:<pretrained tag>]'")
+            raise InputError(f"unknown model {name!r}: use a preset ({', '.join(_PRESETS)}), 'timm:<arch>', "
+                             "'open_clip:<arch>[:<pretrained tag>]' or 'hf:<folder>'")
         lib, arch = "timm", name
     if lib == "timm":
         return _timm(arch, pretrained, checkpoint, **kwargs)
     if lib == "open_clip":
         return _open_clip(arch, pretrained, checkpoint, **kwargs)
-    raise InputError(f"unknown model {name!r}: use a preset ({', '.join(_PRESETS)}), 'timm:<arch>' or "
-                     "'open_clip:<arch>[:<pretrained tag>]'")
+    if lib == "hf":
+        return _hf(arch, pretrained, checkpoint, **kwargs)
+    raise InputError(f"unknown model {name!r}: use a preset ({', '.join(_PRESETS)}), 'timm:<arch>', "
+                     "'open_clip:<arch>[:<pretrained tag>]' or 'hf:<folder>'")
 
 
 def _timm(arch: str, pretrained: bool, checkpoint, **kwargs) -> torch.nn.Module:
@@ -125,6 +130,43 @@ def _open_clip(arch: str, pretrained: bool, checkpoint, **kwargs) -> torch.nn.Mo
             raise InputError(f"open_clip cannot load {arch} with {what} ({type(err).__name__}: {str(err)[:200]}); "
                              "give a weights file (or tag) of that architecture") from None
     return model.visual.eval()
+
+
+def _hf(path: str, pretrained: bool, checkpoint, **kwargs) -> torch.nn.Module:
+    """The model saved in ``path``, built as the class its ``config.json`` names (``architectures``;
+    ``AutoModel`` when it names none that ``transformers`` has), with every weight from the folder."""
+    folder = Path(path).expanduser()
+    if not (folder / "config.json").is_file():
+        raise InputError(f"hf:{path}: {folder} has no config.json; hf:PATH takes a folder written by "
+                         "save_pretrained (config.json and model.safetensors)")
+    if checkpoint is not None or pretrained:
+        raise InputError(f"hf:{path} loads the weights in that folder; drop --checkpoint/--pretrained")
+    try:
+        import transformers
+    except ImportError:
+        raise InputError('hf:PATH needs the transformers package: pip install -e ".[hf]"') from None
+    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    names = [a for a in (getattr(config, "architectures", None) or []) if hasattr(transformers, a)]
+    cls = getattr(transformers, names[0]) if names else transformers.AutoModel
+    bars = transformers.utils.logging
+    quiet = not sys.stderr.isatty() and bars.is_progress_bar_enabled()  # its bars, like ours, only on a terminal
+    if quiet:
+        bars.disable_progress_bar()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            model, info = cls.from_pretrained(folder, local_files_only=True, output_loading_info=True, **kwargs)
+        except (OSError, ValueError) as err:
+            raise InputError(f"hf:{path}: transformers cannot load {folder}: {str(err).splitlines()[0][:300]}") \
+                from None
+        finally:
+            if quiet:
+                bars.enable_progress_bar()
+    if info.get("missing_keys"):
+        missing = sorted(info["missing_keys"])
+        raise InputError(f"hf:{path}: the folder's weights lack {len(missing)} of {cls.__name__}'s "
+                         f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); they would be random")
+    return model.eval()
 
 
 def _load_file(model: torch.nn.Module, path) -> None:

@@ -33,10 +33,14 @@ def embed_images(run: Run, clip: ClipSpace, *, batch: int = 256, device="cpu", w
     data = run.data()
     clip.to(device)
     plan = ShardPlan(len(data), len(data))
-    feed = loader(data, plan, [0], batch, workers=workers, pin=torch.device(device).type == "cuda")
+    pre = clip.preprocess  # resize and crop in the loader where it can be split so; the rest on the device
+    split = callable(getattr(pre, "resize_crop", None)) and callable(getattr(pre, "normalize", None))
+    feed = loader(data, plan, [0], batch, workers=workers, pin=torch.device(device).type == "cuda",
+                  transform=pre.resize_crop if split else None)
     out = []
     for raw, _ in tqdm(feed, disable=None if progress else True, desc=f"embed with {clip.name}", unit="batch"):
-        out.append(clip.embed_preprocessed(clip.preprocess(raw.to(device, non_blocking=True))).float().cpu())
+        x = pre.normalize(raw.to(device, non_blocking=True)) if split else pre(raw.to(device, non_blocking=True))
+        out.append(clip.embed_preprocessed(x).float().cpu())
     emb = torch.cat(out)
     if not torch.isfinite(emb).all():
         raise InputError(f"{clip.name} gave non-finite embeddings for some of the run's images; check the CLIP's "

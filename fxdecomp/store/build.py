@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..adapters import unwrap
 from ..align.representation import representation
 from ..checks import finite_number, whole_number
 from ..compiler import decompose
 from ..data.source import describe_source
 from ..errors import InputError
-from ..models_registry.preprocess import input_size_of, normalization_of, transform_for
+from ..models_registry.preprocess import transform_for
 from ..data.identity import changed_image, digest_of
 from ..hashing import json_digest, module_digest
 from .files import HEAD, LOCK, MANIFEST, RUN, clean_partials, read_json, sha256, write_json
@@ -67,18 +68,18 @@ def classifier_of(model: torch.nn.Module):
 
 
 def settings(model_name: str, checkpoint, rep, dm, width: int, data, granularity, layers, dtype_name, shard_images,
-             batch, command: list[str] | None = None) -> dict:
-    """What ``run.json`` records: the identity settings first (``manifest.IDENTITY``), then the description."""
+             batch, preprocess, command: list[str] | None = None) -> dict:
+    """What ``run.json`` records: the identity settings first (``manifest.IDENTITY``), then the description.
+    ``preprocess`` is what is done to every image (``EvalTransform.describe``): the library, its
+    config and the resize and crop steps; ``source_size`` the square a data source made first, if any."""
     source = describe_source(data)
-    mean, std = normalization_of(rep)
     return {
         "format": FORMAT,
         "model": {"name": model_name, "checkpoint": str(checkpoint) if checkpoint else None,
-                  "class": type(rep).__name__, "weights": module_digest(rep)},
+                  "class": type(unwrap(rep)).__name__, "weights": module_digest(rep)},
         "granularity": granularity, "layers": sorted(layers) if layers is not None else None,
         "dtype": dtype_name,
-        "preprocess": {"input_size": list(input_size_of(rep)), "mean": list(mean), "std": list(std),
-                       "resize": "short side, bilinear antialiased; centre crop", "source_size": source.get("size")},
+        "preprocess": {**preprocess.describe(), "source_size": source.get("size")},
         "data": {"kind": source["kind"], "n": len(source["ids"]), "ids": json_digest(source["ids"]),
                  "labels": json_digest(source["labels"])},
         "components": json_digest(dm.components.names),
@@ -164,13 +165,13 @@ def _decompose(model, data, out: Path, *, model_name, checkpoint, granularity, l
     rep = rep.to(device=device, dtype=DTYPES[dtype])
     dm = decompose(rep, granularity, layers=layers)
     preprocess = transform_for(rep)
-    probe = next(iter(loader(data, ShardPlan(len(data), 1), [0], 1))).images
+    probe = next(iter(loader(data, ShardPlan(len(data), 1), [0], 1, transform=preprocess.resize_crop))).images
     with torch.no_grad():
-        width = int(rep(preprocess(probe.to(device)).to(DTYPES[dtype])).shape[-1])
+        width = int(rep(preprocess.normalize(probe.to(device)).to(DTYPES[dtype])).shape[-1])
     bytes_per_image = len(dm.components) * width * torch.finfo(DTYPES[dtype]).bits // 8
     plan = ShardPlan(len(data), images_per_shard(bytes_per_image, shard_mb, batch, len(data)))
     config = settings(model_name, checkpoint, rep, dm, width, data, granularity, layers, dtype, plan.size, batch,
-                      command)
+                      preprocess, command)
 
     if rank == 0:
         if (out / RUN).is_file():
@@ -250,7 +251,7 @@ def _save_head(head: torch.nn.Linear, path: Path) -> None:
 @torch.no_grad()
 def _run(dm, ref32, preprocess, data, plan, todo, out, *, width, batch, device, dtype, workers, progress) -> int:
     cuda = device.type == "cuda"
-    feed = loader(data, plan, todo, batch, workers=workers, pin=cuda)
+    feed = loader(data, plan, todo, batch, workers=workers, pin=cuda, transform=preprocess.resize_crop)
     writer = ShardWriter(out, depth=1)
     bar = tqdm(total=sum(b - a for a, b in (plan.bounds(i) for i in todo)), disable=None if progress else True,
                desc=f"decompose {dm.model_name}", unit="img", smoothing=0.1)
@@ -265,7 +266,7 @@ def _run(dm, ref32, preprocess, data, plan, todo, out, *, width, batch, device, 
                 bufs = {"contributions": torch.empty((n, len(dm.components), width), dtype=dtype, pin_memory=cuda),
                         "output": torch.empty((n, width), dtype=dtype, pin_memory=cuda)}
                 filled, errs, digests = 0, {"output": None, "float32": None}, []  # device tensors: no wait per batch
-            x32 = preprocess(raw.to(device, non_blocking=True))
+            x32 = preprocess.normalize(raw.to(device, non_blocking=True))
             x = x32.to(dtype)
             dec = dm(x)
             b = x.shape[0]

@@ -7,7 +7,7 @@ process 0" followed by the worker's traceback.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -38,13 +38,16 @@ class ShardBatches(torch.utils.data.Sampler):
         return sum(-(-(b - a) // self.batch) for a, b in (self.plan.bounds(i) for i in self.shards))
 
 
-def collate_images(items) -> Batch:
-    """A uint8 (or float) batch [B, 3, H, W] from items that are images or dicts with an ``image``."""
+def collate_images(items, transform: Callable | None = None) -> Batch:
+    """A uint8 (or float) batch [B, 3, H, W] from items that are images or dicts with an ``image``,
+    each first through ``transform`` (a model's resize and crop) if given."""
     images = [it["image"] if isinstance(it, dict) else it for it in items]
+    if transform is not None:
+        images = [transform(im) for im in images]
     shapes = {tuple(im.shape) for im in images}
     if len(shapes) > 1:
         raise InputError(f"images of different sizes in one batch ({sorted(shapes)[:2]}): open folders with a "
-                         "fixed size (fxdecomp.data.open_data(..., size=...)) so every image is resized and cropped")
+                         "fixed size (fxdecomp.data.open_data(..., size=...)) or pass the model's transform")
     digests = [it.get("digest") if isinstance(it, dict) else None for it in items]
     return Batch(torch.stack([torch.as_tensor(im) for im in images]), digests)
 
@@ -59,15 +62,15 @@ class _Failed:
 class _Fetch:
     """The dataset's items for one batch of indices, collated; our own errors are returned, not raised."""
 
-    def __init__(self, data):
-        self.data = data
+    def __init__(self, data, transform: Callable | None = None):
+        self.data, self.transform = data, transform
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, indices):
         try:
-            return collate_images([self.data[i] for i in indices])
+            return collate_images([self.data[i] for i in indices], self.transform)
         except FxDecompError as err:
             return _Failed(err)
 
@@ -96,10 +99,11 @@ def _rebuilt(failed: _Failed) -> FxDecompError:
 
 
 def loader(data, plan: ShardPlan, shards: Sequence[int], batch: int, *, workers: int = 0,
-           pin: bool = False) -> Feed:
-    """Batches of ``data`` for the shards ``shards`` of ``plan``, decoded by ``workers`` processes."""
+           pin: bool = False, transform: Callable | None = None) -> Feed:
+    """Batches of ``data`` for the shards ``shards`` of ``plan``, decoded by ``workers`` processes;
+    ``transform`` (a model's resize and crop) runs on each image in the workers, where it was decoded."""
     # each sampled index list is one dataset "item", so the whole batch is made (and fails) in one worker
-    return Feed(torch.utils.data.DataLoader(_Fetch(data), sampler=ShardBatches(plan, shards, batch),
+    return Feed(torch.utils.data.DataLoader(_Fetch(data, transform), sampler=ShardBatches(plan, shards, batch),
                                             batch_size=None, num_workers=workers, collate_fn=_identity,
                                             pin_memory=pin, persistent_workers=False,
                                             prefetch_factor=4 if workers else None))

@@ -138,9 +138,10 @@ class Run:
         return float(self.manifest["reconstruction"]["max_relative_error"])
 
     def data(self, verify: bool = False, progress: bool = False):
-        """The run's images again, from where they were read: the same names (checked now) and the same
-        contents (each image checked as it is read; ``verify=True`` reads every file now and names the
-        first that changed)."""
+        """The run's images again, from where they were read, as the model saw them (through the run's
+        recorded resize and crop, ``fxdecomp.preprocessing.ModelView``): the same names (checked now)
+        and the same contents (each image checked as it is read; ``verify=True`` reads every file now
+        and names the first that changed)."""
         from ..data.folder import ImageFolder
         from ..data.identity import CheckedData
         from ..data.waterbirds import WaterbirdsFolder
@@ -165,15 +166,18 @@ class Run:
         if json_digest(data.ids()) != self.manifest["data"]["ids"]:
             raise InputError(f"the images at {src.get('root', kind)} are not the ones this run decomposed (files were "
                              "added, removed or renamed); decompose them again into a new run")
+        from ..preprocessing import EvalTransform, ModelView
+
+        view = EvalTransform.from_description(self.manifest["preprocess"])
         digests = self.digests()
         if all(d is None for d in digests):
-            return data
+            return ModelView(data, view)
         checked = CheckedData(data, digests, self.ids)
         if verify:
             err = checked.first_changed(progress=progress)
             if err is not None:
                 raise err
-        return checked
+        return ModelView(checked, view)
 
     def digests(self) -> list[str | None]:
         """Each image's content digest as decomposed (None where the data set gave none)."""

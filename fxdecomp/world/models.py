@@ -21,8 +21,9 @@ N_ATTRIBUTE_LOGITS = _start
 
 
 def _config(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    # trained on the renders as they are: no resize margin (crop_pct 1), so 64-pixel images pass unchanged
     model.pretrained_cfg = dict(getattr(model, "pretrained_cfg", None) or {}, input_size=(3, IMAGE_SIZE, IMAGE_SIZE),
-                                mean=MEAN, std=STD, architecture=name)
+                                mean=MEAN, std=STD, crop_pct=1.0, interpolation="bicubic", architecture=name)
     return model
 
 
