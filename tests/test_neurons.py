@@ -14,7 +14,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from timm.layers import GluMlp, Mlp, SwiGLU
 
@@ -132,10 +132,11 @@ def test_reconstruction_in_float32(mlp):
     assert out.error() <= bound(torch.float32)
 
 
-@given(vit_configs())
-def test_random_vits_exact_and_regrouping(drawn):
+@settings(max_examples=max(1, settings().max_examples // 2))  # four compiles per example
+@given(vit_configs(), st.sampled_from(sorted(MLPS)))
+def test_random_vits_exact_and_regrouping(drawn, mlp):
     cfg, fused, seed = drawn
-    base = build(cfg, fused, seed)
+    base = build(dict(cfg, **MLPS[mlp]), fused, seed)
     for dtype in (torch.float32, torch.float64):
         model = copy.deepcopy(base).to(dtype)
         x = images((3, cfg["img_size"], cfg["img_size"]), batch=3, dtype=dtype, seed=seed)
@@ -143,7 +144,7 @@ def test_random_vits_exact_and_regrouping(drawn):
             ref = model(x)
             neurons = fxdecomp.decompose(model, "neuron")(x)
             heads = fxdecomp.decompose(model, "head")(x)
-        assert rel_err(neurons.total(), ref) <= bound(dtype), (cfg, dtype)
+        assert rel_err(neurons.total(), ref) <= bound(dtype), (cfg, mlp, dtype)
         hidden = base.blocks[0].mlp.fc2.in_features
         assert sum(c.neuron is not None for c in neurons.components) == cfg["depth"] * hidden
         grouped = neurons.group("head")
@@ -259,3 +260,63 @@ def test_model_without_mlp_branches_is_refused_naming_its_branches():
         fxdecomp.decompose(_net("attn", "gated"), "neuron", input_size=(3, 32, 32))
     with pytest.raises(InputError, match=r"in layers \[0\]"):  # the chosen layers have no MLP
         fxdecomp.decompose(_net("attn", "mlp"), "neuron", layers=[0], input_size=(3, 32, 32))
+
+
+# -- neurons in words: the shipped world-vit and its head-granularity aligner ----------------------
+
+@pytest.fixture(scope="module")
+def world_neurons():
+    from fxdecomp.align import ClipSpace, collect, representation
+    from fxdecomp.models_registry import load, transform_for
+    from fxdecomp.world import EVAL_SEED, World
+    from fxdecomp.world.aligners import load_aligner
+
+    rep = representation(load("world-vit").float())
+    imgs = World(24, EVAL_SEED).arrays()["images"]
+    clip = ClipSpace.world()
+    feats = {g: collect(fxdecomp.decompose(rep, g), imgs, preprocess=transform_for(rep), clip=clip, progress=False)
+             for g in ("neuron", "head")}
+    return feats, load_aligner("world-vit"), clip
+
+
+def test_world_neurons_are_read_with_their_mlps_map(world_neurons):
+    from fxdecomp.align import describe, property_scores
+
+    feats, aligner, clip = world_neurons
+    fine, coarse = feats["neuron"], feats["head"]
+    aligned, whole = aligner.map(fine, finer=True), aligner.map(coarse)
+    assert aligned.names == fine.names
+    torch.testing.assert_close(aligned.total(), whole.total(), rtol=1e-4, atol=1e-4)
+    words = ["red", "green", "blue", "yellow", "circle", "square", "sea", "forest"]
+    mlp = "blocks.1.mlp"
+    w = aligner.weight[aligner.names.index(mlp)].detach().double()
+    neurons = [c for c in fine.components if c.module == mlp and c.neuron is not None]
+    assert len(neurons) == 4 * fine.contributions.shape[2]
+    # one neuron in words, by hand: its contributions through its MLP's map, centred, projected
+    # on the centred unit text embeddings, spread over images
+    one = neurons[7]
+    x = fine.contributions[:, one.index].double() @ w
+    x = x - x.mean(0)
+    emb = clip.encode_texts(words).double()
+    t = emb / emb.norm(dim=1, keepdim=True)
+    t = t - t.mean(0)
+    t = t / t.norm(dim=1, keepdim=True)
+    spread = (x @ t.T).pow(2).mean(0).sqrt()
+    want = [(words[int(i)], float(spread[i])) for i in torch.argsort(spread, descending=True)[:3]]
+    got = describe(aligned, one.name, words, k=3, text_embeddings=emb)
+    assert [g[0] for g in got] == [n for n, _ in want]
+    assert [g[1] for g in got] == pytest.approx([v for _, v in want], rel=1e-4)
+    # variance shares are linear in the component: a layer's neurons share what its MLP does
+    for prop in (["red", "green", "blue", "yellow"], ["sea", "forest", "desert", "city"]):
+        fine_scores = property_scores(aligned, prop, clip=clip)
+        coarse_scores = property_scores(whole, prop, clip=clip)
+        assert sum(fine_scores.values()) == pytest.approx(1.0, abs=1e-6)
+        assert sum(fine_scores[c.name] for c in neurons) == pytest.approx(coarse_scores[mlp], abs=1e-4)
+
+
+def test_finer_map_needs_components(world_neurons):
+    feats, aligner, _ = world_neurons
+    with pytest.raises(InputError, match="finer=True"):
+        aligner.map(feats["neuron"].contributions, finer=True)
+    with pytest.raises(InputError, match="components do not match"):
+        aligner.map(feats["neuron"])  # without finer: the aligner's own components only
