@@ -320,3 +320,39 @@ def test_finer_map_needs_components(world_neurons):
         aligner.map(feats["neuron"].contributions, finer=True)
     with pytest.raises(InputError, match="components do not match"):
         aligner.map(feats["neuron"])  # without finer: the aligner's own components only
+
+
+def test_neuron_run_from_the_command_line(tmp_path):
+    from fxdecomp.cli import main
+    from fxdecomp.store import open_run
+
+    out = tmp_path / "neurons"
+    assert main(["decompose", "world-vit", "world:6:3", "--granularity", "neuron", "--layers", "1", "--out", str(out),
+                 "--batch", "3", "--workers", "0"]) == 0
+    run = open_run(out, verify=True)
+    assert run.granularity == "neuron" and run.error() < 1e-5
+    split = [c for c in run.components if c.neuron is not None]
+    assert {c.module for c in split} == {"blocks.1.mlp"} and [c.neuron for c in split] == list(range(len(split)))
+    # the stored neurons add up to the stored output less every other component
+    data = run.images(range(run.n))
+    whole = data[:, [c.index for c in split]].sum(1)
+    rest = data[:, [c.index for c in run.components if c.neuron is None]].sum(1)
+    assert rel_err(whole + rest, run.outputs()) <= 1e-5
+
+
+@pytest.mark.slow
+def test_deit_base_neurons_at_full_width():
+    """DeiT-B's 36,864 neurons at batch 2, full width ([2, 37035, 768], 217 MB in float32)."""
+    torch.manual_seed(0)
+    model = timm.create_model("deit_base_patch16_224", pretrained=False, num_classes=0).eval()
+    dm = fxdecomp.decompose(model, "neuron")
+    hm = fxdecomp.decompose(model, "head", layers=[11])
+    x = images(dm, batch=2)
+    with torch.no_grad():
+        ref = model(x)
+        out, heads = dm(x), hm(x)
+    assert sum(c.neuron is not None for c in out.components) == 12 * 3072
+    assert rel_err(out.total(), ref) <= bound(torch.float32)
+    last = [c.index for c in out.components if c.module == "blocks.11.mlp"]
+    assert len(last) == 3072
+    assert rel_err(out.contributions[:, last].double().sum(1), heads["blocks.11.mlp"]) <= 1e-5
