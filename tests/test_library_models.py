@@ -1,0 +1,66 @@
+"""Models nobody here wrote, built from small random configurations of their libraries: Hiera's
+pooled stage changes, Aimv2's labels, ViTMAE's patch shuffle, open_clip RN50's attention pool."""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from conftest import bound, jitter_, rel_err
+
+import fxdecomp
+
+T = pytest.importorskip("transformers")
+DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+
+
+def _images(shape, dtype, n: int = 3, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _strict(model, *args, **kwargs):
+    """``decompose`` with every CollapseWarning and AxisWarning an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fxdecomp.CollapseWarning)
+        warnings.simplefilter("error", fxdecomp.AxisWarning)
+        return fxdecomp.decompose(model, *args, **kwargs)
+
+
+HIERA_HEADS = [1, 2, 4, 8]
+
+
+def _hiera():
+    torch.manual_seed(0)
+    cfg = T.HieraConfig(image_size=[64, 64], patch_size=[7, 7], embed_dim=32, depths=[1, 1, 1, 1],
+                        num_heads=HIERA_HEADS, masked_unit_size=[8, 8], patch_stride=[4, 4], patch_padding=[3, 3])
+    return jitter_(T.HieraModel(cfg).eval())
+
+
+def test_hiera_without_linearize_warns_of_its_stage_changes():
+    with pytest.warns(fxdecomp.CollapseWarning, match="linearize=True"):
+        dm = fxdecomp.decompose(_hiera(), "block")
+    assert dm.collapsed and any("no skip path" in n for n in dm.notes)
+
+
+@DTYPES
+def test_hiera_stage_changes_are_decomposed_with_the_max_selection_frozen(dtype):
+    """Each stage change's shortcut is max over query-stride groups of proj(norm(x)): with its
+    selection frozen every stage has its own components, exact at that input. Per stage (one
+    layer each): its heads, the attention's and the MLP's output biases and the MLP; from the
+    second stage on also the shortcut's norm and projection biases (the head of a one-head
+    stage is its attention, unsplit)."""
+    model = _hiera().to(dtype)
+    dm = _strict(model, "head", linearize=True)
+    x = _images((3, 64, 64), dtype)
+    with torch.no_grad():
+        out = dm(x)
+        assert rel_err(out.total(), model(x).pooler_output) <= bound(dtype)
+    assert sorted(dm.linearised) == [f"encoder.stages.{s}.layers.0 (max)" for s in (1, 2, 3)]
+    for stage, heads in enumerate(HIERA_HEADS):
+        here = [c for c in dm.components if c.module.startswith(f"encoder.stages.{stage}.")]
+        attn = [c for c in here if c.kind == "attn"]
+        assert [c.head for c in attn] == (list(range(heads)) if heads > 1 else [None])
+        assert len(here) == heads + 3 + (2 if stage else 0), [c.name for c in here]
+        assert {c.kind for c in here} == {"attn", "mlp", "bias"}
+    assert [c.kind for c in dm.components].count("embed") == 1 and not dm.collapsed
