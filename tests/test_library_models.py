@@ -64,3 +64,66 @@ def test_hiera_stage_changes_are_decomposed_with_the_max_selection_frozen(dtype)
         assert len(here) == heads + 3 + (2 if stage else 0), [c.name for c in here]
         assert {c.kind for c in here} == {"attn", "mlp", "bias"}
     assert [c.kind for c in dm.components].count("embed") == 1 and not dm.collapsed
+
+
+def _aimv2():
+    torch.manual_seed(0)
+    cfg = T.Aimv2VisionConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                              image_size=32, patch_size=8)
+    return jitter_(T.Aimv2VisionModel(cfg).eval())
+
+
+def test_aimv2_labels_name_its_attention_and_mlp_not_its_norms():
+    """Aimv2's RMSNorm is written as pointwise ops, more than its MLP has: the labels still name
+    the modules the branches end in. (Exact in float32; in float64 the model itself rounds each
+    norm's input to float32, which its decomposition does not, so float64 is not asserted.)"""
+    model = _aimv2()
+    dm = _strict(model, "head")
+    x = _images((3, 32, 32), torch.float32)
+    with torch.no_grad():
+        assert rel_err(dm(x).total(), model(x).pooler_output) <= bound(torch.float32)
+    branches = [(c.name, c.kind, c.module_type, c.layer) for c in dm.components if c.kind in ("attn", "mlp")]
+    want = []
+    for i in range(2):
+        want += [(f"encoder.layers.{i}.attention[h{h}]", "attn", "Aimv2Attention", i) for h in range(4)]
+        want.append((f"encoder.layers.{i}.ffn", "mlp", "Aimv2MLP", i))
+    assert branches == want
+    assert not any("norm" in c.module for c in dm.components if c.kind != "bias")
+
+
+def _vitmae():
+    torch.manual_seed(0)
+    cfg = T.ViTMAEConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                         image_size=32, patch_size=8, mask_ratio=0.0)
+    return jitter_(T.ViTMAEModel(cfg).eval())
+
+
+@DTYPES
+def test_vitmae_patch_shuffle_is_a_frozen_permutation(dtype):
+    """ViTMAE gathers its patch tokens in an order drawn per image at every call (argsort of
+    noise; with mask_ratio=0 it keeps them all): the gather is a selection frozen at the index
+    the model drew. Seeded alike, the model and its decomposition draw the same order, so every
+    token's output is checked, not only an order-free mean."""
+    model = _vitmae().to(dtype)
+    dm = _strict(model, "token", output="last_hidden_state")
+    x = _images((3, 32, 32), dtype)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        out = dm(x)
+        torch.manual_seed(5)
+        ref = model(x).last_hidden_state
+        assert rel_err(out.total(), ref) <= bound(dtype)
+        torch.manual_seed(6)  # another draw: another order of the 16 patch tokens
+        assert rel_err(out.total(), model(x).last_hidden_state) > 1e-3
+    heads = [c for c in dm.components if c.kind == "attn" and c.layer == 0]
+    # 4 heads x (class token + 16 gathered patch tokens): the shuffled tokens have no (row, col)
+    assert len(heads) == 4 * 17 and all(c.row is None for c in heads)
+    assert {"embed", "embeddings.patch_embeddings.projection.bias"} <= set(dm.components.names)
+
+
+def test_vitmae_mean_of_tokens_is_exact_whatever_the_order():
+    model = _vitmae()
+    dm = _strict(model, "head", output="mean")
+    x = _images((3, 32, 32), torch.float32)
+    with torch.no_grad():
+        assert rel_err(dm(x).total(), model(x).last_hidden_state[:, 1:].mean(1)) <= bound(torch.float32)
