@@ -127,3 +127,49 @@ def test_vitmae_mean_of_tokens_is_exact_whatever_the_order():
     x = _images((3, 32, 32), torch.float32)
     with torch.no_grad():
         assert rel_err(dm(x).total(), model(x).last_hidden_state[:, 1:].mean(1)) <= bound(torch.float32)
+
+
+class _PooledConv(torch.nn.Module):
+    """A convolution read out by open_clip's ``AttentionPool2d`` (RN50's): the mean token is
+    concatenated before the patch tokens and queries them, its heads folded into the batch axis
+    (``view [T, B*heads, d]``) inside ``F.multi_head_attention_forward``."""
+
+    def __init__(self):
+        super().__init__()
+        from open_clip.modified_resnet import AttentionPool2d
+
+        self.embed = torch.nn.Conv2d(3, 32, 4, stride=4, bias=False)
+        self.attnpool = AttentionPool2d(4, 32, 4, 16)
+
+    def forward(self, x):
+        return self.attnpool(self.embed(x))
+
+
+@DTYPES
+def test_attention_pool_walks_the_mean_token_like_the_stream(dtype):
+    """The mean token beside the patch tokens is no branch of its own: each component reaches
+    the output through it and through the patch tokens, the pool's weights frozen. Checked
+    against an independent computation of the embedding's contribution, per head."""
+    pytest.importorskip("open_clip")
+    torch.manual_seed(0)
+    model = jitter_(_PooledConv().eval()).to(dtype)
+    dm = _strict(model, "head", input_size=(3, 16, 16))
+    x = _images((3, 16, 16), dtype)
+    with torch.no_grad():
+        out = dm(x)
+        assert rel_err(out.total(), model(x)) <= bound(dtype)
+        p = model.attnpool
+        t = model.embed(x).flatten(2).permute(2, 0, 1)                  # [HW, B, C]
+        t = torch.cat([t.mean(0, keepdim=True), t])                       # the mean token first
+        q_in = t + p.positional_embedding[:, None]
+        _, w = torch.nn.functional.multi_head_attention_forward(
+            q_in, q_in, q_in, 32, 4, None, torch.cat([p.q_proj.bias, p.k_proj.bias, p.v_proj.bias]), None, None,
+            False, 0.0, p.c_proj.weight, p.c_proj.bias, training=False, need_weights=True,
+            use_separate_proj_weight=True, q_proj_weight=p.q_proj.weight, k_proj_weight=p.k_proj.weight,
+            v_proj_weight=p.v_proj.weight, average_attn_weights=False)  # w: [B, heads, T, T]
+        v = (t @ p.v_proj.weight.T).view(17, 3, 4, 8)                    # the embedding's values, no bias
+        heads = torch.einsum("bhj,jbhd->bhd", w[:, :, 0], v).reshape(3, 32)
+        want = heads @ p.c_proj.weight.T
+    assert out.components.names == ["embed", "attnpool.positional_embedding", "attnpool.linear",
+                                    "attnpool.c_proj.bias"]
+    torch.testing.assert_close(out["embed"], want, rtol=0, atol=bound(dtype) * float(want.abs().max()) * 10)

@@ -39,7 +39,7 @@ from ..core.step import Step
 from ..core.terms import Derived, Factor, NodeValue, PartialSum, Piece, Term, resolve_in
 from ..core.where import describe, module_of, param_name, unsupported
 from ..errors import UnsupportedOpError
-from .route import moving
+from .route import RESIDUAL_JOINS, moving
 
 
 def _nonzero_at_zero(node: fx.Node) -> bool:
@@ -258,8 +258,9 @@ class Expander:
         are frozen (ResMLP's token mixing is one linear layer; PoolFormer's is
         ``pool(norm(x)) - norm(x)``), the branch is still a component of its own: its output is
         the leaf. Walking through it would double every earlier component's terms at each
-        such block."""
-        if node not in self.stream:
+        such block. A concatenation is no join: what it puts beside the stream (open_clip
+        ResNet's mean token before its attention pool) is walked like the stream itself."""
+        if node not in self.stream or node.target not in RESIDUAL_JOINS:
             return
         moving = self._moving(node)
         if len(moving) < 2 or not any(a in self.stream for a in moving):
