@@ -63,6 +63,8 @@ class CompileState:
     # -- granularity -----------------------------------------------------------------------------
     groups: list = field(default_factory=list)       # Group, in slot order
     components: ComponentTable | None = None
+    #: one sentence per branch left whole at neuron granularity, and why
+    split_notes: list = field(default_factory=list)
     # -- codegen ---------------------------------------------------------------------------------
     forward: fx.GraphModule | None = None            # the decomposing module
     #: the nodes of ``forward`` that are the model's own traced forward (the rest decompose it)
@@ -74,8 +76,10 @@ class CompileState:
 
     @property
     def notes(self) -> list[str]:
-        """Every known limit met and every collapse, one sentence each (``dm.notes``)."""
-        return list(self.axes.notes if self.axes is not None else ()) + list(self.collapses)
+        """Every known limit met, every collapse and every branch left unsplit, one sentence each
+        (``dm.notes``)."""
+        return list(self.axes.notes if self.axes is not None else ()) + list(self.collapses) + \
+            list(self.split_notes)
 
 
 #: a compiler pass
