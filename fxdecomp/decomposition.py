@@ -9,7 +9,7 @@ import torch
 from .components import Component, ComponentTable, is_single
 from .errors import InputError, UnknownComponentError
 
-GROUPINGS = ("branch", "block", "head", "layer", "kind", "module")
+GROUPINGS = ("branch", "block", "head", "layer", "kind", "module", "token")
 
 
 class Decomposition:
@@ -87,29 +87,15 @@ class Decomposition:
 
         ``by``: ``"branch"``/``"block"`` (whole residual branches), ``"head"``,
         ``"layer"`` (a layer's branches and biases together), ``"kind"``,
-        ``"module"``, or a function from a :class:`Component` to a group key.
+        ``"module"``, ``"token"`` (one component per source position, summed over heads and
+        layers; the others kept), or a function from a :class:`Component` to a group key.
         """
-        if isinstance(by, str):
-            if by not in GROUPINGS:
-                raise UnknownComponentError(f"unknown grouping {by!r}; use one of {GROUPINGS} or a function")
-            keyfn = _KEYS[by]
-        else:
-            keyfn = by
-        keys: dict[Hashable, int] = {}
-        ids, members = [], []
-        for c in self.components:
-            k = keyfn(c)
-            if k not in keys:
-                keys[k] = len(keys)
-                members.append([])
-            ids.append(keys[k])
-            members[keys[k]].append(c)
-        index = torch.tensor(ids, device=self.contributions.device)
+        ids, comps = regroup(self.components, by)
+        index = torch.tensor(ids, device=self.contributions.device, dtype=torch.long)
         shape = list(self.contributions.shape)
-        shape[1] = len(keys)
+        shape[1] = len(comps)
         out = self.contributions.new_zeros(shape).index_add_(1, index, self.contributions)
-        comps = [_merge(j, k, ms, by) for j, (k, ms) in enumerate(zip(keys, members))]
-        return Decomposition(out, ComponentTable(comps), self.output)
+        return Decomposition(out, comps, self.output)
 
     # -- summaries ------------------------------------------------------------------------------
     def top(self, k: int = 10) -> list[tuple[Component, float]]:
@@ -125,6 +111,51 @@ class Decomposition:
         return self.components.table(list(rows), extra={"mean_norm": [f"{float(v):.4g}" for v in mean]})
 
 
+def regroup(components: ComponentTable, by: str | Callable[[Component], Hashable]) -> tuple[list[int], ComponentTable]:
+    """(for every component, the index of its group; the groups' components) for ``group(by)``.
+
+    Shared with the compiler, which sums groups at compile time (``decompose(..., group=by)``)
+    and must name them as grouping afterwards does."""
+    if isinstance(by, str):
+        if by not in GROUPINGS:
+            raise UnknownComponentError(f"unknown grouping {by!r}; use one of {GROUPINGS} or a function from a "
+                                        "Component to a group key")
+        keyfn = _KEYS[by]
+    elif callable(by):
+        keyfn = by
+    else:
+        raise UnknownComponentError(f"unknown grouping {by!r}; use one of {GROUPINGS} or a function from a "
+                                    "Component to a group key")
+    keys: dict[Hashable, int] = {}
+    ids, members = [], []
+    for c in components:
+        k = keyfn(c)
+        if k not in keys:
+            keys[k] = len(keys)
+            members.append([])
+        ids.append(keys[k])
+        members[keys[k]].append(c)
+    return ids, ComponentTable(_merge(j, k, ms, by) for j, (k, ms) in enumerate(zip(keys, members)))
+
+
+def _token_key(c: Component):
+    """A source position: its grid cell or learned token, else its index along the split (channels
+    of a channel-attention model); components not split by token stay whole."""
+    if c.token is None:
+        return ("component", c.name)
+    if c.row is not None or c.col is not None or c.prefix is not None:
+        return ("token", c.row, c.col, c.prefix)
+    return ("token", c.split, c.token)
+
+
+def _token_name(c: Component) -> str:
+    if c.row is not None or c.col is not None:
+        return f"token[r{c.row},c{c.col}]"
+    if c.prefix is not None:
+        return f"token[{c.prefix}]"
+    return f"{'channel' if c.split and 'channel' in c.split else 'token'}[t{c.token}]"
+
+
 def _layer_key(c: Component):
     if c.layer is not None:
         return ("layer", c.layer)
@@ -138,11 +169,14 @@ _KEYS: dict[str, Callable[[Component], Hashable]] = {
     "layer": _layer_key,
     "kind": lambda c: c.kind,
     "module": lambda c: c.module,
+    "token": _token_key,
 }
 
 
 def _merge(index: int, key, members: list[Component], by) -> Component:
     first = members[0]
+    if by == "token" and first.token is not None:  # named by its position, however many members
+        return replace(_merge(index, key, members, None), name=_token_name(first))
     if len(members) == 1:
         return replace(first, index=index)
     common = {}
