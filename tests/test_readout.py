@@ -228,3 +228,34 @@ def test_readout_bad_input():
     torch.testing.assert_close(dm.readout, before, rtol=0, atol=0)  # nothing written half-way
     with pytest.raises(fxdecomp.InputError, match="without a readout"):
         fxdecomp.decompose(model, "head").set_readout(torch.ones(32, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("granularity", ["head", "token"])
+def test_per_component_readout_from_an_aligner(granularity):
+    """Each component read through its own map (a token through its head's), against mapping the
+    full decomposition with ``map_finer`` and projecting onto the texts afterwards."""
+    from fxdecomp.align.compalign import CompAlign
+
+    model = small_vit(depth=2, num_heads=2).double()
+    x = images((3, 32, 32), batch=2, dtype=torch.float64)
+    heads = fxdecomp.decompose(model, "head")
+    aligner = CompAlign(heads.components, 32, 6, seed=2).double()
+    texts = _readout(5, 6, 3)  # 5 texts in a 6-d CLIP space
+    maps = aligner.readout(["a", "b", "c", "d", "e"], text_embeddings=texts)
+    assert set(maps) == set(heads.components.names)
+    dm = fxdecomp.decompose(model, granularity, readout=maps)
+    with torch.no_grad():
+        out = dm(x)
+        full = fxdecomp.decompose(model, granularity)(x)
+    unit = torch.nn.functional.normalize(texts, dim=1)
+    want = aligner.map_finer(full) @ unit.T
+    assert out.components.names == full.components.names
+    _close(out.contributions, want, F64_BOUND)
+    torch.testing.assert_close(out.output, want.sum(1), rtol=1e-12, atol=1e-12)
+    assert any("its own map" in n for n in dm.notes)
+    with pytest.raises(fxdecomp.InputError, match="no matrix for"):
+        fxdecomp.decompose(model, granularity, readout={k: v for k, v in maps.items() if "mlp" not in k})
+    with pytest.raises(fxdecomp.InputError, match="does not have"):
+        fxdecomp.decompose(model, granularity, readout={**maps, "blocks.9.attn": maps["blocks.0.mlp"]})
+    with pytest.raises(fxdecomp.InputError, match="own map"):
+        dm.set_readout(maps["blocks.0.mlp"])
