@@ -116,14 +116,16 @@ def bench(model, name, device, batch, granularity, k, group, repeats, seed) -> d
 
 
 def cases(only):
+    """The targets' cases first (a run on a loaded machine may be cut short), then the table's."""
     deit = "deit_base_patch16_224"
     out = []
     if only in (None, "deit"):
-        out += [(deit, g, kk, None) for g in ("block", "head", "token") for kk in (None, 16)]
-        out += [(deit, "token", 16, "token"), (deit, "token", None, "token")]
+        out += [(deit, "token", 16, None), (deit, "token", None, None), (deit, "token", 16, "token")]
+        out += [(deit, g, kk, None) for g in ("head", "block") for kk in (16, None)]
+        out += [(deit, "token", None, "token")]
     if only in (None, "vitl"):
-        out += [("ViT-L-14", g, 16, None) for g in ("block", "head", "token")]
-        out += [("ViT-L-14", "head", None, None), ("ViT-L-14", "token", 16, "token")]
+        out += [("ViT-L-14", "token", 16, None), ("ViT-L-14", "token", 16, "token"), ("ViT-L-14", "head", 16, None),
+                ("ViT-L-14", "head", None, None), ("ViT-L-14", "block", 16, None), ("ViT-L-14", "block", None, None)]
     return out
 
 

@@ -116,6 +116,8 @@ def regroup(components: ComponentTable, by: str | Callable[[Component], Hashable
 
     Shared with the compiler, which sums groups at compile time (``decompose(..., group=by)``)
     and must name them as grouping afterwards does."""
+    if by == "token":
+        return _by_position(components)
     if isinstance(by, str):
         if by not in GROUPINGS:
             raise UnknownComponentError(f"unknown grouping {by!r}; use one of {GROUPINGS} or a function from a "
@@ -138,22 +140,55 @@ def regroup(components: ComponentTable, by: str | Callable[[Component], Hashable
     return ids, ComponentTable(_merge(j, k, ms, by) for j, (k, ms) in enumerate(zip(keys, members)))
 
 
-def _token_key(c: Component):
-    """A source position: its grid cell or learned token, else its index along the split (channels
-    of a channel-attention model); components not split by token stay whole."""
-    if c.token is None:
-        return ("component", c.name)
-    if c.row is not None or c.col is not None or c.prefix is not None:
-        return ("token", c.row, c.col, c.prefix)
-    return ("token", c.split, c.token)
+def _by_position(components: ComponentTable) -> tuple[list[int], ComponentTable]:
+    """``regroup(components, "token")``: one component per source position, summed over heads and
+    layers: a cell of a token grid (a hierarchical model's stages each have their own grid, the
+    extent of the cells its branches' tokens take), a learned token, or else an index along the
+    split (a channel-attention model's channels). Components not split by token stay whole. A
+    position's ``branch`` is the first branch it sums over (the same for every cell of one grid), its
+    ``token`` its index on its grid (row-major; a learned token's, its first member's)."""
+    extent: dict[int, list[int]] = {}
+    for c in components:
+        if c.token is not None and c.row is not None and c.col is not None:
+            e = extent.setdefault(c.branch, [0, 0])
+            e[0], e[1] = max(e[0], c.row + 1), max(e[1], c.col + 1)
+    grids = {tuple(e) for e in extent.values()}
 
+    def key(c: Component):
+        if c.token is None:
+            return ("component", c.name)
+        if c.row is not None and c.col is not None:
+            return ("cell", tuple(extent[c.branch]), c.row, c.col)
+        if c.prefix is not None:
+            return ("prefix", c.prefix)
+        return ("index", c.split, c.token)
 
-def _token_name(c: Component) -> str:
-    if c.row is not None or c.col is not None:
-        return f"token[r{c.row},c{c.col}]"
-    if c.prefix is not None:
-        return f"token[{c.prefix}]"
-    return f"{'channel' if c.split and 'channel' in c.split else 'token'}[t{c.token}]"
+    def name(k) -> str:
+        if k[0] == "cell":
+            grid = f"{k[1][0]}x{k[1][1]}:" if len(grids) > 1 else ""
+            return f"token[{grid}r{k[2]},c{k[3]}]"
+        if k[0] == "prefix":
+            return f"token[{k[1]}]"
+        return f"{'channel' if k[1] and 'channel' in k[1] else 'token'}[t{k[2]}]"
+
+    keys: dict = {}
+    ids, members = [], []
+    for c in components:
+        k = key(c)
+        if k not in keys:
+            keys[k] = len(keys)
+            members.append([])
+        ids.append(keys[k])
+        members[keys[k]].append(c)
+    out = []
+    for j, (k, ms) in enumerate(zip(keys, members)):
+        if k[0] == "component":
+            out.append(replace(ms[0], index=j))
+        else:
+            merged = _merge(j, k, ms, None)
+            token = k[2] * k[1][1] + k[3] if k[0] == "cell" else ms[0].token
+            out.append(replace(merged, name=name(k), branch=min(m.branch for m in ms), token=token))
+    return ids, ComponentTable(out)
 
 
 def _layer_key(c: Component):
@@ -169,14 +204,11 @@ _KEYS: dict[str, Callable[[Component], Hashable]] = {
     "layer": _layer_key,
     "kind": lambda c: c.kind,
     "module": lambda c: c.module,
-    "token": _token_key,
 }
 
 
 def _merge(index: int, key, members: list[Component], by) -> Component:
     first = members[0]
-    if by == "token" and first.token is not None:  # named by its position, however many members
-        return replace(_merge(index, key, members, None), name=_token_name(first))
     if len(members) == 1:
         return replace(first, index=index)
     common = {}

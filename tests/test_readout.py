@@ -259,3 +259,62 @@ def test_per_component_readout_from_an_aligner(granularity):
         fxdecomp.decompose(model, granularity, readout={**maps, "blocks.9.attn": maps["blocks.0.mlp"]})
     with pytest.raises(fxdecomp.InputError, match="own map"):
         dm.set_readout(maps["blocks.0.mlp"])
+
+
+class _FakeClip:
+    def encode_texts(self, texts, templates=None):
+        g = torch.Generator().manual_seed(len(texts[0]))
+        return torch.nn.functional.normalize(torch.randn(len(texts), 6, generator=g, dtype=torch.float64), dim=1)
+
+
+def _swin():
+    torch.manual_seed(0)
+    return jitter_(SwinTransformer(img_size=32, patch_size=2, window_size=4, embed_dim=8, depths=(2, 1),
+                                   num_heads=(2, 2), num_classes=0).eval()).double()
+
+
+@pytest.mark.parametrize("arch", ["vit", "swin"])
+def test_position_maps_from_summed_positions(arch):
+    """Segmentation from positions summed at compile time equals it from every token."""
+    from fxdecomp.segment import position_decomposition, position_maps
+
+    model = small_vit(depth=2, num_heads=2).double() if arch == "vit" else _swin()
+    x = images((3, 32, 32), batch=2, dtype=torch.float64)
+    with torch.no_grad():
+        full = fxdecomp.decompose(model, "token")(x)
+        pos = position_decomposition(model)(x)
+    assert len(pos) < len(full) / 2
+    d = _readout(2, full.output.shape[1], 5)
+    for kw in (dict(reduce="norm"), dict(reduce="signed", direction=d), dict(reduce="norm", size=(20, 20))):
+        torch.testing.assert_close(position_maps(pos, **kw), position_maps(full, **kw), rtol=1e-9, atol=1e-12)
+    layers = [1] if arch == "vit" else [0, 1]
+    with torch.no_grad():
+        chosen = position_decomposition(model, layers=layers)(x)
+    torch.testing.assert_close(position_maps(chosen), position_maps(full, layers=layers), rtol=1e-9, atol=1e-12)
+    with pytest.raises(fxdecomp.InputError, match="position_decomposition\\(model, layers="):
+        position_maps(pos, layers=[0])
+
+
+def test_token_maps_read_compiled_in():
+    """Heatmaps from a reader ([B, C, 1]) equal those of the full token decomposition."""
+    from fxdecomp.align.compalign import CompAlign
+    from fxdecomp.heatmaps import ONE, token_maps, token_reader
+
+    model = small_vit(depth=2, num_heads=2).double()
+    x = images((3, 32, 32), batch=2, dtype=torch.float64)
+    with torch.no_grad():
+        full = fxdecomp.decompose(model, "token")(x)
+    aligner = CompAlign(fxdecomp.decompose(model, "head").components, 32, 6, seed=1).double()
+    d = _readout(32, 1, 4)[:, 0]
+    cases = [(dict(direction=d), dict(direction=d)),
+             (dict(text="sea", clip=_FakeClip(), aligner=aligner), dict(text="sea", clip=_FakeClip(), aligner=aligner)),
+             (dict(direction=d[:6], aligner=aligner), dict(direction=d[:6], aligner=aligner))]
+    for reader_kw, map_kw in cases:
+        dm = token_reader(model, **reader_kw)
+        with torch.no_grad():
+            out = dm(x)
+        assert out.contributions.shape == (2, len(full), 1)
+        torch.testing.assert_close(token_maps(out, (32, 32), direction=ONE), token_maps(full, (32, 32), **map_kw),
+                                   rtol=1e-9, atol=1e-12)
+    with pytest.raises(fxdecomp.InputError, match="one vector"):
+        token_reader(model, direction=torch.zeros(2, 32))
