@@ -277,3 +277,17 @@ def test_the_demo_ranks_through_its_shipped_shared_map(tmp_path):
     best, _ = report_facts((tmp_path / "index.html").read_text())
     scores = property_scores_over(r, world_properties(), images=range(r.n))
     assert best and all(prop == max(scores, key=lambda p: scores[p][n]) for n, (prop, _) in best.items())
+
+
+@pytest.mark.slow
+def test_the_shipped_shared_map_is_what_its_command_trains():
+    """fxdecomp/assets/world/world-vit.shared.compalign.safetensors comes from
+    ``python -m fxdecomp.world.aligners --out fxdecomp/assets/world --variants shared``."""
+    from fxdecomp.world.aligners import load_aligner, train
+
+    torch.manual_seed(0)
+    again = train("world-vit", variant="shared", progress=False)
+    shipped = load_aligner("world-vit", variant="shared")
+    assert again.names == shipped.names
+    torch.testing.assert_close(again.weight, shipped.weight, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(again.bias, shipped.bias, rtol=1e-3, atol=1e-4)
