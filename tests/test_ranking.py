@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import html
+import os
 import re
 import shutil
 from pathlib import Path
@@ -280,9 +281,13 @@ def test_the_demo_ranks_through_its_shipped_shared_map(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("FXDECOMP_RETRAIN") != "1",
+                    reason="retrains a shipped aligner from 4,000 images (about 4 CPU-minutes); FXDECOMP_RETRAIN=1 "
+                           "runs it")
 def test_the_shipped_shared_map_is_what_its_command_trains():
     """fxdecomp/assets/world/world-vit.shared.compalign.safetensors comes from
-    ``python -m fxdecomp.world.aligners --out fxdecomp/assets/world --variants shared``."""
+    ``python -m fxdecomp.world.aligners --out fxdecomp/assets/world --variants shared`` (equal within
+    float32 noise: the shipped file was trained single-threaded)."""
     from fxdecomp.world.aligners import load_aligner, train
 
     torch.manual_seed(0)
