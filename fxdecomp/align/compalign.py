@@ -201,6 +201,18 @@ class CompAlign(torch.nn.Module):
                 for i in range(0, len(contributions), batch_size)]
         return torch.cat(outs) if outs else contributions.new_zeros(0, len(components), self.d_clip)
 
+    @torch.no_grad()
+    def readout(self, descriptions: Sequence[str], clip=None, text_embeddings: torch.Tensor | None = None) -> dict:
+        """One [d_model, K] readout per component, ``W_i tᵀ`` for the K descriptions' unit text
+        embeddings ``t``: ``decompose(model, g, readout=aligner.readout(texts, clip=clip))`` gives
+        every component's (a token's through its head's map) similarity to each text, compiled
+        in, without any contribution of the model's width (the bias, a constant, is not read)."""
+        from .text import text_matrix
+
+        t = text_matrix(descriptions, clip, text_embeddings, dim=self.d_clip).to(self.weight)
+        w = self.weight.detach()
+        return {n: w[0 if self.variant == "shared" else i] @ t.T for i, n in enumerate(self.names)}
+
     # -- checks -------------------------------------------------------------------------------------
     def _contributions(self, data) -> torch.Tensor:
         if isinstance(data, (Decomposition, Features)):

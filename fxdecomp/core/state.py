@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import torch.fx as fx
 
-from .ir import Affinity, Axes, Demand, Route, Stream
+from .ir import Affinity, Axes, Demand, Readout, Route, Stream
 
 if TYPE_CHECKING:
     from ..components import ComponentTable
@@ -31,6 +31,11 @@ class CompileState:
     dtype: torch.dtype
     device: torch.device
     model_name: str
+    #: what to read the output through (``decompose(readout=...)``): [*out, K], [prod(out), K], or
+    #: per component a mapping from names to such matrices; None for the output itself
+    readout: object = None
+    #: a grouping of ``Decomposition.group`` summed at compile time (None: every component kept)
+    group: object = None
 
     # -- trace ---------------------------------------------------------------------------------
     gm: fx.GraphModule | None = None
@@ -65,6 +70,10 @@ class CompileState:
     components: ComponentTable | None = None
     #: one sentence per branch left whole at neuron granularity, and why
     split_notes: list = field(default_factory=list)
+    # -- grouping --------------------------------------------------------------------------------
+    targets: list = field(default_factory=list)      # Target, by group: where its pieces are written
+    # -- readout ---------------------------------------------------------------------------------
+    readout_plan: Readout | None = None
     # -- codegen ---------------------------------------------------------------------------------
     forward: fx.GraphModule | None = None            # the decomposing module
     #: the nodes of ``forward`` that are the model's own traced forward (the rest decompose it)
