@@ -356,3 +356,21 @@ def test_deit_base_neurons_at_full_width():
     last = [c.index for c in out.components if c.module == "blocks.11.mlp"]
     assert len(last) == 3072
     assert rel_err(out.contributions[:, last].double().sum(1), heads["blocks.11.mlp"]) <= 1e-5
+
+
+@pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
+def test_neurons_with_a_compiled_readout(mlp):
+    """Neuron granularity only adds components: a readout R applies to each, as to any other."""
+    model = vit64(**MLPS[mlp])
+    x = images((3, 32, 32), batch=3, dtype=torch.float64)
+    r = torch.randn(5, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with torch.no_grad():
+        ref = model(x)
+        full = fxdecomp.decompose(model, "neuron")(x)
+        read = fxdecomp.decompose(model, "neuron", readout=r)(x)
+        by_layer = fxdecomp.decompose(model, "neuron", group="layer")(x)
+    assert read.components.names == full.components.names
+    assert read.contributions.shape == (3, len(full.components), 4)
+    assert rel_err(read.contributions.flatten(1), (full.contributions @ r).flatten(1)) <= TOL
+    assert rel_err(read.total(), ref @ r) <= TOL
+    assert rel_err(by_layer.contributions.flatten(1), full.group("layer").contributions.flatten(1)) <= TOL
