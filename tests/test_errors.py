@@ -126,7 +126,7 @@ def test_wrong_images(tiny_vit):
 
 def test_bad_arguments(tiny_vit):
     with pytest.raises(fxdecomp.InputError, match="granularity"):
-        fxdecomp.decompose(tiny_vit, "neuron")
+        fxdecomp.decompose(tiny_vit, "pixel")
     with pytest.raises(fxdecomp.InputError, match=r"no layer\(s\) \[7\]"):
         fxdecomp.decompose(tiny_vit, "token", layers=[7])
 
