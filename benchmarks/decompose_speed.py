@@ -25,33 +25,11 @@ from pathlib import Path
 
 import torch
 
-from fxdecomp.peak_memory import peak_rss_mb, reset_peak_rss
+from fxdecomp.peak_memory import DeviceMeter
 
 TARGETS = {("cpu", "head"): 1.5, ("cuda", "head"): 1.3}
 #: small batches on CUDA (head granularity), where kernel launches dominate: batch -> ratio
 SMALL_BATCH_TARGETS = {1: 1.5, 8: 1.2}
-
-
-class Meter:
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    def sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def reset(self):
-        self.sync()
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            reset_peak_rss()
-
-    def peak_mb(self) -> float:
-        self.sync()
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        return peak_rss_mb()
 
 
 def bench(model_name: str, device: torch.device, batch: int, granularity: str, repeats: int, seed: int = 0,
@@ -68,7 +46,7 @@ def bench(model_name: str, device: torch.device, batch: int, granularity: str, r
     if cuda_graphs and device.type == "cuda":
         dm.cuda_graphs()  # one graph per batch size, captured in the warm-up below
     x = torch.randn(batch, *dm.input_shape, device=device)
-    meter = Meter(device)
+    meter = DeviceMeter(device)
     with torch.inference_mode():
         for _ in range(2):  # warm-up (allocator, kernels)
             model(x)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from fxdecomp.peak_memory import peak_rss_mb, reset_peak_rss
+from fxdecomp.peak_memory import DeviceMeter
 
 #: (model, granularity, K, group) -> (ratio at most, contributions MB per image at most, peak ÷ plain at most)
 TARGETS = {
@@ -46,31 +46,6 @@ def _vit_l14(seed):
 MODELS = {"deit_base_patch16_224": (_deit, 8), "ViT-L-14": (_vit_l14, 2)}
 
 
-class Meter:
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    def sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def peak(self, fn) -> tuple[float, float]:
-        """(peak MB while ``fn()`` runs, MB it rose above what was held before)."""
-        gc.collect()
-        self.sync()
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            before = torch.cuda.memory_allocated(self.device) / 2**20
-        else:
-            reset_peak_rss()
-            before = peak_rss_mb()
-        out = fn()
-        self.sync()
-        peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else peak_rss_mb()
-        del out
-        return peak, peak - before
-
-
 def bench(model, name, device, batch, granularity, k, group, repeats, seed) -> dict:
     import fxdecomp
 
@@ -83,7 +58,7 @@ def bench(model, name, device, batch, granularity, k, group, repeats, seed) -> d
     t0 = time.perf_counter()
     dm = fxdecomp.decompose(model, granularity, readout=r, group=group)
     compile_s = time.perf_counter() - t0
-    meter = Meter(device)
+    meter = DeviceMeter(device)
     with torch.inference_mode():
         for _ in range(2):  # warm-up (allocator, kernels, weight products)
             model(x)

@@ -118,16 +118,16 @@ def regroup(components: ComponentTable, by: str | Callable[[Component], Hashable
     and must name them as grouping afterwards does."""
     if by == "token":
         return _by_position(components)
-    if isinstance(by, str):
-        if by not in GROUPINGS:
-            raise UnknownComponentError(f"unknown grouping {by!r}; use one of {GROUPINGS} or a function from a "
-                                        "Component to a group key")
-        keyfn = _KEYS[by]
-    elif callable(by):
-        keyfn = by
-    else:
+    keyfn = _KEYS.get(by) if isinstance(by, str) else by if callable(by) else None
+    if keyfn is None:
         raise UnknownComponentError(f"unknown grouping {by!r}; use one of {GROUPINGS} or a function from a "
                                     "Component to a group key")
+    ids, keys, members = _bucket(components, keyfn)
+    return ids, ComponentTable(_merge(j, k, ms, by) for j, (k, ms) in enumerate(zip(keys, members)))
+
+
+def _bucket(components, keyfn) -> tuple[list[int], dict, list[list[Component]]]:
+    """Each component's group index, the group keys in first-seen order, and each group's members."""
     keys: dict[Hashable, int] = {}
     ids, members = [], []
     for c in components:
@@ -137,7 +137,7 @@ def regroup(components: ComponentTable, by: str | Callable[[Component], Hashable
             members.append([])
         ids.append(keys[k])
         members[keys[k]].append(c)
-    return ids, ComponentTable(_merge(j, k, ms, by) for j, (k, ms) in enumerate(zip(keys, members)))
+    return ids, keys, members
 
 
 def _by_position(components: ComponentTable) -> tuple[list[int], ComponentTable]:
@@ -171,15 +171,7 @@ def _by_position(components: ComponentTable) -> tuple[list[int], ComponentTable]
             return f"token[{k[1]}]"
         return f"{'channel' if k[1] and 'channel' in k[1] else 'token'}[t{k[2]}]"
 
-    keys: dict = {}
-    ids, members = [], []
-    for c in components:
-        k = key(c)
-        if k not in keys:
-            keys[k] = len(keys)
-            members.append([])
-        ids.append(keys[k])
-        members[keys[k]].append(c)
+    ids, keys, members = _bucket(components, key)
     out = []
     for j, (k, ms) in enumerate(zip(keys, members)):
         if k[0] == "component":

@@ -19,3 +19,50 @@ def peak_rss_mb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+class DeviceMeter:
+    """Peak memory on the device a benchmark runs on: CUDA's allocator statistics on a GPU, the
+    process's peak resident size on the CPU; one reader so every benchmark reports the same thing."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            import torch
+            torch.cuda.synchronize(self.device)
+
+    def reset(self) -> None:
+        """Start a new peak from what is held now."""
+        self.sync()
+        if self.device.type == "cuda":
+            import torch
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            reset_peak_rss()
+
+    def peak_mb(self) -> float:
+        self.sync()
+        if self.device.type == "cuda":
+            import torch
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return peak_rss_mb()
+
+    def held_mb(self) -> float:
+        """What is held now (on the CPU, right after ``reset``, the peak is what is held)."""
+        if self.device.type == "cuda":
+            import torch
+            return torch.cuda.memory_allocated(self.device) / 2**20
+        return peak_rss_mb()
+
+    def peak(self, fn) -> tuple[float, float]:
+        """(peak MB while ``fn()`` runs, MB it rose above what was held before)."""
+        import gc
+        gc.collect()
+        self.reset()
+        before = self.held_mb()
+        out = fn()
+        peak = self.peak_mb()
+        del out
+        return peak, peak - before

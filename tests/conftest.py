@@ -80,3 +80,37 @@ def images(dm_or_shape, batch: int = 3, dtype=torch.float32, seed: int = 1) -> t
 @pytest.fixture
 def tiny_vit():
     return small_vit()
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """Run the command line in-process: (exit code, stdout, stderr)."""
+    from fxdecomp.cli import main
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line(err: str) -> str:
+    """The one line a refusal prints (no traceback)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def write_waterbirds(root, splits) -> None:
+    """A Waterbirds-layout folder of world images, one (count, spurious correlation, seed) per split."""
+    import csv
+
+    from PIL import Image
+
+    from fxdecomp.data import WorldSpurious
+    rows = [("img_filename", "y", "place", "split")]
+    for split, (n, p, seed) in enumerate(splits):
+        data = WorldSpurious(n, seed, p)
+        for i in range(n):
+            name = f"s{split}/{i:03d}.png"
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(data[i]["image"].permute(1, 2, 0).numpy()).save(root / name)
+            rows.append((name, int(data.targets[i]), int(data.places[i]), split))
+    with open(root / "metadata.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)

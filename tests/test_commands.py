@@ -2,10 +2,8 @@
 and one clear line (exit code 2) for every bad argument."""
 from __future__ import annotations
 
-import csv
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +11,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from conftest import write_waterbirds
 from fxdecomp.cli import main
 from fxdecomp.commands import COMMANDS
-from fxdecomp.data import WorldSpurious
 from fxdecomp.models_registry import load
 from fxdecomp.store import open_run
 from fxdecomp.world import World
@@ -95,21 +93,8 @@ def test_applications_over_a_token_run(token_run, tmp_path, capsys):
     assert code == 0, err
 
 
-def write_waterbirds(root: Path) -> None:
-    rows = [("img_filename", "y", "place", "split")]
-    for split, (n, p, seed) in enumerate(((40, 0.95, 41), (24, 0.5, 42), (24, 0.5, 43))):
-        data = WorldSpurious(n, seed, p)
-        for i in range(n):
-            name = f"s{split}/{i:03d}.png"
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(data[i]["image"].permute(1, 2, 0).numpy()).save(root / name)
-            rows.append((name, int(data.targets[i]), int(data.places[i]), split))
-    with open(root / "metadata.csv", "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-
-
 def test_spurious_over_a_waterbirds_run(tmp_path, capsys):
-    write_waterbirds(tmp_path / "wb")
+    write_waterbirds(tmp_path / "wb", ((40, 0.95, 41), (24, 0.5, 42), (24, 0.5, 43)))
     ckpt = tmp_path / "spurious.safetensors"
     save_file({k: v.contiguous() for k, v in load("world-spurious").state_dict().items()}, str(ckpt))
     run = tmp_path / "run"

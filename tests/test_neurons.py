@@ -22,7 +22,7 @@ import fxdecomp
 from conftest import bound, images, jitter_, rel_err
 from fxdecomp.errors import InputError
 from test_properties import build, vit_configs
-from test_single_components import Catch, _gamma, _merge, _vit_tail, frozen_norm, swin64, vit64
+from test_single_components import Catch, _gamma, _swin_tail, _vit_tail, swin64, vit64
 
 TOL = 1e-10
 
@@ -99,11 +99,7 @@ def test_swin_neuron_is_its_activation_times_its_column():
         dec = dm(x)
     assert rel_err(dec.total(), ref) <= TOL
 
-    def tail(c, stage):  # c: [B, H, W, C] on stage ``stage``'s stream
-        for s in range(stage + 1, len(model.layers)):
-            ds = model.layers[s].downsample
-            c = F.linear(frozen_norm(_merge(c), in_of[f"merge{s}"], ds.norm), ds.reduction.weight)
-        return frozen_norm(c, in_of["norm"], model.norm).mean((1, 2))
+    tail = partial(_swin_tail, model, in_of)
 
     for s, stage in enumerate(model.layers):
         side = 32 // 4 // 2 ** s

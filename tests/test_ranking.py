@@ -4,7 +4,6 @@ maps). ``fxdecomp align`` trains and stores both; every ranking over a run (the 
 ``retrieve``, ``property_scores_over``) reads the shared one; a run aligned without one is refused."""
 from __future__ import annotations
 
-import csv
 import html
 import os
 import re
@@ -14,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 
+from conftest import cli, one_line, write_waterbirds
 from fxdecomp import InputError
 from fxdecomp.align import ClipSpace, CompAlign, describe, property_scores
 from fxdecomp.cli import main
-from fxdecomp.data import WorldSpurious, open_data
+from fxdecomp.data import open_data
 from fxdecomp.models_registry import load
 from fxdecomp.report import write_report, world_properties
 from fxdecomp.spurious import find_and_remove, ranked, spurious_scores
@@ -30,18 +29,6 @@ from fxdecomp.store.align import align_run
 from fxdecomp.store.files import ALIGNER_RECORD, SHARED, SHARED_RECORD, read_json, sha256, write_json
 
 EPOCHS, LR = 5, 1e-2  # a few steps on 40 images: a high rate, so the maps move far from where they start
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -219,21 +206,8 @@ def test_verify_finds_a_damaged_shared_map_and_names_the_command_that_trains_it_
         open_run(run_dir).shared_aligner()
 
 
-def write_waterbirds(root: Path) -> None:
-    rows = [("img_filename", "y", "place", "split")]
-    for split, (n, p, seed) in enumerate(((32, 0.95, 41), (16, 0.5, 42), (16, 0.5, 43))):
-        data = WorldSpurious(n, seed, p)
-        for i in range(n):
-            name = f"s{split}/{i:03d}.png"
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(data[i]["image"].permute(1, 2, 0).numpy()).save(root / name)
-            rows.append((name, int(data.targets[i]), int(data.places[i]), split))
-    with open(root / "metadata.csv", "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-
-
 def test_spurious_ranks_through_the_shared_map(tmp_path):
-    write_waterbirds(tmp_path / "wb")
+    write_waterbirds(tmp_path / "wb", ((32, 0.95, 41), (16, 0.5, 42), (16, 0.5, 43)))
     ckpt = tmp_path / "spurious.safetensors"
     save_file({k: v.contiguous() for k, v in load("world-spurious").state_dict().items()}, str(ckpt))
     run_dir = tmp_path / "run"

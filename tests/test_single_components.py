@@ -12,6 +12,7 @@ no bias — then through the readout and the head's weight (no bias). All in flo
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import pytest
 import timm
@@ -174,6 +175,15 @@ def _merge(x):
     return x.reshape(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).flatten(3)
 
 
+def _swin_tail(model, in_of, c, stage):
+    """A contribution ``c`` ([B, H, W, C]) on stage ``stage``'s stream, carried to the pooled output
+    through every later patch merging and the final norm, with the norms' statistics frozen."""
+    for s in range(stage + 1, len(model.layers)):
+        ds = model.layers[s].downsample
+        c = F.linear(frozen_norm(_merge(c), in_of[f"merge{s}"], ds.norm), ds.reduction.weight)
+    return frozen_norm(c, in_of["norm"], model.norm).mean((1, 2))
+
+
 def test_swin_branches_equal_their_hooked_outputs():
     model = swin64()
     x = images((3, 32, 32), batch=2, dtype=torch.float64)
@@ -189,11 +199,7 @@ def test_swin_branches_equal_their_hooked_outputs():
         dec = dm(x)
     assert rel_err(dec.total(), ref) <= TOL
 
-    def tail(c, stage):  # c: [B, H, W, C] on stage ``stage``'s stream
-        for s in range(stage + 1, len(model.layers)):
-            ds = model.layers[s].downsample
-            c = F.linear(frozen_norm(_merge(c), in_of[f"merge{s}"], ds.norm), ds.reduction.weight)
-        return frozen_norm(c, in_of["norm"], model.norm).mean((1, 2))
+    tail = partial(_swin_tail, model, in_of)
 
     for s, stage in enumerate(model.layers):
         for j, blk in enumerate(stage.blocks):

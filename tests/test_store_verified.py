@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import cli, one_line
 from fxdecomp import InputError
 from fxdecomp.align import ClipSpace, CompAlign
 from fxdecomp.cli import main
@@ -33,18 +34,6 @@ ARGS = ["world-vit", "world:24:5", "--batch", "8", "--shard-mb", "0.2", "--worke
 
 def files_of(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def named_command(message: str) -> list[str]:

@@ -56,13 +56,13 @@ def majority_module(nodes) -> str:
 
 
 def branch_nodes(spec: ComponentSpec, stream: Stream, joins: frozenset = frozenset(),
-                 by_segment: dict | None = None) -> set:
+                 by_segment: dict | None = None, tail: set | None = None) -> set:
     """The ops of a branch: its tail from the leaf down to the first node where other
     components' terms meet it (``joins``, from the expand pass), and every op before it in
     its segment whose values only the branch uses (so not a norm that two parallel
     branches share, nor the stream they read). Where several streams run side by side
     (TNT's pixel and patch streams), one segment holds many blocks; neither bound depends
-    on how long the segment is."""
+    on how long the segment is. ``tail``: :func:`branch_tail`, where the caller has it."""
     g = stream.graph
     leaf = spec.leaf
     if leaf is None or leaf not in g or leaf in stream:
@@ -72,7 +72,7 @@ def branch_nodes(spec: ComponentSpec, stream: Stream, joins: frozenset = frozens
     def inside(n) -> bool:
         return n in g and stream.segment.get(n) == seg and n not in stream
 
-    own = branch_tail(spec, stream, joins)
+    own = set(tail) if tail is not None else branch_tail(spec, stream, joins)
     if by_segment is None:
         by_segment = segments(stream, leaf.graph)
     for n in reversed(by_segment.get(seg, ())):
@@ -125,10 +125,10 @@ def label(specs: list[ComponentSpec], stream: Stream, axes: Axes, joins: frozens
             continue
         if by_segment is None:
             by_segment = segments(stream, spec.node.graph)
-        nodes = branch_nodes(spec, stream, joins, by_segment)
+        tail = branch_tail(spec, stream, joins)
+        nodes = branch_nodes(spec, stream, joins, by_segment, tail)
         module = majority_module(nodes) if spec.role == "branch" else module_of(spec.node)
         if spec.role == "branch" and module:
-            tail = branch_tail(spec, stream, joins)
             if not _holds(module, tail):  # the module in front of the branch (its norm), not the branch's
                 module = majority_module(tail) or module
         types = _module_types(nodes)
