@@ -86,11 +86,11 @@ def test_applications_over_a_token_run(token_run, tmp_path, capsys):
         code, out, err = run_cli(capsys, "heatmap", token_run, "--image", "3", *args, "--out", png)
         assert code == 0 and png.stat().st_size > 1000, err
     code, out, err = run_cli(capsys, "retrieve", token_run, "--text", "red", "--against", "green", "blue", "yellow",
-                             "--k", "5", "--out", tmp_path / "r.png")
+                             "--images", "5", "--out", tmp_path / "r.png")
     assert code == 0, err
     ids = out.split("retrieved: ")[1].split("\n")[0].split(", ")
     assert len(ids) == 5 and all(i.startswith("world:9:") for i in ids)
-    code, out, err = run_cli(capsys, "retrieve", token_run, "--image", "0", "--property", "location", "--k", "4",
+    code, out, err = run_cli(capsys, "retrieve", token_run, "--image", "0", "--property", "location", "--images", "4",
                              "--out", tmp_path / "q.png")
     assert code == 0, err
 

@@ -3,18 +3,18 @@ from __future__ import annotations
 
 import os
 
-from .common import at_least, device_of, formatter, positive
+from .common import at_least, device_of, formatter, positive, renamed
 
 HELP = "map a run's components into a CLIP space (CompAlign), trained from the store"
 EPILOG = """examples:
   fxdecomp align runs/vit --clip world-clip
   fxdecomp align runs/deit --clip open_clip:ViT-L-14:laion2b_s32b_b82k --device cuda
-  fxdecomp align runs/deit --clip open_clip:ViT-B-16 --checkpoint clip.bin --lam 0
+  fxdecomp align runs/deit --clip open_clip:ViT-B-16 --clip-checkpoint clip.bin --lam 0
 
 CLIP embeddings of the run's images are computed once and kept in the run; the aligner is saved
 as RUN/aligner.safetensors. Memory holds one shard at a time, whatever the run's size. A run that
 has an aligner keeps it unless --overwrite is given; open_clip CLIPs need a pretrained tag or
---checkpoint (random weights would describe nothing)."""
+--clip-checkpoint (random weights would describe nothing)."""
 
 
 def add(sub) -> None:
@@ -22,7 +22,8 @@ def add(sub) -> None:
     p.add_argument("run", help="a run folder written by fxdecomp decompose")
     p.add_argument("--clip", default="world-clip",
                    help="world-clip, world-clip-l or open_clip:NAME[:TAG] (default: world-clip)")
-    p.add_argument("--checkpoint", help="local weights file for an open_clip CLIP (or world-clip-l's trained file)")
+    p.add_argument("--clip-checkpoint", help="local weights file for an open_clip CLIP (or world-clip-l's trained file)")
+    renamed(p, "--checkpoint", "--clip-checkpoint", dest="clip_checkpoint")
     p.add_argument("--lam", type=at_least(0, float), default=1.0,
                    help="weight of the orthogonality penalty (default: 1)")
     p.add_argument("--epochs", type=positive(), default=10)
@@ -42,12 +43,12 @@ def run(args) -> int:
     from ..store.align import align_run, refuse_replacing
 
     device = device_of(args.device)
-    check_spec(args.clip, args.checkpoint)
+    check_spec(args.clip, args.clip_checkpoint)
     run_ = open_run(args.run)
     refuse_replacing(run_, args.overwrite)
-    clip = ClipSpace.by_name(args.clip, checkpoint=args.checkpoint)
+    clip = ClipSpace.by_name(args.clip, checkpoint=args.clip_checkpoint)
     aligner = align_run(run_, clip, lam=args.lam, epochs=args.epochs, batch_size=args.batch, lr=args.lr,
-                        device=device, seed=args.seed, workers=args.workers, checkpoint=args.checkpoint,
+                        device=device, seed=args.seed, workers=args.workers, checkpoint=args.clip_checkpoint,
                         overwrite=args.overwrite)
     print(f"aligned {len(aligner.names)} components of {run_.model_name} into {clip.name} (d_clip={aligner.d_clip}); "
           f"saved {run_.aligner_path()}")

@@ -1,7 +1,7 @@
 """``fxdecomp retrieve RUN``: images that share a property with a query image, or that match a text."""
 from __future__ import annotations
 
-from .common import figure_suffixes, formatter, positive, text, writable_file
+from .common import figure_suffixes, formatter, positive, renamed, text, writable_file
 
 HELP = "retrieve a run's images by example (in a property's component subspace) or by text"
 EPILOG = """examples (after fxdecomp align):
@@ -9,9 +9,9 @@ EPILOG = """examples (after fxdecomp align):
   fxdecomp retrieve runs/vit --text sea --against lake marsh forest desert city --out sea.png
 
 --property names one of the report's properties (the world's attributes, the paper's lists, or
---properties FILE); its components are the k that score for it and not for the others. A text is
-read from the k components with the largest share of the variance along it (centred against
---against, the other descriptions of its property). Prints the retrieved image ids."""
+--properties FILE); its components are the --top that score for it and not for the others. A text
+is read from the --top components with the largest share of the variance along it (centred
+against --against, the other descriptions of its property). Prints the retrieved image ids."""
 
 
 def add(sub) -> None:
@@ -24,8 +24,10 @@ def add(sub) -> None:
     p.add_argument("--against", type=text, nargs="*", default=(),
                    help="with --text: the other descriptions of its property")
     p.add_argument("--properties", help="JSON file of properties and their descriptions")
-    p.add_argument("--components", type=positive(), default=5, help="components to search with (default: 5)")
-    p.add_argument("--k", type=positive(), default=10, help="images to retrieve (default: 10)")
+    p.add_argument("--top", type=positive(), default=5, help="components to search with (default: 5)")
+    renamed(p, "--components", "--top", dest="top", type=positive())
+    p.add_argument("--images", type=positive(), default=10, help="images to retrieve (default: 10)")
+    renamed(p, "--k", "--images", dest="images", type=positive())
     p.add_argument("--out", required=True, help="PNG file for the grid of retrieved images")
     p.add_argument("--clip-checkpoint", help="local weights of the run's CLIP, if it was loaded from a file")
     p.set_defaults(handler=run)
@@ -62,15 +64,15 @@ def run(args) -> int:
         if args.property not in props:
             raise InputError(f"--image needs --property, one of {sorted(props)}")
         scores = {p: property_scores(aligned, words, clip=clip, method="share") for p, words in props.items()}
-        chosen = property_components(scores, args.property, args.components)
+        chosen = property_components(scores, args.property, args.top)
         q = image_index(r, args.image)
-        found = nearest(component_sum(aligned, chosen), [q], args.k)[0].tolist()
+        found = nearest(component_sum(aligned, chosen), [q], args.images)[0].tolist()
         rows, queries, title = [(args.property, found)], [q], f"images like {r.ids[q]} in its {args.property}"
     else:
         texts = clip.encode_texts([args.text, *args.against])
         direction = text_direction_against(texts, 0)
-        chosen = description_components(aligned, direction, args.components)
-        found = by_text(component_sum(aligned, chosen), direction, args.k).tolist()
+        chosen = description_components(aligned, direction, args.top)
+        found = by_text(component_sum(aligned, chosen), direction, args.images).tolist()
         rows, queries, title = [(f"'{args.text}'", found)], None, f"images for '{args.text}'"
     need = list(dict.fromkeys([*(queries or []), *found]))  # only the images the figure shows
     pictures = np.stack([data[i]["image"].permute(1, 2, 0).numpy() for i in need])
