@@ -11,7 +11,8 @@ EPILOG = """examples (after fxdecomp align):
 --property names one of the report's properties (the world's attributes, the paper's lists, or
 --properties FILE); its components are the --top that score for it and not for the others. A text
 is read from the --top components with the largest share of the variance along it (centred
-against --against, the other descriptions of its property). Prints the retrieved image ids."""
+against --against, the other descriptions of its property). Prints the retrieved image ids. The
+run is read shard by shard: memory holds one shard, never the whole run."""
 
 
 def add(sub) -> None:
@@ -36,12 +37,11 @@ def add(sub) -> None:
 def run(args) -> int:
     import numpy as np
 
-    from ..align.scores import property_scores
     from ..errors import InputError
     from ..report.build import aligned_space
     from ..report.vocabulary import properties_for
-    from ..retrieval import (by_text, component_sum, description_components, image_grid, nearest,
-                             property_components, text_direction_against)
+    from ..retrieval import image_grid, text_direction_against
+    from ..retrieval.over_run import by_image_over_run, by_text_over_run
     from ..store import open_run
     from .heatmap import image_index
 
@@ -57,22 +57,19 @@ def run(args) -> int:
     aligner, clip = aligned_space(r, args.clip_checkpoint)
     if aligner is None:
         raise InputError(f"retrieval reads components in CLIP space: run fxdecomp align {r.path} first")
-    aligned = aligner.map(r.features())
     data = r.data()
     if args.image is not None:
         props = properties_for(r, args.properties)
         if args.property not in props:
             raise InputError(f"--image needs --property, one of {sorted(props)}")
-        scores = {p: property_scores(aligned, words, clip=clip, method="share") for p, words in props.items()}
-        chosen = property_components(scores, args.property, args.top)
         q = image_index(r, args.image)
-        found = nearest(component_sum(aligned, chosen), [q], args.images)[0].tolist()
+        chosen, found = by_image_over_run(r, aligner, props, args.property, q, clip=clip, top=args.top,
+                                          k=args.images)
         rows, queries, title = [(args.property, found)], [q], f"images like {r.ids[q]} in its {args.property}"
     else:
         texts = clip.encode_texts([args.text, *args.against])
         direction = text_direction_against(texts, 0)
-        chosen = description_components(aligned, direction, args.top)
-        found = by_text(component_sum(aligned, chosen), direction, args.images).tolist()
+        chosen, found = by_text_over_run(r, aligner, direction, top=args.top, k=args.images)
         rows, queries, title = [(f"'{args.text}'", found)], None, f"images for '{args.text}'"
     need = list(dict.fromkeys([*(queries or []), *found]))  # only the images the figure shows
     pictures = np.stack([data[i]["image"].permute(1, 2, 0).numpy() for i in need])
