@@ -25,13 +25,16 @@ from .passes import (
     demand,
     expand,
     granularity,
+    grouping,
     hoist,
     labels,
+    readout,
     route,
     shapes,
     stream,
     trace,
 )
+from .decomposition import GROUPINGS
 from .passes.granularity import GRANULARITIES
 from .shared_weights import SharedWeights
 
@@ -49,14 +52,17 @@ PASSES: tuple[Pass, ...] = (
     batch.run,         # 10 the output's first axis is the batch               -
     labels.run,        # 11 names, kinds and layers from the module tree       labels
     granularity.run,   # 12 how finely each component is split                 groups, components
-    codegen.run,       # 13 the decomposing GraphModule                        forward, model_nodes, ...
-    hoist.run,         # 14 products of weights alone made once                forward, hoisted
+    grouping.run,      # 13 components summed at compile time (group=)          targets, components
+    readout.run,       # 14 the readout every term ends with (readout=)         readout_plan
+    codegen.run,       # 15 the decomposing GraphModule                        forward, model_nodes, ...
+    hoist.run,         # 16 products of weights alone made once                forward, hoisted
 )
 
 
 def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iterable[int] | None = None,
               input_size: tuple[int, ...] | None = None, example: torch.Tensor | None = None,
-              plan_batch: int = 32, linearize: bool = False, output: str | int | None = None) -> DecomposedModel:
+              plan_batch: int = 32, linearize: bool = False, output: str | int | None = None,
+              readout=None, group=None) -> DecomposedModel:
     """Compile ``model`` into a module that returns its output as a sum of components.
 
     Args:
@@ -64,7 +70,10 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
             (e.g. a timm model with ``num_classes=0`` for pre-logits features, or with its
             classifier for logits; an open_clip ``model.visual`` tower).
         granularity: ``"block"`` (one component per residual branch), ``"head"``
-            (attention branches split per head) or ``"token"`` (per head and source token).
+            (attention branches split per head), ``"token"`` (per head and source token) or
+            ``"neuron"`` (attention per head, every MLP branch per hidden unit: the input axis
+            of its last linear layer; a branch that cannot be split so is listed in
+            ``dm.notes``).
         layers: if given, only these layers (see ``Component.layer``) are split finer than
             ``"block"``.
         input_size: (C, H, W) of the images; read from the model's config when omitted.
@@ -82,6 +91,17 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
             ``"last_hidden_state"``; an open_clip tower's ``"pooled"`` or ``"tokens"``; a tuple's
             index. The default is the representation people use (``fxdecomp.adapters``); the
             first line of ``dm.notes`` says which was decomposed.
+        readout: read the output and every contribution through ``R``, a ``[D, K]`` (or
+            ``[*out, K]``) tensor: ``dm(x).contributions`` is then ``[B, C, K]`` and
+            ``dm(x).output`` is ``model(x) @ R``. ``R`` is a factor of every term, so it is
+            contracted inside each component's product and nothing of size ``[B, C, D]`` is
+            built; ``dm.set_readout(R2)`` (same K) changes it without compiling again. Also a
+            mapping from component names (a branch's, or each of its heads' at head or token
+            granularity) to one ``[D, K]`` each: every component read through its own (a token
+            through its head's); ``output`` is then the sum of the readings.
+        group: sum components at compile time as ``Decomposition.group(group)`` would afterwards
+            (``"token"``: one component per source position, over heads and layers; ``"layer"``,
+            ``"kind"``, ...): same components, same names, and the fine slices never exist.
 
     Norm statistics, attention weights and activations are frozen at their actual values
     for each batch, so the decomposition is exact: ``dm(x).total() == model(x)``.
@@ -93,6 +113,9 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
     if granularity not in GRANULARITIES:
         raise InputError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     layers = _layer_numbers(layers, granularity)
+    if group is not None and not callable(group) and group not in GROUPINGS:
+        raise InputError(f"group={group!r} is not a grouping: use one of {GROUPINGS} (as Decomposition.group "
+                         "takes), or a function from a Component to a group key")
     param = next(iter(model.parameters()), None)
     dtype = param.dtype if param is not None else torch.get_default_dtype()
     device = param.device if param is not None else torch.device("cpu")
@@ -109,7 +132,8 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
     chosen = [model.note] if isinstance(model, Selected) else []
     state = CompileState(model=model, example=example, granularity=granularity,
                          layers=None if layers is None else {int(i) for i in layers}, linearize=linearize,
-                         plan_batch=plan_batch, dtype=dtype, device=device, model_name=name)
+                         plan_batch=plan_batch, dtype=dtype, device=device, model_name=name, readout=readout,
+                         group=group)
     state = run_passes(state, PASSES)
     for n in state.axes.notes:
         warnings.warn(n, AxisWarning, stacklevel=2)
@@ -119,7 +143,7 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
                            input_shape=tuple(example.shape[1:]), dtype=dtype, granularity=granularity,
                            layers=state.layers, dynamic_batch=state.dynamic, example_batch=example.shape[0],
                            model_name=state.model_name, notes=chosen + state.notes, linearised=state.linearised,
-                           shared=SharedWeights(model, state.forward))
+                           shared=SharedWeights(model, state.forward), readout=state.readout_plan, group=group)
 
 
 def _layer_numbers(layers, granularity: str) -> set[int] | None:
@@ -136,5 +160,5 @@ def _layer_numbers(layers, granularity: str) -> set[int] | None:
         out.add(operator.index(i))
     if granularity == "block":
         raise InputError(f"layers={sorted(out)} splits those layers finer than blocks, so it has no effect at block "
-                         "granularity: drop it, or choose granularity 'head' or 'token'")
+                         "granularity: drop it, or choose granularity 'head', 'token' or 'neuron'")
     return out

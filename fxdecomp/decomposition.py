@@ -9,7 +9,7 @@ import torch
 from .components import Component, ComponentTable, is_single
 from .errors import InputError, UnknownComponentError
 
-GROUPINGS = ("branch", "block", "head", "layer", "kind", "module")
+GROUPINGS = ("branch", "block", "head", "layer", "kind", "module", "token")
 
 
 class Decomposition:
@@ -87,29 +87,15 @@ class Decomposition:
 
         ``by``: ``"branch"``/``"block"`` (whole residual branches), ``"head"``,
         ``"layer"`` (a layer's branches and biases together), ``"kind"``,
-        ``"module"``, or a function from a :class:`Component` to a group key.
+        ``"module"``, ``"token"`` (one component per source position, summed over heads and
+        layers; the others kept), or a function from a :class:`Component` to a group key.
         """
-        if isinstance(by, str):
-            if by not in GROUPINGS:
-                raise UnknownComponentError(f"unknown grouping {by!r}; use one of {GROUPINGS} or a function")
-            keyfn = _KEYS[by]
-        else:
-            keyfn = by
-        keys: dict[Hashable, int] = {}
-        ids, members = [], []
-        for c in self.components:
-            k = keyfn(c)
-            if k not in keys:
-                keys[k] = len(keys)
-                members.append([])
-            ids.append(keys[k])
-            members[keys[k]].append(c)
-        index = torch.tensor(ids, device=self.contributions.device)
+        ids, comps = regroup(self.components, by)
+        index = torch.tensor(ids, device=self.contributions.device, dtype=torch.long)
         shape = list(self.contributions.shape)
-        shape[1] = len(keys)
+        shape[1] = len(comps)
         out = self.contributions.new_zeros(shape).index_add_(1, index, self.contributions)
-        comps = [_merge(j, k, ms, by) for j, (k, ms) in enumerate(zip(keys, members))]
-        return Decomposition(out, ComponentTable(comps), self.output)
+        return Decomposition(out, comps, self.output)
 
     # -- summaries ------------------------------------------------------------------------------
     def top(self, k: int = 10) -> list[tuple[Component, float]]:
@@ -123,6 +109,86 @@ class Decomposition:
         mean = self.norms().detach().mean(0)
         rows = range(len(self)) if k is None else [int(i) for i in torch.argsort(mean, descending=True)[:k]]
         return self.components.table(list(rows), extra={"mean_norm": [f"{float(v):.4g}" for v in mean]})
+
+
+def regroup(components: ComponentTable, by: str | Callable[[Component], Hashable]) -> tuple[list[int], ComponentTable]:
+    """(for every component, the index of its group; the groups' components) for ``group(by)``.
+
+    Shared with the compiler, which sums groups at compile time (``decompose(..., group=by)``)
+    and must name them as grouping afterwards does."""
+    if by == "token":
+        return _by_position(components)
+    if isinstance(by, str):
+        if by not in GROUPINGS:
+            raise UnknownComponentError(f"unknown grouping {by!r}; use one of {GROUPINGS} or a function from a "
+                                        "Component to a group key")
+        keyfn = _KEYS[by]
+    elif callable(by):
+        keyfn = by
+    else:
+        raise UnknownComponentError(f"unknown grouping {by!r}; use one of {GROUPINGS} or a function from a "
+                                    "Component to a group key")
+    keys: dict[Hashable, int] = {}
+    ids, members = [], []
+    for c in components:
+        k = keyfn(c)
+        if k not in keys:
+            keys[k] = len(keys)
+            members.append([])
+        ids.append(keys[k])
+        members[keys[k]].append(c)
+    return ids, ComponentTable(_merge(j, k, ms, by) for j, (k, ms) in enumerate(zip(keys, members)))
+
+
+def _by_position(components: ComponentTable) -> tuple[list[int], ComponentTable]:
+    """``regroup(components, "token")``: one component per source position, summed over heads and
+    layers: a cell of a token grid (a hierarchical model's stages each have their own grid, the
+    extent of the cells its branches' tokens take), a learned token, or else an index along the
+    split (a channel-attention model's channels). Components not split by token stay whole. A
+    position's ``branch`` is the first branch it sums over (the same for every cell of one grid), its
+    ``token`` its index on its grid (row-major; a learned token's, its first member's)."""
+    extent: dict[int, list[int]] = {}
+    for c in components:
+        if c.token is not None and c.row is not None and c.col is not None:
+            e = extent.setdefault(c.branch, [0, 0])
+            e[0], e[1] = max(e[0], c.row + 1), max(e[1], c.col + 1)
+    grids = {tuple(e) for e in extent.values()}
+
+    def key(c: Component):
+        if c.token is None:
+            return ("component", c.name)
+        if c.row is not None and c.col is not None:
+            return ("cell", tuple(extent[c.branch]), c.row, c.col)
+        if c.prefix is not None:
+            return ("prefix", c.prefix)
+        return ("index", c.split, c.token)
+
+    def name(k) -> str:
+        if k[0] == "cell":
+            grid = f"{k[1][0]}x{k[1][1]}:" if len(grids) > 1 else ""
+            return f"token[{grid}r{k[2]},c{k[3]}]"
+        if k[0] == "prefix":
+            return f"token[{k[1]}]"
+        return f"{'channel' if k[1] and 'channel' in k[1] else 'token'}[t{k[2]}]"
+
+    keys: dict = {}
+    ids, members = [], []
+    for c in components:
+        k = key(c)
+        if k not in keys:
+            keys[k] = len(keys)
+            members.append([])
+        ids.append(keys[k])
+        members[keys[k]].append(c)
+    out = []
+    for j, (k, ms) in enumerate(zip(keys, members)):
+        if k[0] == "component":
+            out.append(replace(ms[0], index=j))
+        else:
+            merged = _merge(j, k, ms, None)
+            token = k[2] * k[1][1] + k[3] if k[0] == "cell" else ms[0].token
+            out.append(replace(merged, name=name(k), branch=min(m.branch for m in ms), token=token))
+    return ids, ComponentTable(out)
 
 
 def _layer_key(c: Component):

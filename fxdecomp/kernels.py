@@ -277,3 +277,32 @@ def zero_(out, start, count):
     out.narrow(0, start, count).zero_()
     return out
 
+
+
+def new_zeroed_contributions(images, count, out_shape, like):
+    """Zeroed component-major [count, B, *out_shape] tensor: groups summed at compile time add
+    their pieces into slots they share."""
+    return images.new_zeros((count, images.shape[0]) + tuple(out_shape), dtype=like.dtype)
+
+
+def add_at_(out, index, pieces):
+    """Add a group's pieces [n, B, ...] to the slots ``index`` [n] of the contributions (slots
+    that are not consecutive, or that several pieces share)."""
+    return out.index_add_(0, index, pieces)
+
+
+def read_out(output, matrix):
+    """The model's output read through the readout: ``output.flatten(1) @ R`` (R: [1, D, K])."""
+    return output.reshape(output.shape[0], -1).to(matrix.dtype) @ matrix[0]
+
+
+def readout_rows(matrix, start, count, shape):
+    """Maps ``start .. start + count`` of the readout [M, D, K], viewed as ``shape`` (one axis per
+    axis of the output, the count dropped when it is one)."""
+    return matrix.narrow(0, start, count).reshape(shape)
+
+
+def total_of(contributions):
+    """[B, ...]: the sum over components of the component-major contributions (the output of a
+    per-component readout, which no one map of the model's output gives)."""
+    return contributions.sum(0)

@@ -10,6 +10,8 @@ from .components import ComponentTable
 from .decomposition import Decomposition
 from .errors import InputError
 from .graphs import GraphedForward
+from .passes.codegen import READOUT
+from .readout import readout_matrix
 from .shared_weights import SharedWeights
 
 
@@ -24,7 +26,7 @@ class DecomposedModel(torch.nn.Module):
     def __init__(self, forward_module: fx.GraphModule, components: ComponentTable, *, dtype_buffer: str,
                  input_shape: tuple, dtype: torch.dtype, granularity: str, layers, dynamic_batch: bool,
                  example_batch: int, model_name: str, notes: list[str], linearised: list[str] = (),
-                 shared: SharedWeights | None = None):
+                 shared: SharedWeights | None = None, readout=None, group=None):
         super().__init__()
         self.graph_module = forward_module
         #: what the compiled module shares with the model, checked on every call (see ``shared_weights``)
@@ -44,6 +46,14 @@ class DecomposedModel(torch.nn.Module):
         #: Stream nonlinearities written as frozen gates (``decompose(..., linearize=True)``).
         self.linearised = list(linearised)
         self._graphed: GraphedForward | None = None
+        #: the grouping summed at compile time (``decompose(..., group=...)``), or None
+        self.group = group
+        #: the readout's output shape and width (None: contributions have the output's shape)
+        self._readout = None if readout is None else (tuple(readout.out_shape), readout.k, len(readout.matrix))
+        if readout is not None and len(readout.matrix) > 1:
+            self.notes = list(self.notes) + [
+                "each component is read through its own map (readout= per component), so output is the sum of "
+                "the readings, not a map of the model's output: error() checks only their sum"]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -93,6 +103,31 @@ class DecomposedModel(torch.nn.Module):
             raise InputError(f"CUDA graphs need the compiled module on a CUDA device, but it is on {self.device}; "
                              "call dm.cuda() first")
         self._graphed = GraphedForward(self.graph_module) if enabled else None
+        return self
+
+    @property
+    def readout(self) -> torch.Tensor | None:
+        """The readout matrix [D, K] (a copy; [M, D, K] with one per component group), or None."""
+        if self._readout is None:
+            return None
+        r = getattr(self.graph_module, READOUT).detach().clone()
+        return r[0] if len(r) == 1 else r
+
+    def set_readout(self, readout) -> "DecomposedModel":
+        """Read through another matrix of the same shape ([D, K] or [*out, K], the K compiled for),
+        without compiling again: it is written into the module's readout buffer (products of it
+        with weights are recomputed on the next call). Returns the module."""
+        if self._readout is None:
+            raise InputError("this module was compiled without a readout: decompose the model with "
+                             "fxdecomp.decompose(model, granularity, readout=R) to read its contributions through R")
+        out_shape, k, m = self._readout
+        if m > 1:
+            raise InputError("this module reads each component through its own map (readout= per component); "
+                             "decompose again with the new maps")
+        buf = getattr(self.graph_module, READOUT)
+        mat = readout_matrix(readout, out_shape, k)
+        with torch.no_grad():
+            buf[0].copy_(mat.to(device=buf.device, dtype=buf.dtype))
         return self
 
     def forward(self, images: torch.Tensor) -> Decomposition:

@@ -176,8 +176,8 @@ def test_retrieve_by_image_finds_the_nearest_neighbours_in_the_propertys_compone
     assert code == 0, err
     r = open_run(token_run)
     aligner, clip = r.aligner(), r.clip_space()
-    aligned = aligner.map(r.features())  # the whole run in memory: what the command does shard by shard
-    scores = {p: property_scores(aligned, words, clip=clip) for p, words in properties_for(r, None).items()}
+    ranking = r.shared_aligner().map(r.features())  # the whole run in memory, through the shared map
+    scores = {p: property_scores(ranking, words, clip=clip) for p, words in properties_for(r, None).items()}
     chosen = printed(out, "components")
     assert chosen == property_components(scores, "location", 5)
     v = summed_in_clip(r, aligner, chosen)
@@ -199,7 +199,7 @@ def test_retrieve_by_text_ranks_images_along_the_description(token_run, tmp_path
     t = clip.encode_texts(["red", "green", "blue", "yellow"]).double()
     direction = torch.nn.functional.normalize(t[0] - t.mean(0), dim=0)
     chosen = printed(out, "components")
-    assert chosen == description_components(aligner.map(r.features()), direction, 5)
+    assert chosen == description_components(r.shared_aligner().map(r.features()), direction, 5)
     along = summed_in_clip(r, aligner, chosen) @ direction
     assert printed(out, "retrieved") == [r.ids[int(i)] for i in torch.argsort(along, descending=True)[:5]]
 

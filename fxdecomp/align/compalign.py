@@ -144,16 +144,29 @@ class CompAlign(torch.nn.Module):
         return cos + self.lam * pen, cos, pen
 
     @torch.no_grad()
-    def map(self, data, batch_size: int = 1024) -> Aligned:
-        """Every component of every image of ``data`` (``Features`` or [N, C, d_model]) in CLIP space."""
+    def map(self, data, batch_size: int = 1024, *, finer: bool = False) -> Aligned:
+        """Every component of every image of ``data`` (``Features`` or [N, C, d_model]) in CLIP space.
+
+        With ``finer``, ``data`` (``Features`` or a ``Decomposition``) may be at a finer granularity
+        than the aligner's: each component is read with its own map or its head's or branch's
+        (:meth:`maps_for`), so tokens take their head's map and neurons their MLP's, and the
+        result keeps the data's own components (``describe``, ``property_scores`` on neurons)."""
+        clip = data.clip if isinstance(data, Features) else None
+        if clip is not None:
+            self.check_clip_dim(clip.shape[1])
+        bias = self.bias.detach().float().cpu()
+        if finer:
+            if not isinstance(data, (Decomposition, Features)):
+                raise InputError("map(..., finer=True) needs the data's components: pass Features or a Decomposition")
+            dev = self.weight.device
+            mapped = torch.cat([self.map_finer(data.contributions[i:i + batch_size].to(dev), data.components).float().cpu()
+                                for i in range(0, len(data.contributions), batch_size)])
+            return Aligned(mapped, list(data.components.names), clip, bias)
         contributions = self._contributions(data)
         dev = self.weight.device
         mapped = torch.cat([self(contributions[i:i + batch_size].to(dev)).float().cpu()
                             for i in range(0, len(contributions), batch_size)])
-        clip = data.clip if isinstance(data, Features) else None
-        if clip is not None:
-            self.check_clip_dim(clip.shape[1])
-        return Aligned(mapped, list(self.names), clip, self.bias.detach().float().cpu())
+        return Aligned(mapped, list(self.names), clip, bias)
 
     def maps_for(self, components) -> list[int]:
         """Which map applies to each of ``components``: its own, or for a component finer than the
@@ -187,6 +200,18 @@ class CompAlign(torch.nn.Module):
         outs = [torch.einsum("bcd,cde->bce", contributions[i:i + batch_size].to(w), w)
                 for i in range(0, len(contributions), batch_size)]
         return torch.cat(outs) if outs else contributions.new_zeros(0, len(components), self.d_clip)
+
+    @torch.no_grad()
+    def readout(self, descriptions: Sequence[str], clip=None, text_embeddings: torch.Tensor | None = None) -> dict:
+        """One [d_model, K] readout per component, ``W_i tᵀ`` for the K descriptions' unit text
+        embeddings ``t``: ``decompose(model, g, readout=aligner.readout(texts, clip=clip))`` gives
+        every component's (a token's through its head's map) similarity to each text, compiled
+        in, without any contribution of the model's width (the bias, a constant, is not read)."""
+        from .text import text_matrix
+
+        t = text_matrix(descriptions, clip, text_embeddings, dim=self.d_clip).to(self.weight)
+        w = self.weight.detach()
+        return {n: w[0 if self.variant == "shared" else i] @ t.T for i, n in enumerate(self.names)}
 
     # -- checks -------------------------------------------------------------------------------------
     def _contributions(self, data) -> torch.Tensor:

@@ -32,9 +32,10 @@ def add(sub) -> None:
     p.add_argument("model", help="preset, timm:NAME, open_clip:NAME[:TAG] or hf:FOLDER")
     p.add_argument("data", help="image folder, Waterbirds-layout folder or world:N[:SEED]")
     p.add_argument("--out", required=True, help="the run folder to write (or to resume)")
-    p.add_argument("--granularity", choices=("block", "head", "token"), default="head")
+    p.add_argument("--granularity", choices=("block", "head", "token", "neuron"), default="head",
+                   help="neuron: attention per head, every MLP per hidden unit (default: head)")
     p.add_argument("--fine-layers", type=at_least(0), nargs="+", metavar="LAYER",
-                   help="split at --granularity head or token only in these layers, the others by block "
+                   help="split at --granularity head, token or neuron only in these layers, the others by block "
                         "(default: every layer)")
     renamed(p, "--layers", "--fine-layers", dest="fine_layers", type=at_least(0), nargs="+", metavar="LAYER")
     p.add_argument("--batch", type=positive(), default=64, help="images per batch (default: 64)")
@@ -60,7 +61,7 @@ def run(args) -> int:
     # everything that can be checked without the model, before it is loaded and compiled
     if args.fine_layers is not None and args.granularity == "block":
         raise InputError("--fine-layers splits those layers finer than blocks, so it has no effect with "
-                         "--granularity block: drop --fine-layers, or choose --granularity head or token")
+                         "--granularity block: drop --fine-layers, or choose --granularity head, token or neuron")
     if args.num_classes is not None:
         check_num_classes(args.model)
     check_weights(args.model, args)

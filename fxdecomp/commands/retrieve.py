@@ -11,8 +11,10 @@ EPILOG = """examples (after fxdecomp align):
 --property names one of the report's properties (the world's attributes, the paper's lists, or
 --properties FILE); its components are the --top that score for it and not for the others. A text
 is read from the --top components with the largest share of the variance along it (centred
-against --against, the other descriptions of its property). Prints the retrieved image ids. The
-run is read shard by shard: memory holds one shard, never the whole run."""
+against --against, the other descriptions of its property). Components are chosen through the
+run's shared map (the aligner whose rankings hold); images are compared through the
+per-component maps. Prints the retrieved image ids. The run is read shard by shard: memory holds
+one shard, never the whole run."""
 
 
 def add(sub) -> None:
@@ -57,6 +59,7 @@ def run(args) -> int:
     aligner, clip = aligned_space(r, args.clip_checkpoint)
     if aligner is None:
         raise InputError(f"retrieval reads components in CLIP space: run fxdecomp align {r.path} first")
+    ranking = r.shared_aligner()  # components are chosen through the shared map (refuses a run without one)
     data = r.data()
     if args.image is not None:
         props = properties_for(r, args.properties)
@@ -64,12 +67,12 @@ def run(args) -> int:
             raise InputError(f"--image needs --property, one of {sorted(props)}")
         q = image_index(r, args.image)
         chosen, found = by_image_over_run(r, aligner, props, args.property, q, clip=clip, top=args.top,
-                                          k=args.images)
+                                          k=args.images, ranking=ranking)
         rows, queries, title = [(args.property, found)], [q], f"images like {r.ids[q]} in its {args.property}"
     else:
         texts = clip.encode_texts([args.text, *args.against])
         direction = text_direction_against(texts, 0)
-        chosen, found = by_text_over_run(r, aligner, direction, top=args.top, k=args.images)
+        chosen, found = by_text_over_run(r, aligner, direction, top=args.top, k=args.images, ranking=ranking)
         rows, queries, title = [(f"'{args.text}'", found)], None, f"images for '{args.text}'"
     need = list(dict.fromkeys([*(queries or []), *found]))  # only the images the figure shows
     pictures = np.stack([data[i]["image"].permute(1, 2, 0).numpy() for i in need])

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import networkx as nx
+import torch
 import torch.fx as fx
 
 from .atoms import AtomTable
@@ -80,6 +81,8 @@ class Affinity:
     rules: dict = field(default_factory=dict)
     #: rules read from the symbolic form, standing in for the op rules at these nodes
     symbolic: dict = field(default_factory=dict)
+    #: nodes that select one element (a max over an axis): linear with ``linearize=True``
+    selections: set = field(default_factory=set)
 
     def rule(self, node: fx.Node):
         """The rule the walk uses at ``node``."""
@@ -158,3 +161,36 @@ class Group:
     split: tuple
     start: int
     count: int
+
+
+@dataclass
+class Target:
+    """Where one group's pieces are written (pass 13, grouping): ``count`` slots from ``start``, one
+    per index of ``keep`` (the group's split atoms that stay free); its ``summed`` split atoms are
+    summed at compile time. ``index``: when those slots are not consecutive, the slot of each index
+    of ``keep`` (row-major), the group's pieces then being added there."""
+
+    start: int
+    count: int
+    keep: tuple
+    summed: tuple = ()
+    index: tuple | None = None
+
+
+@dataclass
+class Readout:
+    """Pass 14 (readout): the matrix every term ends with, so contributions are [B, C, K].
+
+    ``matrix`` is [M, prod(out), K]: one map shared by every component (M = 1), or one per
+    component group; ``rows[g]`` says which of them group ``g`` reads: ``(m, None)`` one map,
+    ``(m, atom)`` consecutive maps from ``m``, one per index of that split atom (a head's tokens
+    read through their head's map)."""
+
+    matrix: torch.Tensor
+    out_shape: tuple
+    atoms: tuple                       # the K axis's atom (none when K == 1)
+    rows: list = field(default_factory=list)
+
+    @property
+    def k(self) -> int:
+        return int(self.matrix.shape[-1])

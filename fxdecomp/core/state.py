@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import torch.fx as fx
 
-from .ir import Affinity, Axes, Demand, Route, Stream
+from .ir import Affinity, Axes, Demand, Readout, Route, Stream
 
 if TYPE_CHECKING:
     from ..components import ComponentTable
@@ -31,6 +31,11 @@ class CompileState:
     dtype: torch.dtype
     device: torch.device
     model_name: str
+    #: what to read the output through (``decompose(readout=...)``): [*out, K], [prod(out), K], or
+    #: per component a mapping from names to such matrices; None for the output itself
+    readout: object = None
+    #: a grouping of ``Decomposition.group`` summed at compile time (None: every component kept)
+    group: object = None
 
     # -- trace ---------------------------------------------------------------------------------
     gm: fx.GraphModule | None = None
@@ -63,6 +68,12 @@ class CompileState:
     # -- granularity -----------------------------------------------------------------------------
     groups: list = field(default_factory=list)       # Group, in slot order
     components: ComponentTable | None = None
+    #: one sentence per branch left whole at neuron granularity, and why
+    split_notes: list = field(default_factory=list)
+    # -- grouping --------------------------------------------------------------------------------
+    targets: list = field(default_factory=list)      # Target, by group: where its pieces are written
+    # -- readout ---------------------------------------------------------------------------------
+    readout_plan: Readout | None = None
     # -- codegen ---------------------------------------------------------------------------------
     forward: fx.GraphModule | None = None            # the decomposing module
     #: the nodes of ``forward`` that are the model's own traced forward (the rest decompose it)
@@ -74,8 +85,10 @@ class CompileState:
 
     @property
     def notes(self) -> list[str]:
-        """Every known limit met and every collapse, one sentence each (``dm.notes``)."""
-        return list(self.axes.notes if self.axes is not None else ()) + list(self.collapses)
+        """Every known limit met, every collapse and every branch left unsplit, one sentence each
+        (``dm.notes``)."""
+        return list(self.axes.notes if self.axes is not None else ()) + list(self.collapses) + \
+            list(self.split_notes)
 
 
 #: a compiler pass

@@ -1,9 +1,10 @@
-"""Pass 13: generate the decomposing GraphModule.
+"""Pass 15: generate the decomposing GraphModule.
 
 The generated forward is the traced forward (so every frozen value is the
 actual one, computed once) followed by, for each component, the einsums that
 contract its terms' factors in the planned order, written into one
-[B, C, *out] tensor. LayerNorms whose statistics are needed are swapped for
+[B, C, *out] tensor ([B, C, K] with a readout, whose matrix is one more factor of
+every term; groups summed at compile time add their pieces into shared slots). LayerNorms whose statistics are needed are swapped for
 ``native_layer_norm``, which returns them for free (``kernels.layer_norm_rstd`` gives
 them the gradient that output lacks, so the decomposing forward differentiates as the
 model does).
@@ -13,13 +14,14 @@ from __future__ import annotations
 import operator
 import re
 import string
+from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 from torch.utils._pytree import tree_map
 
 from .. import kernels
-from ..core.ir import Axes, Group
+from ..core.ir import Axes, Group, Readout, Target
 from ..core.planner import Leaf, Pair, leaves_of, plan, subset_key
 from ..core.shape import dtype_of
 from ..core.state import CompileState
@@ -34,6 +36,7 @@ from ..core.terms import (
     PartialSum,
     Source,
     Taps,
+    Term,
 )
 from ..errors import UnsupportedOpError
 from ..rules.base import bound_args
@@ -53,10 +56,11 @@ def run(state: CompileState) -> CompileState:
     for t in state.terms:
         by_spec.setdefault(t.component.id, []).append(t)
     groups = state.groups
-    total = groups[-1].start + groups[-1].count if groups else 0
     cg = CodeGen(state.gm, state.inp, state.out, state.axes, state.dtype, state.device,
                  nominal_batch=state.plan_batch)
-    state.forward = cg.build(groups, by_spec, total)
+    total = len(state.components)
+    state.forward = cg.build(groups, by_spec, total, state.targets or None, state.readout_plan,
+                             shared_slots=state.group is not None)
     state.model_nodes = frozenset(cg.model_nodes)
     state.dtype_buffer = DTYPE_REF
     return state
@@ -81,10 +85,16 @@ class CodeGen:
         self.model_nodes: set[fx.Node] = set()  # the model's own forward in the generated graph
 
     # -- graph -----------------------------------------------------------------------------------
-    def build(self, groups: list[Group], terms_by_spec: dict, n_components: int) -> fx.GraphModule:
-        """The traced forward, then every group's terms written into the contributions."""
+    def build(self, groups: list[Group], terms_by_spec: dict, n_components: int, targets: list[Target] | None = None,
+              readout: Readout | None = None, shared_slots: bool = False) -> fx.GraphModule:
+        """The traced forward, then every group's terms written into the contributions: each into
+        its target's slots (``targets``: one per group; by default its own slots), through the
+        ``readout`` when one is given. ``shared_slots``: groups add into slots other groups write
+        too (a grouping summed at compile time), so the contributions start at zero."""
         out_axes = self.axes.of(self.out_node)  # batch first: the batch pass checked it
-        rest_atoms = tuple(a for axis in out_axes[1:] for a in axis)
+        rest_axes = tuple(tuple(axis) for axis in out_axes[1:])
+        rest_atoms = tuple(a for axis in rest_axes for a in axis)
+        targets = targets or [Target(g.start, g.count, tuple(g.split)) for g in groups]
         needed_stats = self._needed_stats(terms_by_spec)
         g = self.graph
         for node in self.gm.graph.nodes:
@@ -105,22 +115,46 @@ class CodeGen:
         self.model_nodes = set(g.nodes)
         out_val = self.env[self.out_node]
         out_shape = tuple(self.out_node.meta["tensor_meta"].shape[1:])
-        buf = g.call_function(kernels.new_contributions, (self.env[self.inp], n_components, out_shape,
-                                                          self._dtype_ref()), name="contributions")
-        for grp in groups:
+        written_atoms = rest_atoms
+        if readout is not None:
+            self.buffers[READOUT] = readout.matrix
+            matrix = self.sources[READOUT] = g.get_attr(READOUT)
+            out_val = g.call_function(kernels.read_out, (out_val, matrix), name="read_out")
+            out_shape, written_atoms = (readout.k,), tuple(readout.atoms)
+        new = kernels.new_zeroed_contributions if shared_slots else kernels.new_contributions
+        buf = g.call_function(new, (self.env[self.inp], n_components, out_shape, self._dtype_ref()),
+                              name="contributions")
+        for gi, (grp, tgt) in enumerate(zip(groups, targets)):
             terms = terms_by_spec.get(grp.spec.id, [])
-            want = tuple(grp.split) + (self.table.batch,) + rest_atoms
-            slot = (grp.start, grp.count, tuple(-1 if a is self.table.batch else a.size for a in want))
+            want = tuple(tgt.keep) + (self.table.batch,) + written_atoms
+            view = tuple(-1 if a is self.table.batch else a.size for a in want)
             slug = _slug(grp.label.name)
-            written = False
+            scattered = tgt.index is not None
+            dest = buf
+            if scattered:  # its own slots first, then added where they belong
+                dest = g.call_function(kernels.new_contributions,
+                                       (self.env[self.inp], tgt.count, out_shape, self._dtype_ref()),
+                                       name=f"pieces_{slug}")
+            slot = (0 if scattered else tgt.start, tgt.count, view)
+            written = shared_slots and not scattered
             for term in terms:
-                own = tuple(term.renamed.get(a, a) for a in grp.split) + want[len(grp.split):]
-                new = self._emit_term(term, own, buf, slot, written, slug)
-                if new is None:
+                if readout is not None:
+                    term = self._read_through(term, readout, readout.rows[gi], rest_axes)
+                term = _summed_over(term, tgt.summed)
+                own = tuple(term.renamed.get(a, a) for a in tgt.keep) + want[len(tgt.keep):]
+                done = self._emit_term(term, own, dest, slot, written, slug)
+                if done is None:
                     continue  # identically zero (e.g. patch tokens seen from the class token)
-                buf, written = new, True
-            if not written:
-                buf = g.call_function(kernels.zero_, (buf, grp.start, grp.count), name=f"zero_{slug}")
+                dest, written = done, True
+            if scattered:
+                if written:
+                    buf = g.call_function(kernels.add_at_, (buf, self._index(tgt.index), dest), name=f"add_{slug}")
+            else:
+                buf = dest
+                if not written:
+                    buf = g.call_function(kernels.zero_, (buf, tgt.start, tgt.count), name=f"zero_{slug}")
+        if readout is not None and len(readout.matrix) > 1:  # one map per component: no map of the output
+            out_val = g.call_function(kernels.total_of, (buf,), name="read_out_total")
         g.output((out_val, buf))
         _schedule_early(g, self.model_nodes)
         root = self.gm
@@ -129,6 +163,25 @@ class CodeGen:
         gm = fx.GraphModule(root, g, class_name="DecomposedForward")
         _constants_as_buffers(gm)
         return gm
+
+    def _read_through(self, term: Term, readout: Readout, rows: tuple, rest_axes: tuple) -> Term:
+        """``term`` with the readout's matrix (the group's rows of it) as one more factor."""
+        start, head = rows
+        sizes = tuple(readout.out_shape) + (readout.k,)
+        axes = rest_axes + (tuple(readout.atoms),)
+        if head is None:
+            src = Derived(kernels.readout_rows, (_Buffer(READOUT), start, 1, sizes), name="readout")
+        else:
+            src = Derived(kernels.readout_rows, (_Buffer(READOUT), start, head.size, (head.size,) + sizes),
+                          name="readout")
+            axes = ((term.renamed.get(head, head),),) + axes
+        return Term(term.component, term.factors + (Factor(src, axes),), term.coef, renamed=term.renamed)
+
+    def _index(self, index: tuple) -> fx.Node:
+        """A constant index of slots (kept as a buffer, so it moves with the module)."""
+        name = f"_fxd_slots_{len(self.buffers)}"
+        self.buffers[name] = torch.tensor(index, dtype=torch.long, device=self.device)
+        return self.graph.get_attr(name)
 
     def _dtype_ref(self) -> fx.Node:
         """An empty buffer of the compute dtype: the generated code reads the dtype from it, so
@@ -172,6 +225,8 @@ class CodeGen:
         if hit is not None:
             return hit
         g = self.graph
+        if isinstance(src, _Buffer):
+            return self.sources[src.name]
         if isinstance(src, NodeValue):
             node = self.env[src.node]
             dt = dtype_of(src.node)
@@ -371,6 +426,27 @@ class CodeGen:
 
 #: the buffer whose dtype is the compiled module's compute dtype
 DTYPE_REF = "_fxd_dtype"
+#: the buffer holding the readout matrix [M, prod(out), K] (``dm.set_readout`` writes into it)
+READOUT = "_fxd_readout"
+
+
+@dataclass(frozen=True)
+class _Buffer(Source):
+    """A buffer of the generated module, read as it is at run time (the readout matrix)."""
+
+    name: str
+
+
+def _summed_over(term: Term, summed: tuple) -> Term:
+    """``term`` scaled for the summed split atoms it does not carry: its value is the same for
+    every index of such an atom (the slot broadcast it), so their sum is that many times it."""
+    n = 1
+    for a in summed:
+        if term.renamed.get(a, a) not in term.atom_set:
+            n *= a.size
+    if n == 1:
+        return term
+    return Term(term.component, term.factors, term.coef * n, renamed=term.renamed)
 
 
 def _constants_as_buffers(gm: fx.GraphModule) -> None:

@@ -144,17 +144,20 @@ def component_sum_of_run(run, aligner, names: Sequence[str]) -> torch.Tensor:
 
 
 def by_image_over_run(run, aligner, properties: Mapping[str, Sequence[str]], prop: str, query: int, *, clip,
-                      top: int = 5, k: int = 10) -> tuple[list[str], list[int]]:
-    """(the ``top`` components of ``prop``, the k images nearest to image ``query`` in their subspace)."""
-    scores = property_scores_of_run(run, aligner, properties, clip=clip)
+                      top: int = 5, k: int = 10, ranking=None) -> tuple[list[str], list[int]]:
+    """(the ``top`` components of ``prop``, the k images nearest to image ``query`` in their subspace).
+    ``ranking``: the aligner the components are chosen through (the run's shared map; default
+    ``aligner``, which maps the images compared)."""
+    scores = property_scores_of_run(run, ranking or aligner, properties, clip=clip)
     chosen = property_components(scores, prop, top)
     found = nearest(component_sum_of_run(run, aligner, chosen), [query], k)[0].tolist()
     return chosen, found
 
 
-def by_text_over_run(run, aligner, direction: torch.Tensor, *, top: int = 5, k: int = 10) \
+def by_text_over_run(run, aligner, direction: torch.Tensor, *, top: int = 5, k: int = 10, ranking=None) \
         -> tuple[list[str], list[int]]:
-    """(the ``top`` components along ``direction``, the k images furthest along it in their sum)."""
-    chosen = description_components_of_run(run, aligner, direction, top)
+    """(the ``top`` components along ``direction``, the k images furthest along it in their sum);
+    ``ranking`` as in :func:`by_image_over_run`."""
+    chosen = description_components_of_run(run, ranking or aligner, direction, top)
     found = by_text(component_sum_of_run(run, aligner, chosen), direction, k).tolist()
     return chosen, found

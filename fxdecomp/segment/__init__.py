@@ -12,10 +12,10 @@ from .baselines import BASELINES, READOUTS, baseline, baselines, chefer, gradcam
 from .evaluate import METHODS, evaluate_segmentation, method_maps
 from .figure import segmentation_figure
 from .geometry import Stage, attention_stages, dense, merge_matrix
-from .maps import REDUCTIONS, position_maps
+from .maps import REDUCTIONS, position_decomposition, position_maps
 from .metrics import average_precision, normalise, segmentation_scores
 
 __all__ = ["AttentionRecorder", "BASELINES", "METHODS", "READOUTS", "REDUCTIONS", "Stage", "attention_stages",
            "average_precision", "baseline", "baselines", "chefer", "dense", "evaluate_segmentation", "explicit_mha",
-           "explicit_sdpa", "gradcam", "merge_matrix", "method_maps", "normalise", "position_maps", "readout_of",
+           "explicit_sdpa", "gradcam", "merge_matrix", "method_maps", "normalise", "position_decomposition", "position_maps", "readout_of",
            "rollout", "segmentation_figure", "segmentation_scores"]
