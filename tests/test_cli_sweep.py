@@ -87,7 +87,7 @@ OTHERS = {
     ("decompose", "--num-classes", "3"): "--num-classes applies to timm models only",
     ("decompose", "--fine-layers", "99"): "no layer(s) [99]",
     ("decompose", "--granularity", "block --fine-layers 2"): "no effect with --granularity block",
-    ("decompose", "--granularity", "neuron"): "invalid choice",
+    ("decompose", "--granularity", "atom"): "invalid choice",
     ("decompose", "--dtype", "int8"): "invalid choice",
     ("decompose", "--device", "tpu"): "device",
     ("decompose", "--device", "cuda:x"): "device",
