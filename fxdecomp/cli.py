@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(" ".join(str(err).split()))  # one line, even for a message of several
     except (torch.OutOfMemoryError, MemoryError) as err:
         first = str(err).split(".")[0] or "out of memory"
+        if args.command == "demo":  # the demo's images are its one batch
+            return fail(f"{first}; lower --images (or use a smaller model)")
         return fail(f"{first}; lower --batch (or use a smaller model or --dtype bfloat16)")
     except OSError as err:
         where = f" ({err.filename})" if err.filename else ""

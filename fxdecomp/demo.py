@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .compiler import decompose
+from .errors import InputError
 from .models_registry import DEFAULT, load, transform_for
 from .world import EVAL_SEED, World
 
@@ -29,26 +30,30 @@ def demo_images(model: torch.nn.Module, n: int) -> tuple[torch.Tensor, list[str]
     return transform_for(model)(images), [text for *_, text in raw]
 
 
-def run(model_name: str = DEFAULT, granularity: str = "head", batch: int = 4, top: int = 12,
-        float64: bool = False, checkpoint: str | None = None, pretrained: bool = False,
+def run(model_name: str = DEFAULT, granularity: str = "head", images: int = 4, top: int = 12,
+        dtype: str = "float32", checkpoint: str | None = None, pretrained: bool = False,
         report: str | Path | None = None) -> float:
-    """Print the components, their reconstruction error and (for world-vit) their words; returns the error."""
+    """Print the components of ``images`` world images, their reconstruction error and (for world-vit)
+    their words; returns the error."""
+    dtypes = {"float32": torch.float32, "float64": torch.float64}
+    if dtype not in dtypes:
+        raise InputError(f"the demo decomposes in float32 or float64, not {dtype!r}")
     model = load(model_name, checkpoint=checkpoint, pretrained=pretrained)
-    dtype = torch.float64 if float64 else torch.float32
+    dtype = dtypes[dtype]
     model = model.to(dtype)
     print(f"model: {model_name} ({type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters)")
     t0 = time.perf_counter()
     dm = decompose(model, granularity)
     print(f"compiled in {time.perf_counter() - t0:.1f} s: {dm.summary()}")
-    x, captions = demo_images(model, batch)
+    x, captions = demo_images(model, images)
     x = x.to(dtype)
-    print(f"images: the first {batch} of the synthetic world's evaluation split, e.g. " +
+    print(f"images: the first {images} of the synthetic world's evaluation split, e.g. " +
           "; ".join(f"'{c}'" for c in captions[:3]))
     with torch.inference_mode():
         out = dm(x)
         ref = model(x)
     err = float(((out.total() - ref).flatten(1).double().norm(dim=1) / ref.flatten(1).double().norm(dim=1)).max())
-    print(f"\n{top} largest components (mean norm over the {batch} images):")
+    print(f"\n{top} largest components (mean norm over the {images} images):")
     print(out.table(k=top))
     print(f"\nreconstruction: sum of {len(dm.components)} components vs model output, "
           f"max relative error {err:.2e} ({str(dtype).removeprefix('torch.')})")

@@ -21,7 +21,7 @@ def test_help_lists_demo(capsys):
 
 
 def test_demo_prints_components_and_error(capsys):
-    assert main(["demo", "--batch", "2", "--top", "5", "--float64"]) == 0
+    assert main(["demo", "--images", "2", "--top", "5", "--dtype", "float64"]) == 0
     out = capsys.readouterr().out
     assert "blocks.5.mlp" in out or "blocks." in out
     err = float(out.rsplit("max relative error", 1)[1].split()[0])

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from fxdecomp.cli import main
+from fxdecomp.cli import _parser, main
 from fxdecomp.commands import COMMANDS
+from fxdecomp.commands.common import renamed_options
 
 INT_POSITIVE = {"nan": "expected a whole number", "inf": "expected a whole number", "-1": "must be positive",
                 "0": "must be positive", "1.5": "expected a whole number", "many": "expected a whole number"}
@@ -36,16 +37,20 @@ BASE = {
     "verify": ["verify", "{run}"],
 }
 NUMBERS = {
-    "demo": {"--batch": INT_POSITIVE, "--top": INT_POSITIVE},
+    "demo": {"--images": INT_POSITIVE, "--top": INT_POSITIVE},
     "decompose": {"--batch": INT_POSITIVE, "--shard-mb": FLOAT_POSITIVE, "--workers": INT_NON_NEGATIVE,
-                  "--size": INT_POSITIVE, "--layers": INT_NON_NEGATIVE, "--num-classes": INT_NON_NEGATIVE},
+                  "--size": INT_POSITIVE, "--fine-layers": INT_NON_NEGATIVE, "--num-classes": INT_NON_NEGATIVE},
     "align": {"--lam": FLOAT_NON_NEGATIVE, "--epochs": INT_POSITIVE, "--batch": INT_POSITIVE,
               "--lr": FLOAT_POSITIVE, "--seed": INT_NON_NEGATIVE, "--workers": INT_NON_NEGATIVE},
     "explain": {"--top": INT_POSITIVE, "--images": INT_POSITIVE},
     "spurious": {"--max-k": INT_POSITIVE},
     "segment": {"--layers": INT_NON_NEGATIVE, "--examples": INT_POSITIVE},
-    "retrieve": {"--components": INT_POSITIVE, "--k": INT_POSITIVE},
+    "retrieve": {"--top": INT_POSITIVE, "--images": INT_POSITIVE},
 }
+#: deprecated spellings that take a number are swept too: a bad value is refused before they warn
+for command, option in (("demo", "--batch"), ("decompose", "--layers"), ("retrieve", "--components"),
+                        ("retrieve", "--k")):
+    NUMBERS[command][option] = INT_NON_NEGATIVE if option == "--layers" else INT_POSITIVE
 RUN_KINDS = {"{file}": "is a file, not a run folder", "{missing}": "not a complete fxdecomp run",
              "{garbage_manifest}": "manifest.json is damaged: not valid JSON",
              "{started}": "not a complete fxdecomp run (a decomposition was started there"}
@@ -55,6 +60,7 @@ OTHERS = {
     ("demo", "--checkpoint", "{junk}"): "cannot be read as weights",
     ("demo", "--checkpoint", "{missing}"): "does not exist",
     ("demo", "--granularity", "neuron"): "invalid choice",
+    ("demo", "--dtype", "float16"): "invalid choice",
     ("demo", "--report", "{file}"): "is a file, not a folder",
     ("demo", "--report", "{read_only}"): "cannot write in",
     ("decompose", "model", "no-such-model"): "unknown model",
@@ -79,31 +85,31 @@ OTHERS = {
     ("decompose", "--checkpoint", "{missing}"): "does not exist",
     ("decompose", "--checkpoint", "{empty_folder}"): "is a folder, not a weights file",
     ("decompose", "--num-classes", "3"): "--num-classes applies to timm models only",
-    ("decompose", "--layers", "99"): "no layer(s) [99]",
-    ("decompose", "--granularity", "block --layers 2"): "no effect with --granularity block",
-    ("decompose", "--granularity", "neuron"): "invalid choice",
+    ("decompose", "--fine-layers", "99"): "no layer(s) [99]",
+    ("decompose", "--granularity", "block --fine-layers 2"): "no effect with --granularity block",
+    ("decompose", "--granularity", "atom"): "invalid choice",
     ("decompose", "--dtype", "int8"): "invalid choice",
     ("decompose", "--device", "tpu"): "device",
     ("decompose", "--device", "cuda:x"): "device",
     ("align", "--clip", "tensorflow:clip"): "unknown CLIP",
     ("align", "--clip", "open_clip:ViT-B-16"): "open_clip:ViT-B-16:TAG",
     ("align", "--clip", "open_clip:no-such-clip:tag"): "open_clip has no model",
-    ("align", "--clip", "world-clip --checkpoint {junk}"): "takes no --checkpoint",
-    ("align", "--clip", "world-clip-l --checkpoint {junk}"): "not a weights file written by fxdecomp.world.train",
-    ("align", "--clip", "world-clip-l --checkpoint {missing}"): "is not a file",
-    ("align", "--clip", "open_clip:ViT-B-16 --checkpoint {junk}"): "cannot be loaded into open_clip",
-    ("align", "--checkpoint", "{empty_folder}"): "takes no --checkpoint",
+    ("align", "--clip", "world-clip --clip-checkpoint {junk}"): "takes no --clip-checkpoint",
+    ("align", "--clip", "world-clip-l --clip-checkpoint {junk}"): "not a weights file written by fxdecomp.world.train",
+    ("align", "--clip", "world-clip-l --clip-checkpoint {missing}"): "is not a file",
+    ("align", "--clip", "open_clip:ViT-B-16 --clip-checkpoint {junk}"): "cannot be loaded into open_clip",
+    ("align", "--clip-checkpoint", "{empty_folder}"): "takes no --clip-checkpoint",
     ("align", "--device", "tpu"): "device",
     ("explain", "--out", "{file}"): "is a file, not a folder",
     ("explain", "--out", "{read_only}"): "cannot write in",
     ("explain", "--properties", "{missing}"): "cannot read properties",
     ("explain", "--properties", "{garbage_json}"): "cannot read properties",
     ("explain", "--properties", "{wrong_json}"): "must map each property",
-    ("explain", "--clip-checkpoint", "{junk}"): "takes no --checkpoint",
+    ("explain", "--clip-checkpoint", "{junk}"): "takes no --clip-checkpoint",
     ("explain", "run", "{garbage_aligner}"): "aligner.json is damaged: not valid JSON",
     ("spurious", "--spurious-words", ""): "argument --spurious-words: must not be empty",
     ("spurious", "--label-words", " "): "argument --label-words: must not be empty",
-    ("spurious", "--clip-checkpoint", "{junk}"): "takes no --checkpoint",
+    ("spurious", "--clip-checkpoint", "{junk}"): "takes no --clip-checkpoint",
     ("segment", "--layers", "99"): "no layer(s) [99]",
     ("retrieve", "--text", ""): "argument --text: must not be empty",
     ("retrieve", "--against", ""): "argument --against: must not be empty",
@@ -117,7 +123,7 @@ OTHERS = {
     ("retrieve", "--out", "{read_only}/r.png"): "cannot write in",
     ("retrieve", "--out", "{new}/r.notanimage"): "must end in one of",
     ("retrieve", "--out", "{file}/r.png"): "is a file",
-    ("retrieve", "--clip-checkpoint", "{junk}"): "takes no --checkpoint",
+    ("retrieve", "--clip-checkpoint", "{junk}"): "takes no --clip-checkpoint",
     ("heatmap", "--image", "999"): "out of range",
     ("heatmap", "--image", "-1"): "no image '-1'",
     ("heatmap", "--component", "blocks.9.attn[h1]"): "no component",
@@ -125,7 +131,7 @@ OTHERS = {
     ("heatmap", "--out", "{empty_folder}"): "is a folder",
     ("heatmap", "--out", "{read_only}/h.png"): "cannot write in",
     ("heatmap", "--out", "{new}/h.txt"): "must end in one of",
-    ("heatmap", "--clip-checkpoint", "{junk} --text sea"): "takes no --checkpoint",
+    ("heatmap", "--clip-checkpoint", "{junk} --text sea"): "takes no --clip-checkpoint",
 }
 
 
@@ -157,6 +163,8 @@ def test_the_sweep_reaches_every_command_and_argument():
         for action in parser._actions:
             if isinstance(action, (argparse._HelpAction, argparse._StoreTrueAction)):
                 continue
+            if action.option_strings and action.option_strings[0] in dict(renamed_options(parser)):
+                continue  # a deprecated spelling: RENAMED below tests each one
             arg = action.option_strings[0] if action.option_strings else action.dest
             if (name, arg) not in swept:
                 missing.append((name, arg))
@@ -255,3 +263,69 @@ def test_a_bad_value_is_one_line_and_exit_code_2(command, arg, value, says, plac
     assert "Traceback" not in err and len(lines) == 1, (argv, err)
     assert says in lines[0], (argv, lines[0])
     assert lines[0].startswith(f"fxdecomp {command}: error: "), lines[0]
+
+
+#: every deprecated spelling, kept for one release: (command, old) -> (arguments with the old spelling,
+#: the same with the new one); both must parse to the same arguments, the old one warning once
+RENAMED = {
+    ("demo", "--batch"): (["demo", "--batch", "3"], ["demo", "--images", "3"]),
+    ("demo", "--float64"): (["demo", "--float64"], ["demo", "--dtype", "float64"]),
+    ("decompose", "--layers"): (["decompose", "world-vit", "world:4", "--out", "r", "--granularity", "token",
+                                 "--layers", "4", "5"],
+                                ["decompose", "world-vit", "world:4", "--out", "r", "--granularity", "token",
+                                 "--fine-layers", "4", "5"]),
+    ("align", "--checkpoint"): (["align", "r", "--clip", "open_clip:ViT-B-16", "--checkpoint", "clip.bin"],
+                                ["align", "r", "--clip", "open_clip:ViT-B-16", "--clip-checkpoint", "clip.bin"]),
+    ("retrieve", "--components"): (["retrieve", "r", "--text", "sea", "--out", "r.png", "--components", "3"],
+                                   ["retrieve", "r", "--text", "sea", "--out", "r.png", "--top", "3"]),
+    ("retrieve", "--k"): (["retrieve", "r", "--text", "sea", "--out", "r.png", "--k", "4"],
+                          ["retrieve", "r", "--text", "sea", "--out", "r.png", "--images", "4"]),
+    ("verify", "--images"): (["verify", "r", "--images"], ["verify", "r", "--check-images"]),
+}
+
+
+def test_every_deprecated_spelling_is_tested():
+    import argparse
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    found = {(name, old): new for name, parser in sub.choices.items() for old, new in renamed_options(parser)}
+    assert set(found) == set(RENAMED)
+    for (command, old), new in found.items():  # the table's new spelling is the one the warning names
+        assert new.split()[0] in RENAMED[command, old][1], (command, old, new)
+
+
+@pytest.mark.parametrize("command,old", sorted(RENAMED), ids=lambda v: str(v))
+def test_a_deprecated_spelling_works_and_names_the_new_one(command, old, capsys):
+    """The old spelling gives the command exactly what the new one gives it, and one line on stderr
+    naming the new spelling; the new spelling says nothing."""
+    with_old, with_new = RENAMED[command, old]
+    got = vars(_parser().parse_args(with_old))
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    want = vars(_parser().parse_args(with_new))
+    assert capsys.readouterr().err == ""
+    assert got == want
+    new = dict(renamed_options(next(p for n, p in _subparsers() if n == command)))[old]
+    assert warned == [f"fxdecomp {command}: DeprecationWarning: {old} is deprecated and goes in the next release; "
+                      f"use {new}"]
+
+
+def _subparsers():
+    import argparse
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return list(sub.choices.items())
+
+
+@pytest.mark.parametrize("command,argv,fix", [
+    ("demo", ["demo"], "lower --images (or use a smaller model)"),
+    ("decompose", ["decompose", "world-vit", "world:4", "--out", "r"], "lower --batch (or use a smaller model or "
+                                                                      "--dtype bfloat16)")])
+def test_out_of_memory_names_the_option_that_lowers_it(command, argv, fix, monkeypatch, capsys):
+    import importlib
+
+    def out_of_memory(args):
+        raise MemoryError("out of memory. Tried to allocate 2 GiB")
+
+    monkeypatch.setattr(importlib.import_module(f"fxdecomp.commands.{command}"), "run", out_of_memory)
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"fxdecomp {command}: error: out of memory; {fix}\n"

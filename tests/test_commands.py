@@ -62,8 +62,13 @@ def test_folder_to_report(tmp_path, capsys):
     assert code == 0, err
     assert "reconstruction max relative error" in out
     r = open_run(run)
-    assert r.n == 30 and r.ids[0] == "pointed/000.png" or r.ids[0].startswith(("pointed/", "round/"))
-    assert set(r.labels) == {"label"} and r.error() < 1e-5
+    # every file once, in the folder's sorted order (class folders by name), each labelled with its folder
+    classes = ["round" if world["shape"][i] in (0, 1, 4) else "pointed" for i in range(30)]
+    expected = sorted(f"{c}/{i:03d}.png" for i, c in enumerate(classes))
+    assert r.n == 30 and r.ids == expected
+    assert set(r.labels) == {"label"}
+    assert r.labels["label"].tolist() == [["pointed", "round"].index(i.split("/")[0]) for i in expected]
+    assert r.error() < 1e-5
     code, out, err = run_cli(capsys, "align", run, "--epochs", "1", "--workers", "0")
     assert code == 0, err
     code, out, err = run_cli(capsys, "explain", run, "--out", tmp_path / "report", "--top", "3", "--images", "30")
@@ -73,24 +78,128 @@ def test_folder_to_report(tmp_path, capsys):
     assert "top descriptions" in page and "Property scores" in page
 
 
-def test_applications_over_a_token_run(token_run, tmp_path, capsys):
+def test_segment_over_a_token_run(token_run, capsys):
     code, out, err = run_cli(capsys, "segment", token_run)
     assert code == 0, err
     acc = float(out.split("pixel accuracy")[1].split(",")[0])
     assert 0.6 < acc <= 1.0
     assert (token_run / "segment" / "maps.safetensors").is_file() and (token_run / "segment" / "examples.png").is_file()
-    for args in (["--component", "blocks.5.attn[h1]"], ["--text", "sea"]):
-        png = tmp_path / "not" / "yet" / f"h{len(args[1])}.png"  # a missing folder is made
-        code, out, err = run_cli(capsys, "heatmap", token_run, "--image", "3", *args, "--out", png)
-        assert code == 0 and png.stat().st_size > 1000, err
+
+
+def drawn_heatmaps(monkeypatch) -> list:
+    """Every ``Heatmap`` the heatmap command draws, as it drew it."""
+    import fxdecomp.heatmaps
+
+    made, real = [], fxdecomp.heatmaps.heatmap
+
+    def spy(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(fxdecomp.heatmaps, "heatmap", spy)
+    return made
+
+
+def token_density(run, values: dict[int, float], size) -> np.ndarray:
+    """What a heatmap of token values {component index: value} must be, computed from the labels: each
+    token's value summed into its (row, col) cell, spread evenly over the cell's pixels, bilinearly."""
+    placed = [c for c in run.components if c.row is not None]
+    rows, cols = max(c.row for c in placed) + 1, max(c.col for c in placed) + 1
+    grid = torch.zeros(rows, cols, dtype=torch.float64)
+    for i, v in values.items():
+        c = run.components[i]
+        grid[c.row, c.col] += v
+    density = grid * (rows * cols) / (size[0] * size[1])
+    return torch.nn.functional.interpolate(density[None, None], size=tuple(size), mode="bilinear",
+                                           align_corners=False)[0, 0].numpy()
+
+
+def test_a_component_heatmap_shows_its_tokens_shares(token_run, tmp_path, capsys, monkeypatch):
+    """Each token of blocks.5.attn[h1] on image 3 counts its projection on the head's summed contribution."""
+    drawn = drawn_heatmaps(monkeypatch)
+    png = tmp_path / "not" / "yet" / "h1.png"  # a missing folder is made
+    code, out, err = run_cli(capsys, "heatmap", token_run, "--image", "3", "--component", "blocks.5.attn[h1]",
+                             "--out", png)
+    assert code == 0, err
+    r = open_run(token_run)
+    c = r.images([3])[0].double()
+    tokens = [i for i, comp in enumerate(r.components) if comp.layer == 5 and comp.kind == "attn" and comp.head == 1
+              and comp.row is not None]
+    assert len(tokens) == 64  # world-vit's 8 x 8 patches
+    whole = c[tokens].sum(0)
+    values = {i: float(c[i] @ whole / whole.norm()) for i in tokens}
+    size = r.data()[3]["image"].shape[-2:]
+    (shown,) = drawn
+    np.testing.assert_allclose(shown.array, token_density(r, values, size), rtol=1e-9, atol=1e-12)
+    assert shown.array.sum() == pytest.approx(float(whole.norm()), rel=1e-9)  # the shares add up to the head's size
+    assert Image.open(png).size[0] > 100
+
+
+def test_a_text_heatmap_reads_every_token_through_its_map(token_run, tmp_path, capsys, monkeypatch):
+    drawn = drawn_heatmaps(monkeypatch)
+    code, out, err = run_cli(capsys, "heatmap", token_run, "--image", "3", "--text", "sea", "--out",
+                             tmp_path / "sea.png")
+    assert code == 0, err
+    r = open_run(token_run)
+    aligner, clip = r.aligner(), r.clip_space()
+    text = torch.nn.functional.normalize(clip.encode_texts(["sea"]).double().mean(0), dim=0)
+    c = r.images([3])[0].double()
+    w = aligner.weight.detach().double()
+    values = {i: float(c[i] @ w[aligner.names.index(comp.name)] @ text)
+              for i, comp in enumerate(r.components) if comp.row is not None}
+    (shown,) = drawn
+    np.testing.assert_allclose(shown.array, token_density(r, values, r.data()[3]["image"].shape[-2:]), rtol=1e-9,
+                               atol=1e-12)
+    assert (tmp_path / "sea.png").is_file()
+
+
+def summed_in_clip(run, aligner, names) -> torch.Tensor:
+    """[N, d_clip] Σ over ``names`` of each component's contributions times its own map, from every image."""
+    c = run.images(range(run.n)).double()
+    w = aligner.weight.detach().double()
+    return sum(c[:, run.names.index(n)] @ w[aligner.names.index(n)] for n in names)
+
+
+def printed(out: str, what: str) -> list[str]:
+    return out.split(f"{what}: ")[1].split("\n")[0].split(", ")
+
+
+def test_retrieve_by_image_finds_the_nearest_neighbours_in_the_propertys_components(token_run, tmp_path, capsys):
+    from fxdecomp.align import property_scores
+    from fxdecomp.report.vocabulary import properties_for
+    from fxdecomp.retrieval import property_components
+
+    code, out, err = run_cli(capsys, "retrieve", token_run, "--image", "7", "--property", "location", "--images",
+                             "4", "--out", tmp_path / "q.png")
+    assert code == 0, err
+    r = open_run(token_run)
+    aligner, clip = r.aligner(), r.clip_space()
+    ranking = r.shared_aligner().map(r.features())  # the whole run in memory, through the shared map
+    scores = {p: property_scores(ranking, words, clip=clip) for p, words in properties_for(r, None).items()}
+    chosen = printed(out, "components")
+    assert chosen == property_components(scores, "location", 5)
+    v = summed_in_clip(r, aligner, chosen)
+    v = v - v.mean(0)
+    similarity = (v @ v[7]) / (v.norm(dim=1) * v[7].norm())
+    similarity[7] = -np.inf  # the query is not its own neighbour
+    assert printed(out, "retrieved") == [r.ids[int(i)] for i in torch.argsort(similarity, descending=True)[:4]]
+    assert (tmp_path / "q.png").is_file()
+
+
+def test_retrieve_by_text_ranks_images_along_the_description(token_run, tmp_path, capsys):
+    from fxdecomp.retrieval import description_components
+
     code, out, err = run_cli(capsys, "retrieve", token_run, "--text", "red", "--against", "green", "blue", "yellow",
-                             "--k", "5", "--out", tmp_path / "r.png")
+                             "--images", "5", "--out", tmp_path / "r.png")
     assert code == 0, err
-    ids = out.split("retrieved: ")[1].split("\n")[0].split(", ")
-    assert len(ids) == 5 and all(i.startswith("world:9:") for i in ids)
-    code, out, err = run_cli(capsys, "retrieve", token_run, "--image", "0", "--property", "location", "--k", "4",
-                             "--out", tmp_path / "q.png")
-    assert code == 0, err
+    r = open_run(token_run)
+    aligner, clip = r.aligner(), r.clip_space()
+    t = clip.encode_texts(["red", "green", "blue", "yellow"]).double()
+    direction = torch.nn.functional.normalize(t[0] - t.mean(0), dim=0)
+    chosen = printed(out, "components")
+    assert chosen == description_components(r.shared_aligner().map(r.features()), direction, 5)
+    along = summed_in_clip(r, aligner, chosen) @ direction
+    assert printed(out, "retrieved") == [r.ids[int(i)] for i in torch.argsort(along, descending=True)[:5]]
 
 
 def test_spurious_over_a_waterbirds_run(tmp_path, capsys):

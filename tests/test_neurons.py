@@ -323,7 +323,7 @@ def test_neuron_run_from_the_command_line(tmp_path):
     from fxdecomp.store import open_run
 
     out = tmp_path / "neurons"
-    assert main(["decompose", "world-vit", "world:6:3", "--granularity", "neuron", "--layers", "1", "--out", str(out),
+    assert main(["decompose", "world-vit", "world:6:3", "--granularity", "neuron", "--fine-layers", "1", "--out", str(out),
                  "--batch", "3", "--workers", "0"]) == 0
     run = open_run(out, verify=True)
     assert run.granularity == "neuron" and run.error() < 1e-5

@@ -101,7 +101,7 @@ def test_a_damaged_shard_is_refused_and_recomputed_by_the_command_it_names(damag
     assert code == 0, err
     assert "2 were already complete" in out and "recomputed 1 damaged shard(s): [1]" in out
     assert files_of(run_dir) == files_of(pristine)  # byte for byte, checksums and manifest included
-    code, out, err = cli(capsys, "verify", run_dir, "--images")
+    code, out, err = cli(capsys, "verify", run_dir, "--check-images")
     assert code == 0 and "intact" in out and not err
 
 
@@ -210,7 +210,7 @@ def test_images_changed_under_their_names_are_refused(tmp_path, capsys):
         data[20]
     with pytest.raises(InputError, match="image 020.png has changed"):
         open_run(run).data(verify=True)
-    code, out, err = cli(capsys, "verify", run, "--images")
+    code, out, err = cli(capsys, "verify", run, "--check-images")
     assert code == 2 and "020.png" in out and "images" in one_line(err)
 
 
@@ -266,16 +266,16 @@ def _umask() -> int:
 def test_a_clip_of_random_weights_is_refused(pristine, capsys):
     """``--clip open_clip:ViT-B-16`` (no tag, no checkpoint) trained against a random CLIP, and replaced the run's
     aligner."""
-    with pytest.raises(InputError, match=r"open_clip:ViT-B-16:TAG.*--checkpoint FILE"):
+    with pytest.raises(InputError, match=r"open_clip:ViT-B-16:TAG.*--clip-checkpoint FILE"):
         ClipSpace.by_name("open_clip:ViT-B-16")
     with pytest.raises(InputError, match="random weights"):
         ClipSpace.from_open_clip("ViT-B-16")
     before = (pristine / "aligner.safetensors").read_bytes()
     code, out, err = cli(capsys, "align", pristine, "--clip", "open_clip:ViT-B-16", "--overwrite")
-    assert code == 2 and ":TAG" in one_line(err) and "--checkpoint" in err
+    assert code == 2 and ":TAG" in one_line(err) and "--clip-checkpoint" in err
     junk = pristine.parent / "junk.bin"
     junk.write_bytes(b"not weights")
-    code, out, err = cli(capsys, "align", pristine, "--clip", "open_clip:ViT-B-16", "--checkpoint", junk,
+    code, out, err = cli(capsys, "align", pristine, "--clip", "open_clip:ViT-B-16", "--clip-checkpoint", junk,
                          "--overwrite", "--workers", "0")
     assert code == 2 and "cannot be loaded" in one_line(err)
     assert (pristine / "aligner.safetensors").read_bytes() == before

@@ -184,14 +184,14 @@ def check_spec(spec: str, checkpoint: str | Path | None = None) -> None:
     """What ``ClipSpace.by_name`` checks before loading anything: a known CLIP, and weights for it."""
     if spec in ("world-clip", "world-clip-l"):
         if spec == "world-clip" and checkpoint is not None:
-            raise InputError("world-clip is shipped with the package; it takes no --checkpoint")
+            raise InputError("world-clip is shipped with the package; it takes no --clip-checkpoint")
         if checkpoint is not None and not Path(checkpoint).is_file():
             raise InputError(f"checkpoint {checkpoint} is not a file")
         return
     lib, _, rest = spec.partition(":")
     if lib != "open_clip" or not rest:
         raise InputError(f"unknown CLIP {spec!r}: use world-clip, world-clip-l or open_clip:NAME[:TAG] "
-                         "(e.g. open_clip:ViT-L-14:laion2b_s32b_b82k, or open_clip:ViT-B-16 --checkpoint FILE)")
+                         "(e.g. open_clip:ViT-L-14:laion2b_s32b_b82k, or open_clip:ViT-B-16 --clip-checkpoint FILE)")
     name, _, tag = rest.partition(":")
     _check_open_clip(name, tag or None, checkpoint)
 
@@ -208,7 +208,7 @@ def _check_open_clip(name: str, tag: str | None, checkpoint, random_weights: boo
     elif not tag and not random_weights:
         raise InputError(f"open_clip:{name} names no weights, and a CLIP of random weights would describe nothing: "
                          f"add a pretrained tag (open_clip:{name}:TAG, e.g. one of {_tags(name)}) or give a local "
-                         "weights file with --checkpoint FILE")
+                         "weights file with --clip-checkpoint FILE")
 
 
 def _tags(name: str) -> str:

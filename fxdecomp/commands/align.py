@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import os
 
-from .common import at_least, device_of, formatter, positive
+from .common import at_least, device_of, formatter, positive, renamed
 
 HELP = "map a run's components into a CLIP space (CompAlign), trained from the store"
 EPILOG = """examples:
   fxdecomp align runs/vit --clip world-clip
   fxdecomp align runs/deit --clip open_clip:ViT-L-14:laion2b_s32b_b82k --device cuda
-  fxdecomp align runs/deit --clip open_clip:ViT-B-16 --checkpoint clip.bin --lam 0
+  fxdecomp align runs/deit --clip open_clip:ViT-B-16 --clip-checkpoint clip.bin --lam 0
 
 CLIP embeddings of the run's images are computed once and kept in the run. Two aligners are
 trained and saved: the per-component maps (RUN/aligner.safetensors, --lam), which put each
@@ -17,7 +17,7 @@ component into words, and the shared map (RUN/shared_aligner.safetensors, one ma
 component, lam 0), which every ranking of components reads (the report's property scores,
 spurious, retrieve). Memory holds one shard at a time, whatever the run's size. A run that has
 them keeps them unless --overwrite is given; --shared-only adds the shared map to a run aligned
-before align trained one. open_clip CLIPs need a pretrained tag or --checkpoint (random weights
+before align trained one. open_clip CLIPs need a pretrained tag or --clip-checkpoint (random weights
 would describe nothing)."""
 
 
@@ -26,7 +26,8 @@ def add(sub) -> None:
     p.add_argument("run", help="a run folder written by fxdecomp decompose")
     p.add_argument("--clip", default="world-clip",
                    help="world-clip, world-clip-l or open_clip:NAME[:TAG] (default: world-clip)")
-    p.add_argument("--checkpoint", help="local weights file for an open_clip CLIP (or world-clip-l's trained file)")
+    p.add_argument("--clip-checkpoint", help="local weights file for an open_clip CLIP (or world-clip-l's trained file)")
+    renamed(p, "--checkpoint", "--clip-checkpoint", dest="clip_checkpoint")
     p.add_argument("--lam", type=at_least(0, float), default=1.0,
                    help="weight of the orthogonality penalty (default: 1)")
     p.add_argument("--epochs", type=positive(), default=10)
@@ -48,14 +49,14 @@ def run(args) -> int:
     from ..store.align import align_run, check_same_clip, refuse_replacing
 
     device = device_of(args.device)
-    check_spec(args.clip, args.checkpoint)
+    check_spec(args.clip, args.clip_checkpoint)
     run_ = open_run(args.run)
     refuse_replacing(run_, args.overwrite, args.shared_only)
     if args.shared_only:
         check_same_clip(run_, args.clip)
-    clip = ClipSpace.by_name(args.clip, checkpoint=args.checkpoint)
+    clip = ClipSpace.by_name(args.clip, checkpoint=args.clip_checkpoint)
     trained = align_run(run_, clip, lam=args.lam, epochs=args.epochs, batch_size=args.batch, lr=args.lr,
-                        device=device, seed=args.seed, workers=args.workers, checkpoint=args.checkpoint,
+                        device=device, seed=args.seed, workers=args.workers, checkpoint=args.clip_checkpoint,
                         overwrite=args.overwrite, shared_only=args.shared_only)
     shared = trained.shared
     if trained.per_component is not None:

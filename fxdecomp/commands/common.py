@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -15,6 +16,35 @@ from ..errors import InputError
 
 def formatter(prog):
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+class _Renamed(argparse.Action):
+    """An option's old spelling, kept for one release: it sets the new option's value and says on
+    stderr, once per use, which spelling replaces it (so scripts keep working while they are updated)."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: DeprecationWarning: {option_string} is deprecated and goes in the next release; "
+              f"use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def renamed(p: argparse.ArgumentParser, old: str, new: str, *, dest: str, flag_value=None, **kwargs) -> None:
+    """Keep ``old`` as a deprecated spelling of ``new`` (whose value lives in ``dest``). ``flag_value``:
+    the old option took no value and stands for ``new`` set to this; otherwise it takes what ``new``
+    takes (``type``, ``nargs`` in ``kwargs``). Listed in ``docs/CLI.md``."""
+    if flag_value is not None:
+        kwargs.update(nargs=0, const=flag_value)
+    p.add_argument(old, dest=dest, action=_Renamed, new=new, default=argparse.SUPPRESS,
+                   help=f"deprecated spelling of {new}", **kwargs)
+
+
+def renamed_options(parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
+    """(old, new) for every deprecated spelling ``parser`` accepts."""
+    return [(a.option_strings[0], a.new) for a in parser._actions if isinstance(a, _Renamed)]
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

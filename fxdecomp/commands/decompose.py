@@ -6,7 +6,7 @@ import os
 import torch
 
 from .common import add_model_args, at_least, check_num_classes, check_weights, device_of, formatter, load_model, positive, \
-    writable_folder
+    renamed, writable_folder
 
 HELP = "decompose every image of a data set into a run store (resumable; many GPUs with torchrun)"
 EPILOG = """examples:
@@ -34,8 +34,10 @@ def add(sub) -> None:
     p.add_argument("--out", required=True, help="the run folder to write (or to resume)")
     p.add_argument("--granularity", choices=("block", "head", "token", "neuron"), default="head",
                    help="neuron: attention per head, every MLP per hidden unit (default: head)")
-    p.add_argument("--layers", type=at_least(0), nargs="+", help="split finer than blocks only in these layers "
-                                                                  "(head, token or neuron granularity)")
+    p.add_argument("--fine-layers", type=at_least(0), nargs="+", metavar="LAYER",
+                   help="split at --granularity head, token or neuron only in these layers, the others by block "
+                        "(default: every layer)")
+    renamed(p, "--layers", "--fine-layers", dest="fine_layers", type=at_least(0), nargs="+", metavar="LAYER")
     p.add_argument("--batch", type=positive(), default=64, help="images per batch (default: 64)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
@@ -57,9 +59,9 @@ def run(args) -> int:
     from .distributed import process_group
 
     # everything that can be checked without the model, before it is loaded and compiled
-    if args.layers is not None and args.granularity == "block":
-        raise InputError("--layers splits those layers finer than blocks, so it has no effect with --granularity "
-                         "block: drop --layers, or choose --granularity head, token or neuron")
+    if args.fine_layers is not None and args.granularity == "block":
+        raise InputError("--fine-layers splits those layers finer than blocks, so it has no effect with "
+                         "--granularity block: drop --fine-layers, or choose --granularity head, token or neuron")
     if args.num_classes is not None:
         check_num_classes(args.model)
     check_weights(args.model, args)
@@ -71,7 +73,7 @@ def run(args) -> int:
         data = open_data(args.data, size=args.size)  # the model's own resize and crop comes once, in the loader
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         done = decompose_to_store(model, data, args.out, model_name=args.model, checkpoint=args.checkpoint,
-                                  granularity=args.granularity, layers=args.layers, batch=args.batch, device=device,
+                                  granularity=args.granularity, layers=args.fine_layers, batch=args.batch, device=device,
                                   dtype=args.dtype, shard_mb=args.shard_mb, workers=args.workers,
                                   command=recorded_command(args))
         if rank == 0:
@@ -100,8 +102,8 @@ def recorded_command(args) -> list[str]:
     data = args.data if args.data.startswith("world:") else str(Path(args.data).resolve())
     cmd = ["fxdecomp", "decompose", args.model, data, "--out", RUN_PLACEHOLDER, "--granularity", args.granularity,
            "--batch", str(args.batch), "--dtype", args.dtype, "--shard-mb", repr(args.shard_mb)]
-    if args.layers is not None:
-        cmd += ["--layers", *map(str, args.layers)]
+    if args.fine_layers is not None:
+        cmd += ["--fine-layers", *map(str, args.fine_layers)]
     if args.size is not None:
         cmd += ["--size", str(args.size)]
     if args.checkpoint is not None:

@@ -1,13 +1,14 @@
 """``fxdecomp demo``: the whole idea on the synthetic world, offline."""
 from __future__ import annotations
 
-from .common import add_random_weights, check_weights, formatter, positive, writable_folder
+from .common import add_random_weights, check_weights, formatter, positive, renamed, writable_folder
 
 HELP = "decompose a model on synthetic-world images and show its components, in numbers and in words"
 EPILOG = """examples:
   fxdecomp demo
   fxdecomp demo --report demo_report          # also a run store and its HTML report
-  fxdecomp demo --model world-swin --granularity token --top 20"""
+  fxdecomp demo --model world-swin --granularity token --top 20
+  fxdecomp demo --images 8 --dtype float64"""
 
 
 def add(sub) -> None:
@@ -21,9 +22,12 @@ def add(sub) -> None:
     p.add_argument("--pretrained", action="store_true", help="download the library's pretrained weights")
     add_random_weights(p)
     p.add_argument("--granularity", choices=("block", "head", "token"), default="head")
-    p.add_argument("--batch", type=positive(), default=4, help="number of images (default: 4)")
+    p.add_argument("--images", type=positive(), default=4, help="images to decompose (default: 4)")
+    renamed(p, "--batch", "--images", dest="images", type=positive())
     p.add_argument("--top", type=positive(), default=12, help="components to list (default: 12)")
-    p.add_argument("--float64", action="store_true", help="decompose in double precision")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="the precision the model is decomposed in (default: float32)")
+    renamed(p, "--float64", "--dtype float64", dest="dtype", flag_value="float64")
     p.add_argument("--report", help="also write a run store and its HTML report into this folder")
     p.set_defaults(handler=run)
 
@@ -34,6 +38,6 @@ def run(args) -> int:
     check_weights(args.model, args)
     if args.report is not None:
         writable_folder(args.report, "--report")
-    demo(args.model, args.granularity, args.batch, args.top, args.float64, args.checkpoint, args.pretrained,
+    demo(args.model, args.granularity, args.images, args.top, args.dtype, args.checkpoint, args.pretrained,
          args.report)
     return 0

@@ -1,7 +1,7 @@
 """``fxdecomp retrieve RUN``: images that share a property with a query image, or that match a text."""
 from __future__ import annotations
 
-from .common import figure_suffixes, formatter, positive, text, writable_file
+from .common import figure_suffixes, formatter, positive, renamed, text, writable_file
 
 HELP = "retrieve a run's images by example (in a property's component subspace) or by text"
 EPILOG = """examples (after fxdecomp align):
@@ -9,11 +9,12 @@ EPILOG = """examples (after fxdecomp align):
   fxdecomp retrieve runs/vit --text sea --against lake marsh forest desert city --out sea.png
 
 --property names one of the report's properties (the world's attributes, the paper's lists, or
---properties FILE); its components are the k that score for it and not for the others. A text is
-read from the k components with the largest share of the variance along it (centred against
---against, the other descriptions of its property). Components are chosen through the run's
-shared map (the aligner whose rankings hold); images are compared through the per-component
-maps. Prints the retrieved image ids."""
+--properties FILE); its components are the --top that score for it and not for the others. A text
+is read from the --top components with the largest share of the variance along it (centred
+against --against, the other descriptions of its property). Components are chosen through the
+run's shared map (the aligner whose rankings hold); images are compared through the
+per-component maps. Prints the retrieved image ids. The run is read shard by shard: memory holds
+one shard, never the whole run."""
 
 
 def add(sub) -> None:
@@ -26,8 +27,10 @@ def add(sub) -> None:
     p.add_argument("--against", type=text, nargs="*", default=(),
                    help="with --text: the other descriptions of its property")
     p.add_argument("--properties", help="JSON file of properties and their descriptions")
-    p.add_argument("--components", type=positive(), default=5, help="components to search with (default: 5)")
-    p.add_argument("--k", type=positive(), default=10, help="images to retrieve (default: 10)")
+    p.add_argument("--top", type=positive(), default=5, help="components to search with (default: 5)")
+    renamed(p, "--components", "--top", dest="top", type=positive())
+    p.add_argument("--images", type=positive(), default=10, help="images to retrieve (default: 10)")
+    renamed(p, "--k", "--images", dest="images", type=positive())
     p.add_argument("--out", required=True, help="PNG file for the grid of retrieved images")
     p.add_argument("--clip-checkpoint", help="local weights of the run's CLIP, if it was loaded from a file")
     p.set_defaults(handler=run)
@@ -39,9 +42,9 @@ def run(args) -> int:
     from ..errors import InputError
     from ..report.build import aligned_space
     from ..report.vocabulary import properties_for
-    from ..retrieval import (by_text, component_sum, description_components, image_grid, nearest,
-                             property_components, text_direction_against)
-    from ..store import open_run, property_scores_over, shared_aligned
+    from ..retrieval import image_grid, text_direction_against
+    from ..retrieval.over_run import by_image_over_run, by_text_over_run
+    from ..store import open_run
     from .heatmap import image_index
 
     if args.property is not None and args.image is None:
@@ -56,23 +59,20 @@ def run(args) -> int:
     aligner, clip = aligned_space(r, args.clip_checkpoint)
     if aligner is None:
         raise InputError(f"retrieval reads components in CLIP space: run fxdecomp align {r.path} first")
-    ranking = shared_aligned(r)  # components are chosen through the shared map (refuses a run without one)
-    aligned = aligner.map(r.features())  # images compared through the per-component maps
+    ranking = r.shared_aligner()  # components are chosen through the shared map (refuses a run without one)
     data = r.data()
     if args.image is not None:
         props = properties_for(r, args.properties)
         if args.property not in props:
             raise InputError(f"--image needs --property, one of {sorted(props)}")
-        scores = property_scores_over(r, props, clip=clip, aligned=ranking)
-        chosen = property_components(scores, args.property, args.components)
         q = image_index(r, args.image)
-        found = nearest(component_sum(aligned, chosen), [q], args.k)[0].tolist()
+        chosen, found = by_image_over_run(r, aligner, props, args.property, q, clip=clip, top=args.top,
+                                          k=args.images, ranking=ranking)
         rows, queries, title = [(args.property, found)], [q], f"images like {r.ids[q]} in its {args.property}"
     else:
         texts = clip.encode_texts([args.text, *args.against])
         direction = text_direction_against(texts, 0)
-        chosen = description_components(ranking, direction, args.components)
-        found = by_text(component_sum(aligned, chosen), direction, args.k).tolist()
+        chosen, found = by_text_over_run(r, aligner, direction, top=args.top, k=args.images, ranking=ranking)
         rows, queries, title = [(f"'{args.text}'", found)], None, f"images for '{args.text}'"
     need = list(dict.fromkeys([*(queries or []), *found]))  # only the images the figure shows
     pictures = np.stack([data[i]["image"].permute(1, 2, 0).numpy() for i in need])

@@ -17,7 +17,8 @@ mIoU and mAP."""
 def add(sub) -> None:
     p = sub.add_parser("segment", help=HELP, description=HELP, epilog=EPILOG, formatter_class=formatter)
     p.add_argument("run", help="a run decomposed at token granularity")
-    p.add_argument("--layers", type=at_least(0), nargs="+", help="only the tokens of these layers")
+    p.add_argument("--layers", type=at_least(0), nargs="+", help="read only the tokens of these layers (default: every "
+                                                                  "layer)")
     p.add_argument("--examples", type=positive(), default=6, help="images in the figure (default: 6)")
     p.set_defaults(handler=run)
 

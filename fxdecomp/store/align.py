@@ -49,7 +49,7 @@ def embed_images(run: Run, clip: ClipSpace, *, batch: int = 256, device="cpu", w
     emb = torch.cat(out)
     if not torch.isfinite(emb).all():
         raise InputError(f"{clip.name} gave non-finite embeddings for some of the run's images; check the CLIP's "
-                         "weights (--checkpoint)")
+                         "weights (--clip-checkpoint)")
     folder = run.clip_folder(clip.name)
     with RunLock(run.path, what="align"):
         folder.mkdir(parents=True, exist_ok=True)

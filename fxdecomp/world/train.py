@@ -60,7 +60,7 @@ def _fit(model, params, loss_fn, n: int, epochs: int, batch: int, lr: float, dev
     sched = _schedule(opt, steps, warmup=max(1, steps // 20))
     gen = torch.Generator().manual_seed(0)
     model.train()
-    bar = tqdm(total=steps, desc=desc, unit="step", mininterval=2.0)
+    bar = tqdm(total=steps, desc=desc, unit="step", mininterval=2.0, disable=None)  # quiet when stderr is no terminal
     for _ in range(epochs):
         perm = torch.randperm(n, generator=gen)
         for s in range(n // batch):
