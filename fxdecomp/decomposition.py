@@ -6,8 +6,9 @@ from typing import Callable, Hashable
 
 import torch
 
-from .components import Component, ComponentTable, is_single
+from .components import Component, ComponentTable, is_single, slice_name
 from .errors import InputError, UnknownComponentError
+from .reconstruction import max_relative_error
 
 GROUPINGS = ("branch", "block", "head", "layer", "kind", "module")
 
@@ -45,9 +46,7 @@ class Decomposition:
         if b == 0:
             raise InputError("error() of a decomposition of no images: there is nothing to compare; decompose at "
                              "least one image")
-        diff = (self.total() - self.output).detach().reshape(b, -1).double().norm(dim=1)
-        ref = self.output.detach().reshape(b, -1).double().norm(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
-        return float((diff / ref).max())
+        return float(max_relative_error(self.total(), self.output))
 
     def norms(self) -> torch.Tensor:
         """[B, C] Euclidean norm of every contribution."""
@@ -81,6 +80,11 @@ class Decomposition:
         comps = ComponentTable(replace(self.components[i], index=j) for j, i in enumerate(idx))
         return Decomposition(self.contributions[:, idx], comps, self.output)
 
+    def take(self, images) -> "Decomposition":
+        """The decomposition of some of its images (indices into the batch), outputs included."""
+        idx = torch.as_tensor(images, dtype=torch.long, device=self.contributions.device).reshape(-1)
+        return Decomposition(self.contributions[idx], self.components, self.output[idx.to(self.output.device)])
+
     # -- regrouping --------------------------------------------------------------------------
     def group(self, by: str | Callable[[Component], Hashable]) -> "Decomposition":
         """Re-aggregate finer components into coarser ones.
@@ -89,27 +93,8 @@ class Decomposition:
         ``"layer"`` (a layer's branches and biases together), ``"kind"``,
         ``"module"``, or a function from a :class:`Component` to a group key.
         """
-        if isinstance(by, str):
-            if by not in GROUPINGS:
-                raise UnknownComponentError(f"unknown grouping {by!r}; use one of {GROUPINGS} or a function")
-            keyfn = _KEYS[by]
-        else:
-            keyfn = by
-        keys: dict[Hashable, int] = {}
-        ids, members = [], []
-        for c in self.components:
-            k = keyfn(c)
-            if k not in keys:
-                keys[k] = len(keys)
-                members.append([])
-            ids.append(keys[k])
-            members[keys[k]].append(c)
-        index = torch.tensor(ids, device=self.contributions.device)
-        shape = list(self.contributions.shape)
-        shape[1] = len(keys)
-        out = self.contributions.new_zeros(shape).index_add_(1, index, self.contributions)
-        comps = [_merge(j, k, ms, by) for j, (k, ms) in enumerate(zip(keys, members))]
-        return Decomposition(out, ComponentTable(comps), self.output)
+        out, comps = group_contributions(self.contributions, self.components, by)
+        return Decomposition(out, comps, self.output)
 
     # -- summaries ------------------------------------------------------------------------------
     def top(self, k: int = 10) -> list[tuple[Component, float]]:
@@ -123,6 +108,32 @@ class Decomposition:
         mean = self.norms().detach().mean(0)
         rows = range(len(self)) if k is None else [int(i) for i in torch.argsort(mean, descending=True)[:k]]
         return self.components.table(list(rows), extra={"mean_norm": [f"{float(v):.4g}" for v in mean]})
+
+
+def group_contributions(contributions: torch.Tensor, components: ComponentTable,
+                        by: str | Callable[[Component], Hashable]) -> tuple[torch.Tensor, ComponentTable]:
+    """``contributions`` [B, C, ...] summed into the groups of ``by`` (see ``Decomposition.group``), with the
+    groups' labels: for contributions that have no model output to sum to, such as mapped ones."""
+    if isinstance(by, str):
+        if by not in GROUPINGS:
+            raise UnknownComponentError(f"unknown grouping {by!r}; use one of {GROUPINGS} or a function")
+        keyfn = _KEYS[by]
+    else:
+        keyfn = by
+    keys: dict[Hashable, int] = {}
+    ids, members = [], []
+    for c in components:
+        k = keyfn(c)
+        if k not in keys:
+            keys[k] = len(keys)
+            members.append([])
+        ids.append(keys[k])
+        members[keys[k]].append(c)
+    index = torch.tensor(ids, device=contributions.device)
+    shape = list(contributions.shape)
+    shape[1] = len(keys)
+    out = contributions.new_zeros(shape).index_add_(1, index, contributions)
+    return out, ComponentTable(_merge(j, k, ms, by) for j, (k, ms) in enumerate(zip(keys, members)))
 
 
 def _layer_key(c: Component):
@@ -151,11 +162,11 @@ def _merge(index: int, key, members: list[Component], by) -> Component:
             continue
         vals = {getattr(m, f.name) for m in members}
         common[f.name] = vals.pop() if len(vals) == 1 else None
-    base = {m.name.split("[")[0] for m in members}
+    base = {m.base_name for m in members}
     if by in ("branch", "block", "head") and len(base) == 1:
         name = base.pop()
         if by == "head" and first.head is not None:
-            name = f"{name}[h{first.head}]"
+            name = slice_name(name, head=first.head)
     elif by == "layer" and first.layer is not None:
         name = f"layer{first.layer}"
     elif by == "kind":

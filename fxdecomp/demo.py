@@ -14,6 +14,7 @@ import torch
 
 from .compiler import decompose
 from .models_registry import DEFAULT, load, transform_for
+from .reconstruction import max_relative_error
 from .world import EVAL_SEED, World
 
 #: Images the words and scores are read from (scores correlate over images).
@@ -46,7 +47,7 @@ def run(model_name: str = DEFAULT, granularity: str = "head", batch: int = 4, to
     with torch.inference_mode():
         out = dm(x)
         ref = model(x)
-    err = float(((out.total() - ref).flatten(1).double().norm(dim=1) / ref.flatten(1).double().norm(dim=1)).max())
+    err = float(max_relative_error(out.total(), ref))
     print(f"\n{top} largest components (mean norm over the {batch} images):")
     print(out.table(k=top))
     print(f"\nreconstruction: sum of {len(dm.components)} components vs model output, "

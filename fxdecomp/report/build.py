@@ -16,7 +16,7 @@ import torch
 from ..align.aligned import Aligned
 from ..align.describe import describe
 from ..components import ComponentTable
-from ..decomposition import Decomposition
+from ..decomposition import group_contributions
 from ..errors import InputError
 from ..heatmaps.heatmap import token_maps
 from ..store.files import publish, tmp_path
@@ -67,17 +67,17 @@ def write_report(run, out, *, top: int = 12, images: int = 400, per_component: i
         raise InputError("the report needs --top >= 1 and --images >= 2")
     n = min(run.n, images)
     idx = np.arange(n)
-    contrib = run.images(idx)
+    dec = run.decomposition(idx)  # the stored outputs: dec.error() is the run's own for these images
+    contrib = dec.contributions
     data = run.data()
     pictures = _Pictures(data)  # decoded on first use: the page shows a few dozen of the images read
     token = run.granularity == "token"
     aligner, clip = aligned_space(run, clip_checkpoint)
-    dec = Decomposition(contrib, run.components, contrib.sum(1))
     mapped = aligner.map_finer(contrib, list(run.components)).float() if aligner is not None else None
     if token:  # summaries per head: tokens (and their mapped contributions) summed
         grouped = dec.group("head")
         if mapped is not None:
-            mapped = Decomposition(mapped, run.components, mapped.sum(1)).group("head").contributions
+            mapped, _ = group_contributions(mapped, run.components, "head")
         summary = grouped
     else:
         summary = dec
@@ -103,8 +103,7 @@ def write_report(run, out, *, top: int = 12, images: int = 400, per_component: i
             entry["property"] = (best_prop, f"{scores[best_prop][c.name]:.3f}")
         if token and c.kind == "attn" and c.head is not None:
             sel = best[:4]
-            sub = Decomposition(contrib[torch.as_tensor(sel)], run.components, contrib[torch.as_tensor(sel)].sum(1))
-            arrays = token_maps(sub, pictures.size, component=c.name).numpy()
+            arrays = token_maps(dec.take(sel), pictures.size, component=c.name).numpy()
             entry["heatmaps"] = figures.heatmap_strip(pictures[sel] / 255.0, arrays, [f"image {i}" for i in sel])
         sections.append(entry)
 

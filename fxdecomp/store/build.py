@@ -22,6 +22,7 @@ from ..adapters import unwrap
 from ..align.representation import representation
 from ..checks import finite_number, whole_number
 from ..compiler import decompose
+from ..reconstruction import max_relative_error
 from ..data.source import describe_source
 from ..errors import InputError
 from ..models_registry.preprocess import transform_for
@@ -295,11 +296,9 @@ def _run(dm, ref32, preprocess, data, plan, todo, out, *, width, batch, device, 
 
 
 def _rel_error(contributions: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    """The largest relative error of the batch, a 0-d tensor on the batch's device."""
-    total = contributions.float().sum(1)
-    ref = output.float()
-    diff = (total - ref).flatten(1).norm(dim=1)
-    return (diff / ref.flatten(1).norm(dim=1).clamp_min(1e-30)).max()
+    """The largest relative error of the batch, a 0-d tensor on the batch's device: the components summed in
+    float32, as a reader's ``Decomposition.total()`` sums what the store holds."""
+    return max_relative_error(contributions.float().sum(1), output.float())
 
 
 def _running_max(old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
