@@ -63,7 +63,7 @@ def words(model: torch.nn.Module, top: int = 8) -> None:
     """The largest components of world-vit's representation in words (shipped aligner, world CLIP)."""
     from .align import ClipSpace, collect, describe, representation
     from .report.vocabulary import scored_vocabulary, world_properties
-    from .world.aligners import load_aligner
+    from .align.shipped import load_aligner
 
     rep = representation(model.float())
     dm = decompose(rep, "head")
@@ -91,7 +91,7 @@ def write_demo_report(model_name: str, folder: str | Path) -> None:
     from .store import decompose_to_store, open_run
     from .store.files import ALIGNER_RECORD, publish, sha256, tmp_path, write_json
     from .store.lock import RunLock
-    from .world.aligners import aligner_path
+    from .align.shipped import aligner_path
 
     folder = Path(folder)
     run_dir = folder / "run"

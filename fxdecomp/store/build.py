@@ -19,13 +19,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..adapters import unwrap
-from ..align.representation import representation
+from ..adapters.representation import representation
 from ..checks import finite_number, whole_number
 from ..compiler import decompose
 from ..reconstruction import max_relative_error
 from ..data.source import describe_source
 from ..errors import InputError
-from ..models_registry.preprocess import transform_for
+from ..preprocessing import transform_for
 from ..data.identity import changed_image, digest_of
 from ..hashing import json_digest, module_digest
 from .files import HEAD, LOCK, MANIFEST, RUN, clean_partials, read_json, sha256, write_json

@@ -13,9 +13,12 @@ from safetensors import safe_open
 
 from ..checks import whole_number
 from ..components import Component, ComponentTable
+from ..data.identity import CheckedData
+from ..data.registry import reopen
 from ..decomposition import Decomposition
 from ..errors import InputError
-from ..hashing import safe_name
+from ..hashing import json_digest, safe_name
+from ..preprocessing import EvalTransform, ModelView
 from .files import ALIGNER, ALIGNER_RECORD, HEAD, MANIFEST, RUN, DamagedFile, read_json, sha256
 from .verify import check_manifest, file_problem, repair, settings_of, shard_problem
 
@@ -144,32 +147,16 @@ class Run:
         recorded resize and crop, ``fxdecomp.preprocessing.ModelView``): the same names (checked now)
         and the same contents (each image checked as it is read; ``verify=True`` reads every file now
         and names the first that changed)."""
-        from ..data.folder import ImageFolder
-        from ..data.identity import CheckedData
-        from ..data.waterbirds import WaterbirdsFolder
-        from ..data.world import WorldImages
-        from ..hashing import json_digest
-
         src = self.manifest["source"]
-        kind = src.get("kind") if isinstance(src, dict) else None
         try:
-            if kind == "world":
-                data = WorldImages(src["n"], src["seed"])
-            elif kind == "waterbirds":
-                data = WaterbirdsFolder(src["root"], split=src["split"], size=src["size"])
-            elif kind == "folder":
-                data = ImageFolder(src["root"], size=src["size"])
-            else:
-                raise InputError(f"{self.path}: the images of a run of {kind!r} data cannot be opened again by "
-                                 "fxdecomp (it opens folders, Waterbirds-layout folders and world:N)")
+            data = reopen(src, run=str(self.path))
         except KeyError as err:
             raise DamagedFile(f"{self.path / MANIFEST} is damaged (its source lacks {err}); "
                               f"{self.repair()} to write it again") from None
         if json_digest(data.ids()) != self.manifest["data"]["ids"]:
-            raise InputError(f"the images at {src.get('root', kind)} are not the ones this run decomposed (files were "
+            where = src.get("root", src.get("kind"))
+            raise InputError(f"the images at {where} are not the ones this run decomposed (files were "
                              "added, removed or renamed); decompose them again into a new run")
-        from ..preprocessing import EvalTransform, ModelView
-
         view = EvalTransform.from_description(self.manifest["preprocess"])
         digests = self.digests()
         if all(d is None for d in digests):
@@ -301,7 +288,8 @@ class Run:
         contributions = torch.cat([c for _, _, c in self.shards()])
         emb = self.clip_embeddings(clip) if clip is not None else None
         return Features(contributions, emb, self.components, {"model": self.model_name,
-                                                              "granularity": self.granularity, "clip": clip})
+                                                              "granularity": self.granularity, "clip": clip},
+                        output=self.outputs())
 
     # -- what later commands add ------------------------------------------------------------------------
     def clip_folder(self, clip: str) -> Path:

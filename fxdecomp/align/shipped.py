@@ -1,7 +1,7 @@
 """CompAlign maps of the world's models into the world CLIP, trained once and shipped, so the demo
 puts components into words without training anything.
 
-    python -m fxdecomp.world.aligners --out fxdecomp/assets/world      # world-vit, ~1 min on a CPU
+    python -m fxdecomp.align.shipped --out fxdecomp/assets/world      # world-vit, ~1 min on a CPU
 """
 from __future__ import annotations
 
@@ -10,9 +10,16 @@ from pathlib import Path
 
 import torch
 
+from ..compiler import decompose
 from ..errors import InputError
-from .dataset import ALIGN_SEED, World
-from .shipped import path as model_path
+from ..preprocessing import transform_for
+from ..world.dataset import ALIGN_SEED, World
+from ..world.shipped import load
+from ..world.shipped import path as model_path
+from .clip_space import ClipSpace
+from .compalign import CompAlign
+from .features import collect
+from .representation import representation
 
 ALIGNED = ("world-vit",)
 IMAGES = 4000
@@ -27,11 +34,6 @@ def aligner_path(name: str) -> Path:
 
 def train(name: str, images: int = IMAGES, epochs: int = EPOCHS, seed: int = 0, progress: bool = True):
     """CompAlign (λ = 1, head granularity) of ``name``'s representation into the world CLIP."""
-    from ..align import ClipSpace, CompAlign, collect, representation
-    from ..compiler import decompose
-    from ..models_registry import transform_for
-    from .shipped import load
-
     rep = representation(load(name))
     dm = decompose(rep, "head")
     clip = ClipSpace.world()
@@ -44,8 +46,6 @@ def train(name: str, images: int = IMAGES, epochs: int = EPOCHS, seed: int = 0, 
 
 def load_aligner(name: str = "world-vit"):
     """The shipped aligner of ``name`` (head granularity, into ``ClipSpace.world()``)."""
-    from ..align import CompAlign
-
     return CompAlign.load(aligner_path(name), clip_name="world-clip")
 
 
