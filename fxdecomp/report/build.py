@@ -16,7 +16,6 @@ import torch
 from ..align.aligned import Aligned
 from ..align.describe import describe
 from ..components import ComponentTable
-from ..decomposition import group_contributions
 from ..errors import InputError
 from ..heatmaps.heatmap import token_maps
 from ..store.files import publish, tmp_path
@@ -68,24 +67,19 @@ def write_report(run, out, *, top: int = 12, images: int = 400, per_component: i
     n = min(run.n, images)
     idx = np.arange(n)
     dec = run.decomposition(idx)  # the stored outputs: dec.error() is the run's own for these images
-    contrib = dec.contributions
     data = run.data()
     pictures = _Pictures(data)  # decoded on first use: the page shows a few dozen of the images read
     token = run.granularity == "token"
     aligner, clip = aligned_space(run, clip_checkpoint)
-    mapped = aligner.map_finer(contrib, list(run.components)).float() if aligner is not None else None
-    if token:  # summaries per head: tokens (and their mapped contributions) summed
-        grouped = dec.group("head")
-        if mapped is not None:
-            mapped, _ = group_contributions(mapped, run.components, "head")
-        summary = grouped
-    else:
-        summary = dec
+    mapped = dec.map(aligner) if aligner is not None else None  # each token by its head's map
+    summary = dec.group("head") if token else dec  # summaries per head: tokens (mapped or not) summed
+    if token and mapped is not None:
+        mapped = mapped.group("head")
     comps: ComponentTable = summary.components
     norms = summary.norms().mean(0)
     order = [int(i) for i in torch.argsort(norms, descending=True)[:top]]
     props = properties_for(run, properties)
-    aligned = Aligned(mapped, comps.names) if mapped is not None else None
+    aligned = Aligned.of(mapped) if mapped is not None else None
     vocab, text, scores = scored_vocabulary(aligned, props, clip) if aligned is not None else ([], None, {})
 
     sections = []
