@@ -25,6 +25,7 @@ from ..decomposition import Decomposition
 from ..errors import InputError
 from ..hashing import json_digest, module_digest, safe_name, tensors_digest
 from ..module import DecomposedModel
+from ..store.files import publish, tmp_path
 from .clip_space import ClipSpace
 from .images import as_batch
 
@@ -277,7 +278,7 @@ def _write_cache(path: Path, full_key: dict, feats: Features) -> None:
     tensors = {"contributions": feats.contributions.contiguous(), "output": feats.output.contiguous()}
     if feats.clip is not None:
         tensors["clip"] = feats.clip.contiguous()
-    tmp = path.with_suffix(".tmp")
+    tmp = tmp_path(path)  # the store's one way to write: a name of this process's own, then a rename
     save_file(tensors, str(tmp), metadata={"key": json.dumps(full_key, sort_keys=True),
                                            "meta": json.dumps(feats.meta)})
-    tmp.replace(path)
+    publish(tmp, path)
