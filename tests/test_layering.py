@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent / "fxdecomp"
 #: Lower layers first. A unit (a subpackage, or a module directly under fxdecomp/) may import its own
 #: layer and the layers below it.
 LAYERS: list[set[str]] = [
-    {"errors", "hashing", "checks", "figure", "kernels", "weight_products", "graphs", "shared_weights",
+    {"errors", "hashing", "checks", "atomic", "figure", "kernels", "weight_products", "graphs", "shared_weights",
      "components", "reconstruction", "peak_memory", "assets"},
     {"core", "rules", "passes", "adapters", "preprocessing"},
     {"compiler", "module", "decomposition"},

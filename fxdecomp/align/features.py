@@ -19,13 +19,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from ..atomic import publish, tmp_path
 from ..checks import whole_number
 from ..components import ComponentTable
 from ..decomposition import Decomposition
 from ..errors import InputError
 from ..hashing import json_digest, module_digest, safe_name, tensors_digest
 from ..module import DecomposedModel
-from ..store.files import publish, tmp_path
 from .clip_space import ClipSpace
 from .images import as_batch
 
