@@ -413,10 +413,9 @@ def _time(fn, x, budget: float = 1.0, most: int = 20) -> float:
 
 
 def _rel(a, b) -> float:
-    n = b.shape[0]
-    d = (a - b).detach().reshape(n, -1).double().norm(dim=1)
-    r = b.detach().reshape(n, -1).double().norm(dim=1).clamp_min(1e-300)
-    return float((d / r).max())
+    from fxdecomp.reconstruction import max_relative_error
+
+    return float(max_relative_error(a, b))
 
 
 def _first_line(err: Exception) -> str:

@@ -14,7 +14,7 @@ import torch
 from .adapters import Selected, select, unwrap
 from .core.state import CompileState, Pass, run_passes
 from .errors import AxisWarning, CollapseWarning, InputError
-from .models_registry.preprocess import input_size_of
+from .adapters.expected_size import input_size_of
 from .module import DecomposedModel
 from .passes import (
     affinity,
@@ -34,7 +34,7 @@ from .passes import (
     stream,
     trace,
 )
-from .decomposition import GROUPINGS
+from .groups import GROUPINGS
 from .passes.granularity import GRANULARITIES
 from .shared_weights import SharedWeights
 

@@ -24,7 +24,9 @@ class Component:
     to, so finer components of one branch share it. ``split`` says what ``head`` and
     ``token`` mean for this branch (e.g. ``head+token``; ``token`` indexes channels
     in channel-attention models, ``head+window+token`` marks windowed attention;
-    ``neuron`` marks one hidden unit of an MLP branch, numbered by ``neuron``).
+    ``neuron`` marks one hidden unit of an MLP branch, numbered by ``neuron``). ``grid``:
+    (rows, cols) of the token grid that ``row``/``col`` index (a stage's own, in hierarchical
+    models), as the compiler found it in the token's atoms.
     """
 
     index: int
@@ -41,20 +43,42 @@ class Component:
     prefix: str | None = None
     split: str | None = None
     neuron: int | None = None
+    grid: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        if self.grid is not None and not isinstance(self.grid, tuple):  # read back from JSON as a list
+            object.__setattr__(self, "grid", tuple(int(v) for v in self.grid))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def base_name(self) -> str:
+        """The name of the whole branch (or constant) this component is a slice of."""
+        return base_name(self.name)
+
     def ancestors(self) -> tuple[str, ...]:
         """The names this component's slice has at coarser granularities, finest first: a token's
         head (``blocks.5.attn[h2]`` for ``blocks.5.attn[h2,t7]``), then its whole branch."""
-        base = self.name.split("[")[0]
+        base = self.base_name
         out = []
         if self.head is not None and self.token is not None:
-            out.append(f"{base}[h{self.head}]")
+            out.append(slice_name(base, head=self.head))
         if base != self.name:
             out.append(base)
         return tuple(out)
+
+
+def slice_name(base: str, head: int | None = None, token: int | None = None) -> str:
+    """The name of a slice of the branch ``base``: ``base[h2]``, ``base[t7]``, ``base[h2,t7]`` (``base`` alone
+    for the whole branch). ``base_name`` reads it back."""
+    parts = ([f"h{head}"] if head is not None else []) + ([f"t{token}"] if token is not None else [])
+    return f"{base}[{','.join(parts)}]" if parts else base
+
+
+def base_name(name: str) -> str:
+    """The branch a component name is a slice of: ``blocks.5.attn`` for ``blocks.5.attn[h2,t7]``."""
+    return name.split("[", 1)[0]
 
 
 class ComponentTable(Sequence[Component]):

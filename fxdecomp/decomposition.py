@@ -1,15 +1,18 @@
 """The result of a decomposing forward: contributions plus what they stand for."""
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Callable, Hashable
 
 import torch
 
 from .components import Component, ComponentTable, is_single
 from .errors import InputError, UnknownComponentError
+from .groups import regroup
+from .reconstruction import max_relative_error
 
-GROUPINGS = ("branch", "block", "head", "layer", "kind", "module", "token")
+#: Where contributions live: the model's output space, or CLIP's once mapped by an aligner.
+SPACES = ("model", "clip")
 
 
 class Decomposition:
@@ -17,15 +20,38 @@ class Decomposition:
 
     ``contributions`` is [B, C, *out] (out: the trailing shape of the model's
     output), ``components`` labels the C axis, ``output`` is the model's own
-    output for the same images.
+    output for the same images (None where it was not kept, and in a view mapped
+    into CLIP space). Optional: ``clip`` [B, d_clip], CLIP's own embeddings of the
+    same images (the alignment targets); ``meta`` (model, granularity, clip names).
+
+    One type for a batch and for a data set, in the model's space or mapped into
+    CLIP's (``map(aligner)``); every view (``select``, ``group``, ``take``, ``map``)
+    is a method returning another ``Decomposition``.
     """
 
-    def __init__(self, contributions: torch.Tensor, components: ComponentTable, output: torch.Tensor):
+    def __init__(self, contributions: torch.Tensor, components: ComponentTable, output: torch.Tensor | None = None,
+                 *, clip: torch.Tensor | None = None, meta: dict | None = None, bias: torch.Tensor | None = None,
+                 space: str = "model"):
         if contributions.shape[1] != len(components):
             raise ValueError("contributions and components disagree on the number of components")
+        if clip is not None and (clip.dim() != 2 or clip.shape[0] != contributions.shape[0]):
+            raise InputError(f"CLIP embeddings {list(clip.shape)} do not pair with contributions "
+                             f"{list(contributions.shape)}: one embedding per image is needed")
+        if space not in SPACES:
+            raise InputError(f"space must be one of {SPACES}, got {space!r}")
         self.contributions = contributions
         self.components = components
         self.output = output
+        self.clip = clip
+        self.meta = dict(meta or {})
+        self.bias = bias
+        self.space = space
+
+    def _like(self, contributions: torch.Tensor, components: ComponentTable | None = None, output=None,
+              clip=None) -> "Decomposition":
+        """A view of the same images and space (the keyword fields carried over)."""
+        return Decomposition(contributions, self.components if components is None else components, output,
+                             clip=clip, meta=self.meta, bias=self.bias, space=self.space)
 
     # -- basics --------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -33,28 +59,46 @@ class Decomposition:
 
     def __repr__(self) -> str:
         shape = tuple(self.contributions.shape)
-        return f"Decomposition({len(self)} components, contributions {shape})"
+        where = "" if self.space == "model" else f" in {self.space} space"
+        return f"Decomposition({len(self)} components{where}, contributions {shape})"
+
+    @property
+    def names(self) -> list[str]:
+        return self.components.names
+
+    @property
+    def width(self) -> int:
+        """The width of every contribution (d_model, or d_clip once mapped)."""
+        return self.contributions.shape[-1]
 
     def total(self) -> torch.Tensor:
-        """Sum over components: the model's output, reconstructed."""
-        return self.contributions.sum(1)
+        """Sum over components: the model's output, reconstructed (mapped: plus the aligner's shared bias, the
+        aligned image vector)."""
+        out = self.contributions.sum(1)
+        return out + self.bias.to(out) if self.bias is not None else out
 
     def error(self) -> float:
         """Largest relative reconstruction error over the batch (‖Σc − y‖ / ‖y‖)."""
+        if self.output is None:
+            why = ("it is mapped into CLIP space, where nothing is exact to compare with" if self.space != "model"
+                   else "its model output was not kept")
+            raise InputError(f"this decomposition has no output to measure its error against: {why}; measure it "
+                             "on the decomposition in the model's space (dm(images), run.decomposition(...))")
         b = self.output.shape[0]
         if b == 0:
             raise InputError("error() of a decomposition of no images: there is nothing to compare; decompose at "
                              "least one image")
-        diff = (self.total() - self.output).detach().reshape(b, -1).double().norm(dim=1)
-        ref = self.output.detach().reshape(b, -1).double().norm(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
-        return float((diff / ref).max())
+        return float(max_relative_error(self.contributions.sum(1), self.output))
 
     def norms(self) -> torch.Tensor:
         """[B, C] Euclidean norm of every contribution."""
         return self.contributions.flatten(2).norm(dim=2)
 
     def to(self, *args, **kwargs) -> "Decomposition":
-        return Decomposition(self.contributions.to(*args, **kwargs), self.components, self.output.to(*args, **kwargs))
+        move = lambda t: None if t is None else t.to(*args, **kwargs)  # noqa: E731
+        out = self._like(move(self.contributions), output=move(self.output), clip=move(self.clip))
+        out.bias = move(self.bias)
+        return out
 
     def cpu(self) -> "Decomposition":
         return self.to("cpu")
@@ -79,7 +123,27 @@ class Decomposition:
             keep = set(self.components.where(**match))
             idx = [i for i in idx if i in keep]
         comps = ComponentTable(replace(self.components[i], index=j) for j, i in enumerate(idx))
-        return Decomposition(self.contributions[:, idx], comps, self.output)
+        return self._like(self.contributions[:, idx], comps, self.output, self.clip)
+
+    def take(self, images) -> "Decomposition":
+        """The decomposition of some of its images (indices into the batch), outputs included."""
+        idx = torch.as_tensor(images, dtype=torch.long, device=self.contributions.device).reshape(-1)
+        pick = lambda t: None if t is None else t[idx.to(t.device)]  # noqa: E731
+        return self._like(self.contributions[idx], output=pick(self.output), clip=pick(self.clip))
+
+    def map(self, aligner, batch_size: int = 256) -> "Decomposition":
+        """Every contribution mapped into CLIP space by ``aligner`` (a ``CompAlign``): each component by its own
+        map, or, finer than the aligner's, by its head's or branch's (``CompAlign.maps_for``). The view has no
+        model output; its ``total()`` adds the aligner's bias (the aligned image vector)."""
+        if self.space != "model":
+            raise InputError(f"these contributions are already in {self.space} space; map the decomposition in the "
+                             "model's space")
+        if self.clip is not None:
+            aligner.check_clip_dim(self.clip.shape[1])
+        mapped = aligner.map_finer(self.contributions, list(self.components), batch_size=batch_size)
+        meta = {**self.meta, "clip": aligner.clip_name or self.meta.get("clip")}
+        return Decomposition(mapped, self.components, None, clip=self.clip, meta=meta,
+                             bias=aligner.bias.detach().to(mapped), space="clip")
 
     # -- regrouping --------------------------------------------------------------------------
     def group(self, by: str | Callable[[Component], Hashable]) -> "Decomposition":
@@ -90,12 +154,8 @@ class Decomposition:
         ``"module"``, ``"token"`` (one component per source position, summed over heads and
         layers; the others kept), or a function from a :class:`Component` to a group key.
         """
-        ids, comps = regroup(self.components, by)
-        index = torch.tensor(ids, device=self.contributions.device, dtype=torch.long)
-        shape = list(self.contributions.shape)
-        shape[1] = len(comps)
-        out = self.contributions.new_zeros(shape).index_add_(1, index, self.contributions)
-        return Decomposition(out, comps, self.output)
+        out, comps = group_contributions(self.contributions, self.components, by)
+        return self._like(out, comps, self.output, self.clip)
 
     # -- summaries ------------------------------------------------------------------------------
     def top(self, k: int = 10) -> list[tuple[Component, float]]:
@@ -107,123 +167,16 @@ class Decomposition:
     def table(self, k: int | None = None) -> str:
         """Components (the k largest, if given) with their mean norm."""
         mean = self.norms().detach().mean(0)
-        rows = range(len(self)) if k is None else [int(i) for i in torch.argsort(mean, descending=True)[:k]]
+        rows = range(len(self.components)) if k is None else [int(i) for i in torch.argsort(mean, descending=True)[:k]]
         return self.components.table(list(rows), extra={"mean_norm": [f"{float(v):.4g}" for v in mean]})
 
 
-def regroup(components: ComponentTable, by: str | Callable[[Component], Hashable]) -> tuple[list[int], ComponentTable]:
-    """(for every component, the index of its group; the groups' components) for ``group(by)``.
-
-    Shared with the compiler, which sums groups at compile time (``decompose(..., group=by)``)
-    and must name them as grouping afterwards does."""
-    if by == "token":
-        return _by_position(components)
-    keyfn = _KEYS.get(by) if isinstance(by, str) else by if callable(by) else None
-    if keyfn is None:
-        raise UnknownComponentError(f"unknown grouping {by!r}; use one of {GROUPINGS} or a function from a "
-                                    "Component to a group key")
-    ids, keys, members = _bucket(components, keyfn)
-    return ids, ComponentTable(_merge(j, k, ms, by) for j, (k, ms) in enumerate(zip(keys, members)))
-
-
-def _bucket(components, keyfn) -> tuple[list[int], dict, list[list[Component]]]:
-    """Each component's group index, the group keys in first-seen order, and each group's members."""
-    keys: dict[Hashable, int] = {}
-    ids, members = [], []
-    for c in components:
-        k = keyfn(c)
-        if k not in keys:
-            keys[k] = len(keys)
-            members.append([])
-        ids.append(keys[k])
-        members[keys[k]].append(c)
-    return ids, keys, members
-
-
-def _by_position(components: ComponentTable) -> tuple[list[int], ComponentTable]:
-    """``regroup(components, "token")``: one component per source position, summed over heads and
-    layers: a cell of a token grid (a hierarchical model's stages each have their own grid, the
-    extent of the cells its branches' tokens take), a learned token, or else an index along the
-    split (a channel-attention model's channels). Components not split by token stay whole. A
-    position's ``branch`` is the first branch it sums over (the same for every cell of one grid), its
-    ``token`` its index on its grid (row-major; a learned token's, its first member's)."""
-    extent: dict[int, list[int]] = {}
-    for c in components:
-        if c.token is not None and c.row is not None and c.col is not None:
-            e = extent.setdefault(c.branch, [0, 0])
-            e[0], e[1] = max(e[0], c.row + 1), max(e[1], c.col + 1)
-    grids = {tuple(e) for e in extent.values()}
-
-    def key(c: Component):
-        if c.token is None:
-            return ("component", c.name)
-        if c.row is not None and c.col is not None:
-            return ("cell", tuple(extent[c.branch]), c.row, c.col)
-        if c.prefix is not None:
-            return ("prefix", c.prefix)
-        return ("index", c.split, c.token)
-
-    def name(k) -> str:
-        if k[0] == "cell":
-            grid = f"{k[1][0]}x{k[1][1]}:" if len(grids) > 1 else ""
-            return f"token[{grid}r{k[2]},c{k[3]}]"
-        if k[0] == "prefix":
-            return f"token[{k[1]}]"
-        return f"{'channel' if k[1] and 'channel' in k[1] else 'token'}[t{k[2]}]"
-
-    ids, keys, members = _bucket(components, key)
-    out = []
-    for j, (k, ms) in enumerate(zip(keys, members)):
-        if k[0] == "component":
-            out.append(replace(ms[0], index=j))
-        else:
-            merged = _merge(j, k, ms, None)
-            token = k[2] * k[1][1] + k[3] if k[0] == "cell" else ms[0].token
-            out.append(replace(merged, name=name(k), branch=min(m.branch for m in ms), token=token))
-    return ids, ComponentTable(out)
-
-
-def _layer_key(c: Component):
-    if c.layer is not None:
-        return ("layer", c.layer)
-    return ("branch", c.branch)
-
-
-_KEYS: dict[str, Callable[[Component], Hashable]] = {
-    "branch": lambda c: c.branch,
-    "block": lambda c: c.branch,
-    "head": lambda c: (c.branch, c.head),
-    "layer": _layer_key,
-    "kind": lambda c: c.kind,
-    "module": lambda c: c.module,
-}
-
-
-def _merge(index: int, key, members: list[Component], by) -> Component:
-    first = members[0]
-    if len(members) == 1:
-        return replace(first, index=index)
-    common = {}
-    for f in fields(Component):
-        if f.name in ("index", "name"):
-            continue
-        vals = {getattr(m, f.name) for m in members}
-        common[f.name] = vals.pop() if len(vals) == 1 else None
-    base = {m.name.split("[")[0] for m in members}
-    if by in ("branch", "block", "head") and len(base) == 1:
-        name = base.pop()
-        if by == "head" and first.head is not None:
-            name = f"{name}[h{first.head}]"
-    elif by == "layer" and first.layer is not None:
-        name = f"layer{first.layer}"
-    elif by == "kind":
-        name = first.kind
-    elif by == "module":
-        name = first.module or "(root)"
-    else:
-        name = str(key)
-    common["kind"] = common["kind"] or "mixed"
-    common["branch"] = common["branch"] if common["branch"] is not None else -1
-    common["module"] = common["module"] or ""
-    common["module_type"] = common["module_type"] or ""
-    return Component(index=index, name=name, **common)
+def group_contributions(contributions: torch.Tensor, components: ComponentTable,
+                        by: str | Callable[[Component], Hashable]) -> tuple[torch.Tensor, ComponentTable]:
+    """``contributions`` [B, C, ...] summed into the groups of ``by`` (see ``Decomposition.group``), with the
+    groups' labels: for contributions that have no model output to sum to, such as mapped ones."""
+    ids, comps = regroup(components, by)
+    index = torch.tensor(ids, device=contributions.device, dtype=torch.long)
+    shape = list(contributions.shape)
+    shape[1] = len(comps)
+    return contributions.new_zeros(shape).index_add_(1, index, contributions), comps

@@ -16,6 +16,7 @@ import torch
 from .compiler import decompose
 from .errors import InputError
 from .models_registry import DEFAULT, load, transform_for
+from .reconstruction import max_relative_error
 from .world import EVAL_SEED, World
 
 #: Images the words and scores are read from (scores correlate over images).
@@ -52,7 +53,7 @@ def run(model_name: str = DEFAULT, granularity: str = "head", images: int = 4, t
     with torch.inference_mode():
         out = dm(x)
         ref = model(x)
-    err = float(((out.total() - ref).flatten(1).double().norm(dim=1) / ref.flatten(1).double().norm(dim=1)).max())
+    err = float(max_relative_error(out.total(), ref))
     print(f"\n{top} largest components (mean norm over the {images} images):")
     print(out.table(k=top))
     print(f"\nreconstruction: sum of {len(dm.components)} components vs model output, "
@@ -69,7 +70,7 @@ def words(model: torch.nn.Module, top: int = 8) -> None:
     the property each scores highest on (shipped shared map), in the world CLIP."""
     from .align import ClipSpace, collect, describe, representation
     from .report.vocabulary import scored_vocabulary, world_properties
-    from .world.aligners import load_aligner
+    from .align.shipped import load_aligner
 
     rep = representation(model.float())
     dm = decompose(rep, "head")
@@ -98,7 +99,7 @@ def write_demo_report(model_name: str, folder: str | Path) -> None:
     from .store import decompose_to_store, open_run
     from .store.files import ALIGNER_RECORD, SHARED_RECORD, publish, sha256, tmp_path, write_json
     from .store.lock import RunLock
-    from .world.aligners import VARIANTS, aligner_path
+    from .align.shipped import VARIANTS, aligner_path
 
     folder = Path(folder)
     run_dir = folder / "run"

@@ -615,3 +615,49 @@ def test_finer_components_are_read_with_their_heads_map(tiny_vit):
     other = CompAlign(["x"], 32, 5)
     with pytest.raises(InputError, match="no map for component"):
         other.map_finer(fine)
+
+
+def test_one_type_from_a_batch_to_a_data_set_to_clip_space(tiny_vit, tiny_model, world_images):
+    """``collect`` returns a ``Decomposition`` with the model's outputs (its error is measured, not 0 by
+    construction); ``map(aligner)`` is a view in CLIP space that groups like any other; ``CompAlign.map`` gives
+    the same vectors under the older names, and an ``Aligned`` looks its components up as a decomposition does."""
+    from fxdecomp import Decomposition, UnknownComponentError
+
+    rep, dm = tiny_model
+    feats = collect(dm, world_images["images"][:6], preprocess=transform_for(rep), progress=False)
+    assert isinstance(feats, Decomposition) and len(feats) == 6 and feats.output.shape == (6, 32)
+    with torch.no_grad():
+        direct = dm(transform_for(rep)(torch.from_numpy(world_images["images"][:6]).permute(0, 3, 1, 2)))
+    torch.testing.assert_close(feats.output, direct.output, rtol=0, atol=0)
+    assert 0 < feats.error() < 1e-5 and feats.error() == pytest.approx(direct.error(), rel=1e-6)
+    assert feats.take([4, 1]).error() <= feats.error()
+
+    aligner = CompAlign(dm.components, 32, 5, seed=3)
+    view = feats.map(aligner)
+    old = aligner.map(feats)
+    assert view.space == "clip" and view.output is None and isinstance(old, Aligned) and isinstance(old, Decomposition)
+    torch.testing.assert_close(view.contributions, old.mapped, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(view.total(), aligner.aligned(feats), rtol=1e-5, atol=1e-6)  # the bias is in
+    with pytest.raises(InputError, match="no output"):
+        view.error()
+    with pytest.raises(InputError, match="already in clip space"):
+        view.map(aligner)
+    # grouping commutes with the (linear, per-component) maps, up to the bias, added once
+    by_layer = view.group("layer")
+    torch.testing.assert_close(by_layer.total(), view.total(), rtol=1e-5, atol=1e-5)
+    assert by_layer.names == feats.group("layer").names
+    assert old.components[3] == feats.components[3]  # the data's labels, kinds included
+    assert old.index("blocks.1.attn[h1]") == feats.names.index("blocks.1.attn[h1]")
+    with pytest.raises(UnknownComponentError, match="Did you mean"):
+        old.component("blocks.1.attn[h9]")
+
+    # finer data through the heads' maps: mapping then grouping by head is the head decomposition mapped
+    head = fxdecomp.decompose(tiny_vit, "head")
+    token = fxdecomp.decompose(tiny_vit, "token")
+    per_head = CompAlign(head.components, 32, 5, seed=2)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fine, coarse = token(x), head(x)
+    grouped = fine.map(per_head).group("head")
+    assert grouped.names == coarse.names
+    torch.testing.assert_close(grouped.contributions, per_head(coarse), rtol=1e-4, atol=1e-5)

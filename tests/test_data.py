@@ -207,3 +207,52 @@ def test_an_image_error_in_a_loader_worker_is_one_clear_line(tmp_path):
         list(loader(data, ShardPlan(2, 2), [0], 2, workers=1))
     assert str(info.value).startswith("cannot read image") and "b.png" in str(info.value)
     assert "\n" not in str(info.value) and "Caught" not in str(info.value)
+
+
+class _Checkerboards(torch.utils.data.Dataset):
+    """A data source type that exists only here: uint8 checkerboards of a given cell size."""
+
+    def __init__(self, n: int, cell: int):
+        self.n, self.cell = n, cell
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        yy, xx = np.mgrid[:64, :64]
+        board = (((yy // self.cell) + (xx // self.cell) + i) % 2 * 255).astype(np.uint8)
+        return {"image": torch.from_numpy(np.repeat(board[None], 3, 0)), "index": i}
+
+    def ids(self):
+        return [f"boards:{self.cell}:{i}" for i in range(self.n)]
+
+
+def test_a_new_data_source_is_one_registration(tmp_path):
+    """Registered in one place, a source type is opened by the command line's spec, recorded by a run and
+    opened again by ``Run.data()``, with no other module naming it."""
+    from fxdecomp.data import SourceType, register_source, source_types
+    from fxdecomp.data.registry import _TYPES
+    from fxdecomp.models_registry import load
+    from fxdecomp.store import decompose_to_store, open_run
+
+    assert [t.name for t in source_types()] == ["world", "waterbirds", "folder"]
+    register_source(SourceType(
+        "boards", _Checkerboards, names=lambda spec: spec.startswith("boards:"),
+        open=lambda spec, size, split: _Checkerboards(*map(int, spec.split(":")[1:])),
+        describe=lambda d: {"n": d.n, "cell": d.cell, "ids": d.ids(), "labels": {}},
+        reopen=lambda rec: _Checkerboards(rec["n"], rec["cell"]), priority=5))
+    try:
+        data = open_data("boards:3:8")
+        assert isinstance(data, _Checkerboards) and (data.n, data.cell) == (3, 8)
+        assert describe_source(data)["kind"] == "boards" and describe_source(data)["cell"] == 8
+        out = tmp_path / "run"
+        decompose_to_store(load("world-vit"), data, out, model_name="world-vit", batch=3, progress=False)
+        again = open_run(out).data()
+        assert len(again) == 3
+        np.testing.assert_array_equal(again[2]["image"].numpy(), data[2]["image"].numpy())  # 64x64: kept as is
+        with pytest.raises(InputError, match="neither"):
+            open_data("nowhere:3")
+    finally:
+        del _TYPES["boards"]
+    with pytest.raises(InputError, match="'boards' data cannot be opened again.*world, waterbirds, folder"):
+        open_run(out).data()

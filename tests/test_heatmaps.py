@@ -98,6 +98,48 @@ def test_hierarchical_grids_are_found_from_the_labels():
                                rtol=1e-9, atol=1e-9)
 
 
+def test_a_non_square_grid_is_known_to_every_token_even_a_selected_few():
+    """48x64 images in patches of 8: a 6x8 grid, recorded on each token by the compiler, so a few tokens
+    chosen from one corner are still placed on the whole grid (their own extent would be 2x3)."""
+    torch.manual_seed(0)
+    model = timm.models.vision_transformer.VisionTransformer(img_size=(48, 64), patch_size=8, embed_dim=16, depth=2,
+                                                             num_heads=2, num_classes=0).eval()
+    dm = fxdecomp.decompose(jitter_(model), "token")
+    placed = [c for c in dm.components if c.row is not None]
+    assert placed and {c.grid for c in placed} == {(6, 8)}
+    assert {(c.row, c.col) for c in placed} == {(r, c) for r in range(6) for c in range(8)}
+    assert all(c.grid is None for c in dm.components if c.row is None)  # class token, heads, MLPs, biases
+    with torch.no_grad():
+        out = dm(torch.randn(1, 3, 48, 64))
+    corner = out.select(lambda c: c.row is not None and c.row <= 1 and c.col <= 2)
+    assert token_layout(corner.components).grids == ((6, 8),)
+    comp = next(c for c in corner.components if c.layer == 1 and c.row == 1 and c.col == 2)
+    hm = heatmap(corner, component=comp.name, size=(48, 64), mode="nearest")
+    want = np.zeros((48, 64), bool)
+    want[8:16, 16:24] = True
+    np.testing.assert_array_equal(np.abs(hm.array) > 0, want)
+
+
+def test_each_stage_of_a_hierarchical_model_has_its_own_grid():
+    """Swin on 32x48 images, patch 2, merging 2x2 between stages: grids 16x24, 8x12, 4x6, stage by stage, for
+    the heatmaps' layout and the segmentation's stages alike."""
+    from fxdecomp.segment import attention_stages
+
+    torch.manual_seed(0)
+    model = timm.models.swin_transformer.SwinTransformer(img_size=(32, 48), patch_size=2, window_size=4,
+                                                         embed_dim=8, depths=(1, 1, 1), num_heads=(1, 2, 2),
+                                                         num_classes=0).eval()
+    dm = fxdecomp.decompose(jitter_(model), "token")
+    by_layer = {}
+    for c in dm.components:  # (the last stage pads its 4x6 grid to windows of 4: padding is nowhere)
+        if c.row is not None and c.col is not None:
+            by_layer.setdefault(c.layer, set()).add(c.grid)
+            assert 0 <= c.row < c.grid[0] and 0 <= c.col < c.grid[1]
+    assert [by_layer[k] for k in sorted(by_layer)] == [{(16, 24)}, {(8, 12)}, {(4, 6)}]
+    assert sorted(token_layout(dm.components).grids) == [(4, 6), (8, 12), (16, 24)]
+    assert [s.grid for s in attention_stages(dm.components)] == [(16, 24), (8, 12), (4, 6)]
+
+
 def test_world_heatmap_of_a_word_needs_clip_and_draws(tmp_path):
     model = load("world-vit")
     dm = fxdecomp.decompose(model, "token", layers=[5])

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from fxdecomp import kernels
+from fxdecomp.components import Component, ComponentTable
+from fxdecomp.decomposition import Decomposition
 from fxdecomp.core.atoms import AtomTable, RefineError
 from fxdecomp.core.planner import Leaf, leaves_of, plan
 
@@ -41,17 +43,19 @@ def test_coordinates_follow_concatenation_and_windows():
     rows, cols = t.new(4, ("grid", "row"), "spatial"), t.new(6, ("grid", "col"), "spatial")
     tokens = t.new(1 + 24, ("cat", (((), 1, "cls_token"), ((rows, cols), 24, None))), "spatial")
     recs = t.coordinates((tokens,))
-    assert recs[0] == {"prefix": "cls_token"} and recs[1] == {"row": 0, "col": 0} and recs[24] == {"row": 3, "col": 5}
+    grid = {"rows": 4, "cols": 6}  # each position carries the extent of the grid it is on
+    assert recs[0] == {"prefix": "cls_token"} and recs[1] == {"row": 0, "col": 0, **grid}
+    assert recs[24] == {"row": 3, "col": 5, **grid}
     # window partition: rows -> (2 windows, 2 inside), cols -> (3, 2)
     wr, ir = t.refine(rows, [2, 2])
     wc, ic = t.refine(cols, [3, 2])
     recs = t.coordinates((wr, wc, ir, ic))
-    assert recs[0] == {"row": 0, "col": 0}
+    assert recs[0] == {"row": 0, "col": 0, **grid}
     # window (1, 2), inside (1, 1) -> row 3, col 5
     idx = ((1 * 3 + 2) * 2 + 1) * 2 + 1
-    assert recs[idx] == {"row": 3, "col": 5}
-    # a coarser grid seen alone (after patch merging) keeps its own coordinates
-    assert t.coordinates((wr,)) == [{"row": 0}, {"row": 1}]
+    assert recs[idx] == {"row": 3, "col": 5, **grid}
+    # a coarser grid seen alone (after patch merging) keeps its own coordinates, on a grid of its own size
+    assert t.coordinates((wr,)) == [{"row": 0, "rows": 2}, {"row": 1, "rows": 2}]
 
 
 def test_a_partly_summed_grid_is_placed_on_a_coarser_grid():
@@ -62,7 +66,7 @@ def test_a_partly_summed_grid_is_placed_on_a_coarser_grid():
     flat = t.new(64, ("regroup", (rows, cols)), "spatial")
     r_hi, _, c_hi, _ = t.refine(flat, [4, 2, 4, 2])
     recs = t.coordinates((r_hi, c_hi))
-    assert recs == [{"row": r, "col": c} for r in range(4) for c in range(4)]
+    assert recs == [{"row": r, "col": c, "rows": 4, "cols": 4} for r in range(4) for c in range(4)]
 
 
 def _random_network(rng: random.Random):
@@ -146,3 +150,25 @@ def test_contract_into_matches_einsum(eq, shapes, accumulate):
     base = 7.0 if accumulate else 0.0
     torch.testing.assert_close(out[1:1 + count], base + 0.5 * value.reshape(count, batch, rest))
     assert (out[0] == 7).all() and (out[-1] == 7).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_relative_error_for_every_report_of_it(dtype):
+    """``fxdecomp.reconstruction`` against the suite's own computation, and a decomposition's ``error()`` is it."""
+    from conftest import rel_err
+
+    from fxdecomp.reconstruction import max_relative_error, relative_errors
+
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(5, 3, 7, generator=g, dtype=torch.float64).to(dtype)
+    total = out + 1e-3 * torch.arange(5, dtype=dtype).view(5, 1, 1) * torch.randn(5, 3, 7, generator=g).to(dtype)
+    per = relative_errors(total, out)
+    assert per.dtype == torch.float64 and per.shape == (5,) and per[0] == 0 and bool((per[1:] > 0).all())
+    for i in range(5):
+        assert float(per[i]) == pytest.approx(rel_err(total[i:i + 1], out[i:i + 1]), rel=1e-6 if dtype == torch.float32 else 1e-12)
+    assert float(max_relative_error(total, out)) == float(per.max()) == pytest.approx(rel_err(total, out), rel=1e-6)
+    zero = torch.zeros(1, 4, dtype=dtype)
+    assert float(relative_errors(zero, zero)) == 0 and float(relative_errors(zero + 1e-30, zero)) > 1e100
+    comps = ComponentTable([Component(0, "a", "mlp"), Component(1, "b", "bias")])
+    dec = Decomposition(torch.stack([total[:, 0], torch.zeros_like(total[:, 0])], 1), comps, out[:, 0])
+    assert dec.error() == float(relative_errors(total[:, 0], out[:, 0]).max())

@@ -264,7 +264,7 @@ def world_neurons():
     from fxdecomp.align import ClipSpace, collect, representation
     from fxdecomp.models_registry import load, transform_for
     from fxdecomp.world import EVAL_SEED, World
-    from fxdecomp.world.aligners import load_aligner
+    from fxdecomp.align.shipped import load_aligner
 
     rep = representation(load("world-vit").float())
     imgs = World(24, EVAL_SEED).arrays()["images"]

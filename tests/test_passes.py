@@ -73,7 +73,7 @@ def test_axes_tie_heads_and_tokens_together():
     stream_tokens = axes.of(_nodes(gm, aten.layer_norm.default)[0])[1]
     assert n == stream_tokens
     assert table.coordinates(n)[0] == {"prefix": "cls_token"}
-    assert table.coordinates(n)[16] == {"row": 3, "col": 3}
+    assert table.coordinates(n)[16] == {"row": 3, "col": 3, "rows": 4, "cols": 4}
 
 
 def test_stream_is_the_chain_of_residual_adds():

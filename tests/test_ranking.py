@@ -239,7 +239,7 @@ def test_find_and_remove_ranks_through_a_shared_map_only():
 
 def test_the_demo_ranks_through_its_shipped_shared_map(tmp_path):
     from fxdecomp.demo import write_demo_report
-    from fxdecomp.world.aligners import aligner_path, load_aligner
+    from fxdecomp.align.shipped import aligner_path, load_aligner
 
     shared = load_aligner("world-vit", variant="shared")
     maps = load_aligner("world-vit")
@@ -260,9 +260,9 @@ def test_the_demo_ranks_through_its_shipped_shared_map(tmp_path):
                            "runs it")
 def test_the_shipped_shared_map_is_what_its_command_trains():
     """fxdecomp/assets/world/world-vit.shared.compalign.safetensors comes from
-    ``python -m fxdecomp.world.aligners --out fxdecomp/assets/world --variants shared`` (equal within
+    ``python -m fxdecomp.align.shipped --out fxdecomp/assets/world --variants shared`` (equal within
     float32 noise: the shipped file was trained single-threaded)."""
-    from fxdecomp.world.aligners import load_aligner, train
+    from fxdecomp.align.shipped import load_aligner, train
 
     torch.manual_seed(0)
     again = train("world-vit", variant="shared", progress=False)

@@ -16,6 +16,7 @@ import fxdecomp
 from fxdecomp import InputError
 from fxdecomp.align import ClipSpace, CompAlign, collect
 from fxdecomp.data import open_data
+from fxdecomp.decomposition import group_contributions
 from fxdecomp.models_registry import load, transform_for
 from fxdecomp.store import decompose_to_store, differences, open_run
 from fxdecomp.store.align import align_run, embed_images
@@ -74,6 +75,58 @@ def test_a_run_holds_every_image_exactly(small_run):
 
     for s in r.manifest["shards"]:
         assert hashlib.sha256((r.path / s["file"]).read_bytes()).hexdigest() == s["sha256"]
+
+
+def test_a_runs_decomposition_has_the_stored_outputs(small_run):
+    """``run.decomposition`` pairs the stored contributions with the model's stored outputs, so its error is
+    the recorded one (not 0 by construction, as a decomposition whose output is its own sum would be)."""
+    r = small_run
+    dec = r.decomposition()
+    torch.testing.assert_close(dec.output, r.outputs(), rtol=0, atol=0)
+    assert 0 < dec.error() < 1e-5
+    assert dec.error() == pytest.approx(r.error(), rel=1e-3)  # the store summed on its device, in float32
+    some = r.decomposition([47, 3, 12])
+    torch.testing.assert_close(some.contributions, r.images([47, 3, 12]), rtol=0, atol=0)
+    torch.testing.assert_close(some.output, r.outputs()[[47, 3, 12]], rtol=0, atol=0)
+    torch.testing.assert_close(dec.take([47, 3, 12]).output, some.output, rtol=0, atol=0)
+    per_shard = [(a, b, d) for a, b, d in r.decompositions()]
+    assert [(a, b) for a, b, _ in per_shard] == [(s["start"], s["stop"]) for s in r.manifest["shards"]]
+    for (a, b, d), info in zip(per_shard, r.manifest["shards"]):
+        torch.testing.assert_close(d.output, r.outputs()[a:b], rtol=0, atol=0)
+        assert d.error() == pytest.approx(info["error"], rel=1e-3)
+    grouped = dec.group("layer")
+    summed, labels = group_contributions(dec.contributions, dec.components, "layer")
+    torch.testing.assert_close(summed, grouped.contributions, rtol=0, atol=0)
+    assert labels.names == grouped.components.names and len(labels) < len(dec.components)
+
+
+def test_a_corrupted_output_shows_in_the_runs_decomposition(small_run, tmp_path):
+    """An output that no longer matches its contributions (its checksum updated to match, so only the error can
+    tell) makes ``run.decomposition(...).error()`` large, for that image only."""
+    import hashlib
+    import json
+    import shutil
+    import struct
+
+    copy = tmp_path / "run"
+    shutil.copytree(small_run.path, copy)
+    info = small_run.manifest["shards"][0]
+    shard = copy / info["file"]
+    raw = bytearray(shard.read_bytes())
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    assert header["output"]["dtype"] == "F32"
+    start = 8 + n + header["output"]["data_offsets"][0]
+    width = small_run.d_model
+    values = torch.frombuffer(bytearray(raw[start:start + 4 * width]), dtype=torch.float32) * 1.5  # image 0
+    raw[start:start + 4 * width] = values.numpy().tobytes()
+    shard.write_bytes(bytes(raw))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["shards"][0]["sha256"] = hashlib.sha256(bytes(raw)).hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    r = open_run(copy)
+    assert r.decomposition([0]).error() == pytest.approx(1 / 3, rel=1e-4)  # |y - 1.5 y| / |1.5 y|
+    assert r.decomposition([1, 2]).error() < 1e-5
 
 
 def test_a_rerun_skips_finished_shards_and_a_different_one_is_refused(small_run, tmp_path):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..models_registry.preprocess import transform_for
+from ..preprocessing import transform_for
 from .images import as_batch
 
 Template = str | Callable[[str], str]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -151,23 +152,27 @@ class CompAlign(torch.nn.Module):
         than the aligner's: each component is read with its own map or its head's or branch's
         (:meth:`maps_for`), so tokens take their head's map and neurons their MLP's, and the
         result keeps the data's own components (``describe``, ``property_scores`` on neurons)."""
-        clip = data.clip if isinstance(data, Features) else None
+        clip = data.clip if isinstance(data, Decomposition) else None
         if clip is not None:
             self.check_clip_dim(clip.shape[1])
         bias = self.bias.detach().float().cpu()
+        meta = {**data.meta, "clip": self.clip_name or data.meta.get("clip")} if isinstance(data, Decomposition) else None
         if finer:
-            if not isinstance(data, (Decomposition, Features)):
-                raise InputError("map(..., finer=True) needs the data's components: pass Features or a Decomposition")
+            if not isinstance(data, Decomposition):
+                raise InputError("map(..., finer=True) needs the data's components: pass a Decomposition (or Features)")
             dev = self.weight.device
             c = data.contributions
             mapped = torch.cat([self.map_finer(c[i:i + batch_size].to(dev), data.components).float().cpu()
                                 for i in range(0, len(c), batch_size)])
-            return Aligned(mapped, list(data.components.names), clip, bias)
+            return Aligned(mapped, data.components, clip, bias, meta)
         contributions = self._contributions(data)
         dev = self.weight.device
         mapped = torch.cat([self(contributions[i:i + batch_size].to(dev)).float().cpu()
                             for i in range(0, len(contributions), batch_size)])
-        return Aligned(mapped, list(self.names), clip, bias)
+        components = list(self.names)
+        if isinstance(data, Decomposition):  # the data's own labels, in the aligner's order
+            components = ComponentTable(replace(data.components[n], index=i) for i, n in enumerate(self.names))
+        return Aligned(mapped, components, clip, bias, meta)
 
     def maps_for(self, components) -> list[int]:
         """Which map applies to each of ``components``: its own, or for a component finer than the
@@ -188,7 +193,7 @@ class CompAlign(torch.nn.Module):
     def map_finer(self, contributions, components=None, batch_size: int = 256) -> torch.Tensor:
         """[B, C, d_clip]: contributions at the aligner's granularity or a finer one (``Decomposition``,
         or a tensor [B, C, d_model] with its ``components``), each mapped by :meth:`maps_for`."""
-        if isinstance(contributions, (Decomposition, Features)):
+        if isinstance(contributions, Decomposition):
             components = contributions.components if components is None else components
             contributions = contributions.contributions
         if components is None:
@@ -216,7 +221,7 @@ class CompAlign(torch.nn.Module):
 
     # -- checks -------------------------------------------------------------------------------------
     def _contributions(self, data) -> torch.Tensor:
-        if isinstance(data, (Decomposition, Features)):
+        if isinstance(data, Decomposition):
             names = data.components.names
             if names != self.names:
                 missing = [n for n in self.names if n not in set(names)]
@@ -357,10 +362,10 @@ def train_aligner(aligner: CompAlign, data, targets: torch.Tensor | None = None,
     if device is not None:
         aligner.to(device)
     dev = aligner.weight.device
-    if isinstance(data, (Features, torch.Tensor)):
+    if isinstance(data, (Decomposition, torch.Tensor)):
         contributions = aligner._contributions(data)
         if targets is None:
-            if not isinstance(data, Features) or data.clip is None:
+            if not isinstance(data, Decomposition) or data.clip is None:
                 raise InputError("no CLIP targets: pass targets=[N, d_clip] or Features collected with clip=...")
             targets = data.clip
         aligner.check_targets(targets, len(contributions))

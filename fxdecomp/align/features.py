@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,40 +19,36 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from ..atomic import publish, tmp_path
 from ..checks import whole_number
 from ..components import ComponentTable
+from ..decomposition import Decomposition
 from ..errors import InputError
 from ..hashing import json_digest, module_digest, safe_name, tensors_digest
 from ..module import DecomposedModel
 from .clip_space import ClipSpace
 from .images import as_batch
 
-CACHE_FORMAT = "fxdecomp.align.features/1"
+CACHE_FORMAT = "fxdecomp.align.features/2"  # /2: the model's outputs are kept too
 
 
-@dataclass
-class Features:
-    """``contributions`` [N, C, D] float32 and ``clip`` [N, d_clip] (normalised CLIP image
-    embeddings, or None) of N images in dataset order; ``components`` labels C."""
+class Features(Decomposition):
+    """A data set's ``Decomposition`` under the names it had before there was one type: ``contributions``
+    [N, C, D] float32 and ``clip`` [N, d_clip] (normalised CLIP image embeddings, or None) of N images in
+    dataset order, ``components`` labelling C, the model's ``output`` where it was kept; ``len()`` counts
+    images. ``collect`` and ``Run.features`` return it."""
 
-    contributions: torch.Tensor
-    clip: torch.Tensor | None
-    components: ComponentTable
-    meta: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.contributions.dim() != 3 or self.contributions.shape[1] != len(self.components):
-            raise InputError(f"contributions {list(self.contributions.shape)} do not fit "
-                             f"{len(self.components)} components")
-        if self.clip is not None and self.clip.shape[0] != self.contributions.shape[0]:
-            raise InputError(f"{self.contributions.shape[0]} contributions but {self.clip.shape[0]} CLIP embeddings")
+    def __init__(self, contributions: torch.Tensor, clip: torch.Tensor | None, components: ComponentTable,
+                 meta: dict | None = None, output: torch.Tensor | None = None):
+        if contributions.dim() != 3 or contributions.shape[1] != len(components):
+            raise InputError(f"contributions {list(contributions.shape)} do not fit "
+                             f"{len(components)} components")
+        if clip is not None and clip.shape[0] != contributions.shape[0]:
+            raise InputError(f"{contributions.shape[0]} contributions but {clip.shape[0]} CLIP embeddings")
+        super().__init__(contributions, components, output, clip=clip, meta=meta)
 
     def __len__(self) -> int:
         return self.contributions.shape[0]
-
-    @property
-    def names(self) -> list[str]:
-        return self.components.names
 
     def __repr__(self) -> str:
         n, c, d = self.contributions.shape
@@ -122,13 +117,14 @@ class _Source:
 
 def _run_batch(dm: DecomposedModel, clip: ClipSpace | None, preprocess: Callable, raw: torch.Tensor, device):
     x = preprocess(raw).to(device=device, dtype=dm.dtype)  # on the host, where images are resized
-    contributions = dm(x).contributions.detach()
+    dec = dm(x)
+    contributions = dec.contributions.detach()
     if contributions.dim() != 3:
         raise InputError(f"{dm.model_name}'s output is not one vector per image (contributions "
                          f"{list(contributions.shape)}); decompose a model returning [B, D] features, e.g. "
                          "fxdecomp.align.representation(model)")
     emb = clip.embed_preprocessed(clip.preprocess(raw).to(device)).detach() if clip is not None else None
-    return contributions, emb
+    return contributions, emb, dec.output.detach()
 
 
 def _device_of(dm: DecomposedModel, device) -> torch.device:
@@ -167,7 +163,7 @@ class Stream:
         self.epoch += 1
         for raw in self.source.batches(self.batch_size, order):
             with torch.no_grad():  # not around the yield: that would switch gradients off for the caller
-                c, e = _run_batch(self.dm, self.clip, self.preprocess, raw, self.device)
+                c, e, _ = _run_batch(self.dm, self.clip, self.preprocess, raw, self.device)
             yield c, e
 
 
@@ -209,16 +205,18 @@ def collect(dm: DecomposedModel, data, *, preprocess: Callable, clip: ClipSpace 
         hit = _read_cache(path, full_key, dm.components)
         if hit is not None:
             return hit
-    contribs, embs = [], []
+    contribs, embs, outputs = [], [], []
     bar = tqdm(source.batches(batch_size), total=source.n_batches(batch_size), disable=None if progress else True,
                desc=desc or f"decompose {dm.model_name}", unit="batch", leave=False)
     for raw in bar:
-        c, e = _run_batch(dm, clip, preprocess, raw, dev)
+        c, e, y = _run_batch(dm, clip, preprocess, raw, dev)
         contribs.append(c.float().cpu())
+        outputs.append(y.float().cpu())
         if e is not None:
             embs.append(e.float().cpu())
     out = Features(torch.cat(contribs), torch.cat(embs) if embs else None, dm.components,
-                   {"model": dm.model_name, "granularity": dm.granularity, "clip": clip.name if clip else None})
+                   {"model": dm.model_name, "granularity": dm.granularity, "clip": clip.name if clip else None},
+                   output=torch.cat(outputs))
     if path is not None:
         _write_cache(path, full_key, out)
     return out
@@ -270,17 +268,17 @@ def _read_cache(path: Path, full_key: dict, components: ComponentTable) -> Featu
         meta = f.metadata() or {}
         if json.loads(meta.get("key", "null")) != full_key:
             return None
-        contributions = f.get_tensor("contributions")
+        contributions, output = f.get_tensor("contributions"), f.get_tensor("output")
         clip = f.get_tensor("clip") if "clip" in set(f.keys()) else None
-    return Features(contributions, clip, components, json.loads(meta.get("meta", "{}")))
+    return Features(contributions, clip, components, json.loads(meta.get("meta", "{}")), output=output)
 
 
 def _write_cache(path: Path, full_key: dict, feats: Features) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {"contributions": feats.contributions.contiguous()}
+    tensors = {"contributions": feats.contributions.contiguous(), "output": feats.output.contiguous()}
     if feats.clip is not None:
         tensors["clip"] = feats.clip.contiguous()
-    tmp = path.with_suffix(".tmp")
+    tmp = tmp_path(path)  # the store's one way to write: a name of this process's own, then a rename
     save_file(tensors, str(tmp), metadata={"key": json.dumps(full_key, sort_keys=True),
                                            "meta": json.dumps(feats.meta)})
-    tmp.replace(path)
+    publish(tmp, path)

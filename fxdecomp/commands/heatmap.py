@@ -41,7 +41,6 @@ def image_index(r, image: str) -> int:
 
 
 def run(args) -> int:
-    from ..decomposition import Decomposition
     from ..heatmaps import heatmap
     from ..report.build import aligned_space
     from ..store import open_run
@@ -49,8 +48,7 @@ def run(args) -> int:
     writable_file(args.out, suffixes=figure_suffixes())
     r = open_run(args.run)
     i = image_index(r, args.image)
-    contrib = r.images([i])
-    dec = Decomposition(contrib, r.components, contrib.sum(1))
+    dec = r.decomposition([i])
     picture = r.data()[i]["image"].permute(1, 2, 0).numpy()
     aligner = clip = None
     if args.text is not None:

@@ -28,7 +28,6 @@ def run(args) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from ..decomposition import Decomposition
     from ..segment import position_maps, segmentation_figure, segmentation_scores
     from ..segment.metrics import foreground
     from ..store import open_run
@@ -39,8 +38,7 @@ def run(args) -> int:
     data = r.data()
     size = tuple(data[0]["image"].shape[-2:])
     maps = []
-    for start, stop, block in r.shards():
-        dec = Decomposition(block, r.components, block.sum(1))
+    for _, _, dec in r.decompositions():
         maps.append(position_maps(dec, size=size, layers=args.layers).float())
     maps = torch.cat(maps)
     _, masks = foreground(maps, size)

@@ -208,8 +208,10 @@ class AtomTable:
     def coordinates(self, atoms: Sequence[Atom]) -> list[dict]:
         """For every index of ``atoms`` (row-major), what it points at.
 
-        Keys that may appear: ``row``/``col`` (position on a token grid),
-        ``prefix`` (name of a learned token such as ``cls_token``), ``padding``.
+        Keys that may appear: ``row``/``col`` (position on a token grid) with ``rows``/``cols``
+        (that grid's extent: the size of the atom the position indexes, or of the coarser grid
+        a merging makes of it), ``prefix`` (name of a learned token such as ``cls_token``),
+        ``padding``.
         See ``_describe`` for how parts of refined axes are put back together.
         """
         canon = [self.find(a.alias_of or a) for a in atoms]
@@ -245,7 +247,9 @@ class AtomTable:
                 finally:
                     self._describing.discard(top)
             elif self._grid_key(top):
-                rec[self._grid_key(top)] = v
+                key = self._grid_key(top)
+                rec[key] = v
+                rec[key + "s"] = prod(leaf.size for leaf in leaves[:k])  # a grid as coarse as the leaves given
         return rec
 
     def _coarse(self, top: Atom, leaves: list, given: dict) -> dict:
@@ -276,6 +280,9 @@ class AtomTable:
                 lo, span = min(vals), max(vals) - min(vals) + 1
                 if len(vals) == span and lo % span == 0:
                     out[key] = lo // span
+                    extent = seen.get(key + "s")
+                    if extent and len(extent) == 1:
+                        out[key + "s"] = -(-next(iter(extent)) // span)  # the grid L times coarser
         return out
 
     def _unravel(self, axis: Axis, flat: int) -> dict:
@@ -302,7 +309,7 @@ class AtomTable:
         kind = o[0]
         if kind in ("grid", "image"):
             key = self._grid_key(a)
-            return {key: i} if key else {}
+            return {key: i, key + "s": a.size} if key else {}
         if kind == "cat":
             start = 0
             for seg_axis, seg_size, name, *offset in o[1]:  # offset: a row sliced from seg_axis

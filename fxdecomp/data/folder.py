@@ -8,6 +8,7 @@ import torch
 from ..errors import InputError
 from .identity import file_digest
 from .images import fit_image, is_image, read_image
+from .registry import SourceType, register_source
 
 
 class ImageFolder(torch.utils.data.Dataset):
@@ -71,3 +72,20 @@ def _refuse_broken_links(paths) -> None:
         if p.is_symlink() and not p.exists() and is_image(p):
             raise InputError(f"{p} is a symbolic link to {p.readlink()}, which does not exist: fix or remove the link")
 
+
+
+def _open(spec: str, size: int | None, split: str | None) -> ImageFolder:
+    if split is not None:
+        raise InputError(f"{spec} has no metadata.csv, so it has no splits; drop --split")
+    return ImageFolder(spec, size=size)
+
+
+def _describe(data: ImageFolder) -> dict:
+    labels = {"label": list(data.labels)} if data.labels is not None else {}
+    return {"root": str(data.root.resolve()), "size": data.size, "ids": data.ids(), "classes": data.classes,
+            "labels": labels}
+
+
+register_source(SourceType(
+    "folder", ImageFolder, names=lambda spec: Path(spec).exists(), open=_open, describe=_describe,
+    reopen=lambda rec: ImageFolder(rec["root"], size=rec["size"]), priority=20))

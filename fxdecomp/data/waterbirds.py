@@ -14,6 +14,7 @@ import torch
 from ..errors import InputError
 from .identity import file_digest
 from .images import fit_image, read_image
+from .registry import SourceType, register_source
 
 SPLITS = {"train": 0, "val": 1, "validation": 1, "test": 2}
 COLUMNS = ("img_filename", "y", "place", "split")
@@ -74,3 +75,15 @@ class WaterbirdsFolder(torch.utils.data.Dataset):
     def digest(self, i: int) -> str:
         """The digest of image ``i``'s file (the item's ``digest``), without decoding it."""
         return file_digest(self.files[i])
+
+
+def _describe(data: WaterbirdsFolder) -> dict:
+    return {"root": str(data.root.resolve()), "split": data.split, "size": data.size, "ids": data.ids(),
+            "labels": {"target": data.targets.tolist(), "place": data.places.tolist(), "group": data.groups.tolist(),
+                       "split": data.splits.tolist()}}
+
+
+register_source(SourceType(
+    "waterbirds", WaterbirdsFolder, names=lambda spec: Path(spec).exists() and is_waterbirds(spec),
+    open=lambda spec, size, split: WaterbirdsFolder(spec, split=split, size=size), describe=_describe,
+    reopen=lambda rec: WaterbirdsFolder(rec["root"], split=rec["split"], size=rec["size"]), priority=10))

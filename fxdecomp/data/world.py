@@ -8,8 +8,21 @@ from ..errors import InputError
 from ..world.attributes import BACKGROUNDS, CATEGORICAL, FAMILIES
 from ..world.dataset import EVAL_SEED, World
 from .identity import pixels_digest
+from .registry import SourceType, register_source
 
 DEFAULT_SEED = EVAL_SEED
+
+
+def parse_world(spec: str) -> tuple[int, int]:
+    parts = spec.split(":")
+    try:
+        n = int(parts[1])
+        seed = int(parts[2]) if len(parts) > 2 else DEFAULT_SEED
+    except (IndexError, ValueError):
+        raise InputError(f"bad world data {spec!r}: write world:N or world:N:SEED, e.g. world:500:3") from None
+    if len(parts) > 3:
+        raise InputError(f"bad world data {spec!r}: write world:N or world:N:SEED")
+    return n, seed
 
 
 class WorldImages(torch.utils.data.Dataset):
@@ -66,3 +79,10 @@ class WorldSpurious(torch.utils.data.Dataset):
         _, img, _, _ = self.world.raw(i)
         return {"image": torch.from_numpy(img).permute(2, 0, 1).contiguous(), "target": int(self.targets[i]),
                 "place": int(self.places[i]), "group": int(self.groups[i]), "index": i}
+
+
+register_source(SourceType(
+    "world", WorldImages, names=lambda spec: spec.startswith("world:"),
+    open=lambda spec, size, split: WorldImages(*parse_world(spec)),
+    describe=lambda data: {"n": data.n, "seed": data.seed, "ids": data.ids(), "labels": data.labels()},
+    reopen=lambda rec: WorldImages(rec["n"], rec["seed"]), priority=0))

@@ -3,8 +3,8 @@
 At token granularity a component is one source token of one head, and its label
 carries the token's ``row``/``col`` on the grid of the stage it belongs to (a
 ViT's patch grid, a Swin stage's grid whatever its windows, a later, coarser
-stage). A stage's grid is the extent of the positions its own tokens take, so
-no model needs describing: the labels say it all.
+stage) and that grid's size (``grid``, found by the compiler), so no model needs
+describing: the labels say it all.
 """
 from __future__ import annotations
 
@@ -40,6 +40,15 @@ def has_tokens(components: Sequence[Component]) -> bool:
     return any(c.row is not None and c.col is not None for c in components)
 
 
+def grid_of(c: Component) -> tuple[int, int]:
+    """(rows, cols) of the grid a placed token's ``row``/``col`` index."""
+    if c.grid is None:
+        raise InputError(f"{c.name} has a position but no grid size: its components come from an older fxdecomp "
+                         "or were built by hand; decompose the model again (or give each placed token grid=(rows, "
+                         "cols))")
+    return c.grid
+
+
 def token_layout(components: ComponentTable | Sequence[Component], indices: Sequence[int] | None = None) -> TokenLayout:
     """The layout of the placed tokens among ``components`` (or among ``indices`` of them).
 
@@ -50,11 +59,6 @@ def token_layout(components: ComponentTable | Sequence[Component], indices: Sequ
     if not has_tokens(comps):
         raise InputError("these components have no token positions: decompose at token granularity "
                          "(fxdecomp.decompose(model, 'token'), optionally layers=[...]) to draw token heatmaps")
-    extent: dict[int, list[int]] = {}
-    for c in comps:  # a branch's grid: the positions its own tokens take
-        if c.row is not None and c.col is not None:
-            e = extent.setdefault(c.branch, [0, 0])
-            e[0], e[1] = max(e[0], c.row + 1), max(e[1], c.col + 1)
     chosen = range(len(comps)) if indices is None else indices
     grids: dict[tuple[int, int], int] = {}
     idx, grid, row, col = [], [], [], []
@@ -62,7 +66,7 @@ def token_layout(components: ComponentTable | Sequence[Component], indices: Sequ
         c = comps[i]
         if c.row is None or c.col is None:
             continue
-        shape = tuple(extent[c.branch])
+        shape = grid_of(c)
         idx.append(i)
         grid.append(grids.setdefault(shape, len(grids)))
         row.append(c.row)

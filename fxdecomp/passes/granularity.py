@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from math import prod
 
-from ..components import Component, ComponentTable
+from ..components import Component, ComponentTable, slice_name
 from ..core.atoms import AtomTable
 from ..core.context import RuleContext
 from ..core.ir import BaseLabel, ComponentSpec, Group
@@ -126,9 +126,11 @@ def component_table(groups: list[Group], table: AtomTable) -> ComponentTable:
         for i in range(grp.count):
             h, t = divmod(i, n_where)
             rec = coords[t] if where else {}
-            parts = ([f"h{h}"] if heads else []) + ([f"t{t}"] if where else [])
+            head, token = (h if heads else None), (t if where else None)
+            placed = rec.get("row") is not None and rec.get("col") is not None
             comps.append(Component(
-                len(comps), f"{lab.name}[{','.join(parts)}]", lab.kind, lab.module, lab.module_type, lab.layer,
-                lab.branch, head=h if heads else None, token=t if where else None,
-                row=rec.get("row"), col=rec.get("col"), prefix=rec.get("prefix"), split="+".join(meaning)))
+                len(comps), slice_name(lab.name, head, token), lab.kind, lab.module, lab.module_type, lab.layer,
+                lab.branch, head=head, token=token, row=rec.get("row"), col=rec.get("col"),
+                prefix=rec.get("prefix"), split="+".join(meaning),
+                grid=(rec["rows"], rec["cols"]) if placed and "rows" in rec and "cols" in rec else None))
     return ComponentTable(comps)

@@ -17,7 +17,7 @@ import torch
 
 from ..core.ir import Group, Target
 from ..core.state import CompileState
-from ..decomposition import regroup
+from ..groups import regroup
 
 
 def run(state: CompileState) -> CompileState:

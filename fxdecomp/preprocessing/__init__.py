@@ -5,17 +5,19 @@ from ``resolve_model_data_config``, open_clip's eval transform from the tower's
 ``preprocess_cfg``, or a Hugging Face image processor (PIL backend) from its
 ``preprocessor_config.json``, applied once to each decoded image. ``square(size)`` (a data
 source's fixed square size) is timm's transform too. Which one a model gets is decided by
-``fxdecomp.models_registry.transform_for(model)``.
+``transform_for(model)`` (``for_model``, with the input size the model expects).
 """
 from __future__ import annotations
 
 from functools import lru_cache
 
 from .eval_transform import APPLIED, EvalTransform
+from .for_model import input_size_of, normalization_of, transform_for
 from .libraries import LIBRARIES
 from .view import ModelView
 
-__all__ = ["APPLIED", "EvalTransform", "LIBRARIES", "ModelView", "square"]
+__all__ = ["APPLIED", "EvalTransform", "LIBRARIES", "ModelView", "input_size_of", "normalization_of", "square",
+           "transform_for"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -18,7 +18,6 @@ import torch
 from ..align.aligned import Aligned
 from ..align.describe import describe
 from ..components import ComponentTable
-from ..decomposition import Decomposition
 from ..errors import InputError
 from ..heatmaps.heatmap import token_maps
 from ..store.files import publish, tmp_path
@@ -69,29 +68,23 @@ def write_report(run, out, *, top: int = 12, images: int = 400, per_component: i
         raise InputError("the report needs --top >= 1 and --images >= 2")
     n = min(run.n, images)
     idx = np.arange(n)
-    contrib = run.images(idx)
+    dec = run.decomposition(idx)  # the stored outputs: dec.error() is the run's own for these images
     data = run.data()
     pictures = _Pictures(data)  # decoded on first use: the page shows a few dozen of the images read
     token = run.granularity == "token"
     aligner, clip = aligned_space(run, clip_checkpoint)
     shared = run.shared_aligner() if aligner is not None else None  # refuses a run aligned without one
-    dec = Decomposition(contrib, run.components, contrib.sum(1))
-    mapped = aligner.map_finer(contrib, list(run.components)).float() if aligner is not None else None
-    ranked = shared.map_finer(contrib, list(run.components)).float() if shared is not None else None
-    if token:  # summaries per head: tokens (and their mapped contributions) summed
-        grouped = dec.group("head")
-        if mapped is not None:
-            mapped = Decomposition(mapped, run.components, mapped.sum(1)).group("head").contributions
-            ranked = Decomposition(ranked, run.components, ranked.sum(1)).group("head").contributions
-        summary = grouped
-    else:
-        summary = dec
+    mapped = dec.map(aligner) if aligner is not None else None  # descriptions: each token by its head's map
+    ranked = dec.map(shared) if shared is not None else None  # scores and rankings: the shared map
+    summary = dec.group("head") if token else dec  # summaries per head: tokens (mapped or not) summed
+    if token and mapped is not None:
+        mapped, ranked = mapped.group("head"), ranked.group("head")
     comps: ComponentTable = summary.components
     norms = summary.norms().mean(0)
     order = [int(i) for i in torch.argsort(norms, descending=True)[:top]]
     props = properties_for(run, properties)
-    aligned = Aligned(mapped, comps.names) if mapped is not None else None  # descriptions
-    ranking = Aligned(ranked, comps.names) if ranked is not None else None  # scores and rankings
+    aligned = Aligned.of(mapped) if mapped is not None else None  # descriptions
+    ranking = Aligned.of(ranked) if ranked is not None else None  # scores and rankings
     vocab, text, scores = scored_vocabulary(ranking, props, clip) if ranking is not None else ([], None, {})
 
     sections = []
@@ -109,8 +102,7 @@ def write_report(run, out, *, top: int = 12, images: int = 400, per_component: i
             entry["property"] = (best_prop, f"{scores[best_prop][c.name]:.3f}")
         if token and c.kind == "attn" and c.head is not None:
             sel = best[:4]
-            sub = Decomposition(contrib[torch.as_tensor(sel)], run.components, contrib[torch.as_tensor(sel)].sum(1))
-            arrays = token_maps(sub, pictures.size, component=c.name).numpy()
+            arrays = token_maps(dec.take(sel), pictures.size, component=c.name).numpy()
             entry["heatmaps"] = figures.heatmap_strip(pictures[sel] / 255.0, arrays, [f"image {i}" for i in sel])
         sections.append(entry)
 

@@ -15,6 +15,7 @@ import torch
 
 from ..components import Component
 from ..errors import InputError
+from ..heatmaps.layout import grid_of
 
 
 @dataclass(frozen=True)
@@ -53,15 +54,18 @@ def attention_stages(components: Sequence[Component]) -> list[Stage]:
         comps = branches[branch]
         head = min((c.head for c in comps if c.head is not None), default=None)
         toks = sorted((c for c in comps if c.head == head), key=lambda c: c.token)
-        placed = [c for c in toks if c.row is not None]
+        placed = [c for c in toks if c.row is not None and c.col is not None]  # not padding (row only)
         if not placed:
             continue  # channel attention: its "tokens" are not places
-        rows = max(c.row for c in placed) + 1
-        cols = max(c.col for c in placed) + 1
+        grids = {grid_of(c) for c in placed}
+        if len(grids) != 1:
+            raise InputError(f"the tokens of {placed[0].base_name} sit on grids of several sizes {sorted(grids)}; one "
+                             "attention branch reads one grid")
+        rows, cols = grids.pop()
         prefixes = tuple(dict.fromkeys(c.prefix for c in toks if c.prefix is not None))
-        slots = [len(prefixes) + c.row * cols + c.col if c.row is not None else
+        slots = [len(prefixes) + c.row * cols + c.col if c.row is not None and c.col is not None else
                  prefixes.index(c.prefix) if c.prefix is not None else -1 for c in toks]
-        stages.append(Stage(toks[0].name.split("[")[0], (rows, cols), prefixes, torch.tensor(slots)))
+        stages.append(Stage(toks[0].base_name, (rows, cols), prefixes, torch.tensor(slots)))
     return stages
 
 

@@ -14,10 +14,10 @@ import torch
 
 from ..align.compalign import CompAlign
 from ..align.features import collect
-from ..align.representation import representation
+from ..adapters.representation import representation
 from ..compiler import decompose
 from ..errors import InputError
-from ..models_registry.preprocess import transform_for
+from ..preprocessing import transform_for
 from .ranking import ranked, readout_ranking, spurious_scores
 from .removal import Removal, Split, remove_spurious
 

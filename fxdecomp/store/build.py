@@ -19,12 +19,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..adapters import unwrap
-from ..align.representation import representation
+from ..adapters.representation import representation
 from ..checks import finite_number, whole_number
 from ..compiler import decompose
+from ..reconstruction import max_relative_error
 from ..data.source import describe_source
 from ..errors import InputError
-from ..models_registry.preprocess import transform_for
+from ..preprocessing import transform_for
 from ..data.identity import changed_image, digest_of
 from ..hashing import json_digest, module_digest
 from .files import HEAD, LOCK, MANIFEST, RUN, clean_partials, read_json, sha256, write_json
@@ -295,11 +296,9 @@ def _run(dm, ref32, preprocess, data, plan, todo, out, *, width, batch, device, 
 
 
 def _rel_error(contributions: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    """The largest relative error of the batch, a 0-d tensor on the batch's device."""
-    total = contributions.float().sum(1)
-    ref = output.float()
-    diff = (total - ref).flatten(1).norm(dim=1)
-    return (diff / ref.flatten(1).norm(dim=1).clamp_min(1e-30)).max()
+    """The largest relative error of the batch, a 0-d tensor on the batch's device: the components summed in
+    float32, as a reader's ``Decomposition.total()`` sums what the store holds."""
+    return max_relative_error(contributions.float().sum(1), output.float())
 
 
 def _running_max(old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:

@@ -1,14 +1,13 @@
-"""Writing files so that nothing half-written is ever visible: a temporary name, then a rename."""
+"""The run store's file names and JSON records; files are written through ``fxdecomp.atomic`` (a temporary name, then a rename)."""
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
+from ..atomic import FILE_MODE, TMP, publish, tmp_path  # noqa: F401  (the store's names for them)
 from ..errors import InputError
 
-TMP = ".tmp"
 #: The files of a run folder: its settings (written first), its manifest (written last, once every
 #: shard is complete), a classifier's head, what ``fxdecomp align`` adds (CLIP embeddings, the
 #: per-component maps and the shared map), and the lock a writer holds.
@@ -22,40 +21,6 @@ ALIGNER_RECORD = "aligner.json"
 SHARED = "shared_aligner.safetensors"
 SHARED_RECORD = "shared_aligner.json"
 LOCK = ".lock"
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it where Linux tells it (``os.umask`` sets it,
-    for every thread at once)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-#: Permissions of every file the store writes: what ``open()`` would give (0644 under the usual umask).
-#: Some writers (safetensors) create files 0600; ``publish`` gives them these.
-FILE_MODE = 0o666 & ~_umask()
-
-
-def tmp_path(path: Path, keep_suffix: bool = False) -> Path:
-    """The name a file is written under before it is complete (same folder, so the rename is atomic);
-    ``keep_suffix`` ends it in the file's own suffix too, for writers that choose a format by it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP}")
-    return tmp.with_name(tmp.name + path.suffix) if keep_suffix else tmp
-
-
-def publish(tmp: Path, path: Path) -> None:
-    """Make a fully written ``tmp`` file visible as ``path`` (atomic on POSIX), with ``FILE_MODE``."""
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-        os.fchmod(f.fileno(), FILE_MODE)
-    os.replace(tmp, path)
 
 
 def write_json(path: Path, obj) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,12 @@ from safetensors import safe_open
 
 from ..checks import whole_number
 from ..components import Component, ComponentTable
+from ..data.identity import CheckedData
+from ..data.registry import reopen
+from ..decomposition import Decomposition
 from ..errors import InputError
-from ..hashing import safe_name
+from ..hashing import json_digest, safe_name
+from ..preprocessing import EvalTransform, ModelView
 from .files import (ALIGNER, ALIGNER_RECORD, HEAD, MANIFEST, RUN, SHARED, SHARED_RECORD, DamagedFile, read_json,
                     sha256)
 from .verify import check_manifest, file_problem, repair, settings_of, shard_problem
@@ -50,7 +55,7 @@ class Run:
         self.manifest = read_json(self.path / MANIFEST, fix=f"{self.repair()} to write it again")
         check_manifest(self.manifest, self.path)
         try:
-            self.components = ComponentTable(Component(**c) for c in self.manifest["component_table"])
+            self.components = _with_grids(ComponentTable(Component(**c) for c in self.manifest["component_table"]))
         except TypeError as err:
             raise DamagedFile(f"{self.path / MANIFEST} is damaged (its component table: {err}); run "
                               f"{self.repair()} to write it again") from None
@@ -148,32 +153,16 @@ class Run:
         recorded resize and crop, ``fxdecomp.preprocessing.ModelView``): the same names (checked now)
         and the same contents (each image checked as it is read; ``verify=True`` reads every file now
         and names the first that changed)."""
-        from ..data.folder import ImageFolder
-        from ..data.identity import CheckedData
-        from ..data.waterbirds import WaterbirdsFolder
-        from ..data.world import WorldImages
-        from ..hashing import json_digest
-
         src = self.manifest["source"]
-        kind = src.get("kind") if isinstance(src, dict) else None
         try:
-            if kind == "world":
-                data = WorldImages(src["n"], src["seed"])
-            elif kind == "waterbirds":
-                data = WaterbirdsFolder(src["root"], split=src["split"], size=src["size"])
-            elif kind == "folder":
-                data = ImageFolder(src["root"], size=src["size"])
-            else:
-                raise InputError(f"{self.path}: the images of a run of {kind!r} data cannot be opened again by "
-                                 "fxdecomp (it opens folders, Waterbirds-layout folders and world:N)")
+            data = reopen(src, run=str(self.path))
         except KeyError as err:
             raise DamagedFile(f"{self.path / MANIFEST} is damaged (its source lacks {err}); "
                               f"{self.repair()} to write it again") from None
         if json_digest(data.ids()) != self.manifest["data"]["ids"]:
-            raise InputError(f"the images at {src.get('root', kind)} are not the ones this run decomposed (files were "
+            where = src.get("root", src.get("kind"))
+            raise InputError(f"the images at {where} are not the ones this run decomposed (files were "
                              "added, removed or renamed); decompose them again into a new run")
-        from ..preprocessing import EvalTransform, ModelView
-
         view = EvalTransform.from_description(self.manifest["preprocess"])
         digests = self.digests()
         if all(d is None for d in digests):
@@ -243,35 +232,60 @@ class Run:
                 parts.append(f.get_slice("contributions")[:, j].float())
         return torch.cat(parts)
 
-    def images(self, indices: Sequence[int]) -> torch.Tensor:
-        """[k, C, D] every component's contributions for the images ``indices`` (in that order)."""
+    def _indices(self, indices) -> np.ndarray:
         raw = np.asarray(list(indices) if isinstance(indices, range) else indices)
         if raw.size and raw.dtype.kind not in "iu":  # 1.5 would be read as image 1
             raise InputError(f"image indices must be whole numbers, got {indices!r:.60}")
         idx = raw.astype(np.int64).ravel()
         if len(idx) and (idx.min() < 0 or idx.max() >= self.n):
             raise InputError(f"image indices must be in 0..{self.n - 1}")
-        out = torch.empty(len(idx), len(self.components), self.d_model)
+        return idx
+
+    def _gather(self, idx: np.ndarray, name: str, shape: tuple) -> torch.Tensor:
+        """``name`` ("contributions" or "output") of the images ``idx``, in that order, read shard by shard."""
+        out = torch.empty(len(idx), *shape)
         written = np.zeros(len(idx), dtype=bool)
         for info in self._shards:
             start, stop = info["start"], info["stop"]
             hit = np.nonzero((idx >= start) & (idx < stop))[0]
             if len(hit):
-                block = self._whole(info, "contributions")
+                block = self._whole(info, name)
                 out[torch.as_tensor(hit)] = block[torch.as_tensor(idx[hit] - start)].float()
                 written[hit] = True
         if not written.all():  # the manifest's coverage was checked on opening: this would be a bug
             raise RuntimeError(f"images {idx[~written][:5].tolist()} are in no shard of {self.path}")
         return out
 
-    def outputs(self) -> torch.Tensor:
-        """[N, D] the model's own output for every image."""
-        return torch.cat([self._whole(info, "output").float() for info in self._shards])
+    def images(self, indices: Sequence[int]) -> torch.Tensor:
+        """[k, C, D] every component's contributions for the images ``indices`` (in that order)."""
+        return self._gather(self._indices(indices), "contributions", (len(self.components), self.d_model))
+
+    def outputs(self, indices: Sequence[int] | None = None) -> torch.Tensor:
+        """[N, D] the model's own output for every image (or [k, D] for the images ``indices``)."""
+        if indices is None:
+            return torch.cat([self._whole(info, "output").float() for info in self._shards])
+        return self._gather(self._indices(indices), "output", (self.d_model,))
+
+    def decomposition(self, indices: Sequence[int] | None = None) -> Decomposition:
+        """The images ``indices`` (default: all) as a ``Decomposition`` whose ``output`` is the model's own
+        output as stored, so its ``error()`` is the run's recorded reconstruction error for those images."""
+        if indices is None:
+            indices = range(self.n)
+        idx = self._indices(indices)
+        return Decomposition(self._gather(idx, "contributions", (len(self.components), self.d_model)),
+                             self.components, self._gather(idx, "output", (self.d_model,)))
 
     def shards(self) -> Iterator[tuple[int, int, torch.Tensor]]:
         """(start, stop, contributions [stop - start, C, D]) for each shard in order, one in memory at a time."""
         for info in self._shards:
             yield info["start"], info["stop"], self._whole(info, "contributions").float()
+
+    def decompositions(self) -> Iterator[tuple[int, int, Decomposition]]:
+        """(start, stop, the shard's images as a ``Decomposition`` with their stored outputs), shard by shard."""
+        for info in self._shards:
+            yield (info["start"], info["stop"],
+                   Decomposition(self._whole(info, "contributions").float(), self.components,
+                                 self._whole(info, "output").float()))
 
     def features(self, clip: str | None = None):
         """Everything in memory as ``fxdecomp.align.Features`` (with the CLIP embeddings named ``clip``)."""
@@ -280,7 +294,8 @@ class Run:
         contributions = torch.cat([c for _, _, c in self.shards()])
         emb = self.clip_embeddings(clip) if clip is not None else None
         return Features(contributions, emb, self.components, {"model": self.model_name,
-                                                              "granularity": self.granularity, "clip": clip})
+                                                              "granularity": self.granularity, "clip": clip},
+                        output=self.outputs())
 
     # -- what later commands add ------------------------------------------------------------------------
     def clip_folder(self, clip: str) -> Path:
@@ -414,6 +429,20 @@ class Run:
         """Re-iterable (contributions, CLIP targets) batches for training CompAlign in bounded memory."""
         whole_number("batch_size", batch_size)
         return RunStream(self, clip, batch_size, shuffle_seed)
+
+
+def _with_grids(components: ComponentTable) -> ComponentTable:
+    """Components of a run written before the compiler recorded each token's grid size: a branch's grid is
+    then the extent of the positions its tokens take (the whole table is there, so every row and column is)."""
+    placed = [c for c in components if c.row is not None and c.col is not None]
+    if all(c.grid is not None for c in placed):
+        return components
+    extent: dict[int, tuple[int, int]] = {}
+    for c in placed:
+        rows, cols = extent.get(c.branch, (0, 0))
+        extent[c.branch] = (max(rows, c.row + 1), max(cols, c.col + 1))
+    return ComponentTable(replace(c, grid=extent[c.branch]) if c.grid is None and c in placed else c
+                          for c in components)
 
 
 def _tensor(path: Path, name: str, fix: str) -> torch.Tensor:

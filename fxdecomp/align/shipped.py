@@ -3,8 +3,8 @@ puts components into words and ranks them without training anything: the per-com
 (λ = 1, for descriptions) and the shared map (one map for every component, λ = 0, for rankings;
 docs/ALIGN.md). Both are trained on the same images, with the same seed and settings, on the CPU:
 
-    python -m fxdecomp.world.aligners --out fxdecomp/assets/world                    # both, ~2 min on a CPU
-    python -m fxdecomp.world.aligners --out fxdecomp/assets/world --variants shared  # the shared map only
+    python -m fxdecomp.align.shipped --out fxdecomp/assets/world                    # both, ~2 min on a CPU
+    python -m fxdecomp.align.shipped --out fxdecomp/assets/world --variants shared  # the shared map only
 """
 from __future__ import annotations
 
@@ -13,9 +13,16 @@ from pathlib import Path
 
 import torch
 
+from ..compiler import decompose
 from ..errors import InputError
-from .dataset import ALIGN_SEED, World
-from .shipped import path as model_path
+from ..preprocessing import transform_for
+from ..world.dataset import ALIGN_SEED, World
+from ..world.shipped import load
+from ..world.shipped import path as model_path
+from .clip_space import ClipSpace
+from .compalign import CompAlign
+from .features import collect
+from .representation import representation
 
 ALIGNED = ("world-vit",)
 IMAGES = 4000
@@ -34,11 +41,6 @@ def aligner_path(name: str, variant: str = "per_component") -> Path:
 
 def features(name: str, images: int = IMAGES, progress: bool = True):
     """``name``'s representation at head granularity on World(images, ALIGN_SEED), with world-CLIP targets."""
-    from ..align import ClipSpace, collect, representation
-    from ..compiler import decompose
-    from ..models_registry import transform_for
-    from .shipped import load
-
     rep = representation(load(name))
     dm = decompose(rep, "head")
     return collect(dm, World(images, ALIGN_SEED).arrays()["images"], preprocess=transform_for(rep),
@@ -49,8 +51,6 @@ def train(name: str, images: int = IMAGES, epochs: int = EPOCHS, seed: int = 0, 
           variant: str = "per_component", feats=None):
     """CompAlign of ``name``'s representation into the world CLIP at head granularity: the
     per-component maps (λ = 1) or the shared map (λ = 0)."""
-    from ..align import CompAlign
-
     aligner_path(name, variant)  # checks both
     kind, lam, _ = VARIANTS[variant]
     feats = features(name, images, progress) if feats is None else feats
@@ -62,8 +62,6 @@ def train(name: str, images: int = IMAGES, epochs: int = EPOCHS, seed: int = 0, 
 def load_aligner(name: str = "world-vit", variant: str = "per_component"):
     """A shipped aligner of ``name`` (head granularity, into ``ClipSpace.world()``): the per-component
     maps, or with ``variant="shared"`` the shared map rankings read."""
-    from ..align import CompAlign
-
     return CompAlign.load(aligner_path(name, variant), clip_name="world-clip")
 
 
