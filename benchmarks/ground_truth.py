@@ -58,6 +58,7 @@ from fxdecomp.align import (
     value_aucs,
 )
 from fxdecomp.models_registry import transform_for
+from fxdecomp.peak_memory import peak_rss_mb
 from fxdecomp.spurious.ablation import component_means, mean_ablate
 from fxdecomp.world import CATEGORICAL, EVAL_SEED, World, load
 from fxdecomp.world.captions import WORDS
@@ -397,6 +398,41 @@ def figure(results: list[dict], args, path: Path) -> None:
     plt.close(fig)
 
 
+def spread(by_seed: dict) -> dict:
+    """{model: {attribute: {method: {"spearman"|"share_of_oracle": {"mean", "min", "max", "values"}}}}}: each
+    readout figure over the seeds' splits."""
+    first = next(iter(by_seed.values()))
+    out: dict = {}
+    for k, r in enumerate(first):
+        for attr, p in r["properties"].items():
+            for method in p["readout"]["methods"]:
+                for fig in ("spearman", "share_of_oracle"):
+                    vals = [res[k]["properties"][attr]["readout"]["methods"][method][fig] for res in by_seed.values()]
+                    out.setdefault(r["model"], {}).setdefault(attr, {}).setdefault(method, {})[fig] = {
+                        "mean": float(np.mean(vals)), "min": float(np.min(vals)), "max": float(np.max(vals)),
+                        "values": vals}
+    return out
+
+
+def spread_report(by_seed: dict) -> str:
+    """The readout figures of every score method as mean [min, max] over the seeds' splits."""
+    seeds = ", ".join(map(str, by_seed))
+    lines = [f"\n== spread over seeds {seeds}: Spearman(score, readout effect) and top-3 share of the oracle's, "
+             "mean [min, max]"]
+    for model, attrs in spread(by_seed).items():
+        methods = list(next(iter(attrs.values())))
+        lines.append(f"-- {model}")
+        lines.append(f"  {'property':<9} " + " ".join(f"{m:>34}" for m in methods))
+        for attr, per in attrs.items():
+            cells = []
+            for m in methods:
+                a, b = per[m]["spearman"], per[m]["share_of_oracle"]
+                cells.append(f"{a['mean']:.2f} [{a['min']:.2f},{a['max']:.2f}] / "
+                             f"{b['mean']:.2f} [{b['min']:.2f},{b['max']:.2f}]")
+            lines.append(f"  {attr:<9} " + " ".join(f"{c:>34}" for c in cells))
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -411,9 +447,10 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--init", default="orthogonal", choices=list(INITS),
                     help="starting maps of every aligner (fxdecomp.align.INITS)")
-    ap.add_argument("--seed", type=int, default=0,
+    ap.add_argument("--seed", type=int, nargs="+", default=[0],
                     help="shifts both splits' seeds by 1000 S (S = 0: the documented splits) and is the first "
-                         "aligner seed")
+                         "aligner seed; several seeds run one after the other and the spread of the readout "
+                         "figures over them is printed at the end")
     ap.add_argument("--json", type=Path, default=None, help="also write every figure printed here")
     ap.add_argument("--clip", default="world-clip", help="the target CLIP space (world-clip, world-clip-l)")
     ap.add_argument("--seeds", type=int, default=3, help="aligner seeds per variant (match rates: mean ± sd)")
@@ -422,34 +459,46 @@ def main(argv=None) -> int:
     ap.add_argument("--no-cache", action="store_true", help="recompute contributions instead of reusing them")
     args = ap.parse_args(argv)
 
-    torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    print(f"rendering {args.train} training and {args.eval} held-out images ...", flush=True)
-    shift = 1000 * args.seed
-    train = World(args.train, ALIGN_SEED + shift).arrays()
-    test = World(args.eval, EVAL_SEED + shift).arrays()
     clip = ClipSpace.world(args.clip)
-    results = []
-    for name in args.models:
-        results.append(run_model(name, clip, train, test, args))
-        print(f"{name} done ({results[-1]['seconds']:.0f} s)", flush=True)
-    text = report(results, args)
+    by_seed, texts = {}, []
+    for seed in args.seed:
+        one = argparse.Namespace(**{**vars(args), "seed": seed})
+        torch.manual_seed(seed)
+        print(f"seed {seed}: rendering {args.train} training and {args.eval} held-out images ...", flush=True)
+        shift = 1000 * seed
+        train = World(args.train, ALIGN_SEED + shift).arrays()
+        test = World(args.eval, EVAL_SEED + shift).arrays()
+        results = []
+        t0 = time.time()
+        for name in args.models:
+            results.append(run_model(name, clip, train, test, one))
+            print(f"{name} done ({results[-1]['seconds']:.0f} s)", flush=True)
+        by_seed[seed] = results
+        texts.append(f"\n######## seed {seed} (splits World({args.train}, {ALIGN_SEED + shift}) / "
+                     f"World({args.eval}, {EVAL_SEED + shift}); {time.time() - t0:.0f} s)\n" + report(results, one))
+    if len(args.seed) > 1:
+        texts.append(spread_report(by_seed))
+    text = "\n".join(texts)
     header = (f"ground truth: {args.train} training / {args.eval} held-out images, {args.epochs} epochs, batch "
               f"{args.batch_size}, lr {args.lr:g}, lambda {args.lam:g}, match threshold AUC >= {args.threshold}, "
-              f"device {args.device}, {time.time() - start:.0f} s")
+              f"seeds {' '.join(map(str, args.seed))}, device {args.device}, {time.time() - start:.0f} s, "
+              f"peak memory {peak_rss_mb():.0f} MB")
     print(header + "\n" + text)
     dump = json.dumps({"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                       "results": results}, indent=1, default=float)
+                       "results": by_seed[args.seed[0]],
+                       "by_seed": {str(s): r for s, r in by_seed.items()},
+                       "spread": spread(by_seed) if len(args.seed) > 1 else None}, indent=1, default=float)
     (out / "ground_truth.json").write_text(dump)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(dump)
     (out / "ground_truth.txt").write_text(header + "\n" + text + "\n")
-    figure(results, args, out / "ground_truth.png")
+    figure(by_seed[args.seed[0]], argparse.Namespace(**{**vars(args), "seed": args.seed[0]}), out / "ground_truth.png")
     print(f"\nwrote {out / 'ground_truth.json'}, {out / 'ground_truth.txt'} and {out / 'ground_truth.png'}")
     return 0
 

@@ -70,7 +70,10 @@ def decompose(model: torch.nn.Module, granularity: str = "head", *, layers: Iter
             (e.g. a timm model with ``num_classes=0`` for pre-logits features, or with its
             classifier for logits; an open_clip ``model.visual`` tower).
         granularity: ``"block"`` (one component per residual branch), ``"head"``
-            (attention branches split per head) or ``"token"`` (per head and source token).
+            (attention branches split per head), ``"token"`` (per head and source token) or
+            ``"neuron"`` (attention per head, every MLP branch per hidden unit: the input axis
+            of its last linear layer; a branch that cannot be split so is listed in
+            ``dm.notes``).
         layers: if given, only these layers (see ``Component.layer``) are split finer than
             ``"block"``.
         input_size: (C, H, W) of the images; read from the model's config when omitted.
@@ -157,5 +160,5 @@ def _layer_numbers(layers, granularity: str) -> set[int] | None:
         out.add(operator.index(i))
     if granularity == "block":
         raise InputError(f"layers={sorted(out)} splits those layers finer than blocks, so it has no effect at block "
-                         "granularity: drop it, or choose granularity 'head' or 'token'")
+                         "granularity: drop it, or choose granularity 'head', 'token' or 'neuron'")
     return out

@@ -23,7 +23,8 @@ class Component:
     stream). ``branch`` numbers the residual branch (or constant) it belongs
     to, so finer components of one branch share it. ``split`` says what ``head`` and
     ``token`` mean for this branch (e.g. ``head+token``; ``token`` indexes channels
-    in channel-attention models, ``head+window+token`` marks windowed attention).
+    in channel-attention models, ``head+window+token`` marks windowed attention;
+    ``neuron`` marks one hidden unit of an MLP branch, numbered by ``neuron``).
     """
 
     index: int
@@ -39,6 +40,7 @@ class Component:
     col: int | None = None
     prefix: str | None = None
     split: str | None = None
+    neuron: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

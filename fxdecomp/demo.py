@@ -1,9 +1,10 @@
 """``fxdecomp demo``: the whole idea on the synthetic world, offline, in about a minute.
 
 Decompose world-vit on world images, check the sum against the model, map every component
-into the world CLIP with the shipped aligner, and print the largest components with their
-top descriptions and the property each scores highest on. ``--report DIR`` also decomposes
-the images into a run store and writes the HTML report.
+into the world CLIP with the shipped aligners, and print the largest components with their
+top descriptions (per-component maps) and the property each scores highest on (the shared
+map, the one whose rankings hold: docs/ALIGN.md). ``--report DIR`` also decomposes the images
+into a run store and writes the HTML report.
 """
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def run(model_name: str = DEFAULT, granularity: str = "head", batch: int = 4, to
 
 
 def words(model: torch.nn.Module, top: int = 8) -> None:
-    """The largest components of world-vit's representation in words (shipped aligner, world CLIP)."""
+    """The largest components of world-vit's representation in words (shipped per-component maps) and
+    the property each scores highest on (shipped shared map), in the world CLIP."""
     from .align import ClipSpace, collect, describe, representation
     from .report.vocabulary import scored_vocabulary, world_properties
     from .world.aligners import load_aligner
@@ -69,12 +71,13 @@ def words(model: torch.nn.Module, top: int = 8) -> None:
     clip = ClipSpace.world()
     feats = collect(dm, World(WORD_IMAGES, EVAL_SEED).arrays()["images"], preprocess=transform_for(rep),
                     progress=False)
-    aligned = load_aligner("world-vit").map(feats)
-    vocab, text, scores = scored_vocabulary(aligned, world_properties(), clip)
+    aligned = load_aligner("world-vit").map(feats)  # descriptions
+    ranking = load_aligner("world-vit", variant="shared").map(feats)  # scores
+    vocab, text, scores = scored_vocabulary(ranking, world_properties(), clip)
     norms = feats.contributions.norm(dim=2).mean(0)
     order = [int(i) for i in torch.argsort(norms, descending=True)[:top]]
-    print(f"\nin words (representation components mapped into the world CLIP by the shipped aligner; "
-          f"{WORD_IMAGES} images):")
+    print(f"\nin words (representation components mapped into the world CLIP on {WORD_IMAGES} images; "
+          "descriptions through the shipped per-component maps, scores through the shipped shared map):")
     width = max(len(feats.names[i]) for i in order)
     for i in order:
         name = feats.names[i]
@@ -84,26 +87,29 @@ def words(model: torch.nn.Module, top: int = 8) -> None:
 
 
 def write_demo_report(model_name: str, folder: str | Path) -> None:
-    """A run of world images with the shipped aligner installed, and its report, in ``folder``."""
+    """A run of world images with the shipped aligners installed, and its report, in ``folder``."""
     from .data import open_data
     from .report import write_report
     from .store import decompose_to_store, open_run
-    from .store.files import ALIGNER_RECORD, publish, sha256, tmp_path, write_json
+    from .store.files import ALIGNER_RECORD, SHARED_RECORD, publish, sha256, tmp_path, write_json
     from .store.lock import RunLock
-    from .world.aligners import aligner_path
+    from .world.aligners import VARIANTS, aligner_path
 
     folder = Path(folder)
     run_dir = folder / "run"
     decompose_to_store(load(model_name), open_data(f"world:{WORD_IMAGES}"), run_dir, model_name=model_name,
                        batch=50, workers=0, progress=False)
     r = open_run(run_dir)
-    if not r.aligner_path().is_file():
+    for variant, path, record in (("per_component", r.aligner_path(), ALIGNER_RECORD),
+                                  ("shared", r.shared_aligner_path(), SHARED_RECORD)):
+        if path.is_file():
+            continue
         with RunLock(run_dir, what="demo"):
-            path = r.aligner_path()
             tmp = tmp_path(path)
-            tmp.write_bytes(aligner_path("world-vit").read_bytes())
+            tmp.write_bytes(aligner_path("world-vit", variant).read_bytes())
             publish(tmp, path)
-            write_json(run_dir / ALIGNER_RECORD, {"clip": "world-clip", "checkpoint": None, "shipped": True,
-                                                  "bytes": path.stat().st_size, "sha256": sha256(path)})
+            write_json(run_dir / record, {"clip": "world-clip", "checkpoint": None, "shipped": True,
+                                          "variant": variant, "lam": VARIANTS[variant][1],
+                                          "bytes": path.stat().st_size, "sha256": sha256(path)})
     page = write_report(r, folder, top=8)
     print(f"\nreport: {page}")

@@ -156,6 +156,7 @@ def test_a_waterbirds_folder_and_a_local_checkpoint(tmp_path):
                           WORDS["location"].values()], label_words=[w[0] for w in WORDS["shape"].values()],
                           epochs=1, max_k=4, random_draws=3, batch_size=16, progress=False)
     summary = run.removal.summary()
+    assert run.aligner.variant == "shared" and run.aligner.lam == 0.0  # rankings read a shared map
     assert 0 <= summary["k"] <= 4 and len(run.removal.ablated) == summary["k"]
     assert run.oracle is not None and set(run.ranking) == set(run.oracle)
     # the classifier's own accuracy on the folder's test split, before any ablation, is what it really scores

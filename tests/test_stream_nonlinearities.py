@@ -142,3 +142,111 @@ def test_a_shape_only_use_does_not_hide_a_collapse():
         assert rel_err(dm(x).total(), model(x)) <= 1e-5
     assert any("hardswish" in op for op in dm.linearised)
     assert [c.kind for c in dm.components].count("mlp") == 2  # the two residual blocks
+
+
+class Hidden(nn.Module):
+    """A residual block, then a stage change with no skip around it, then another residual
+    block. ``stage``: ``"parallel"`` (two nonlinear paths from the stream joined, neither a skip)
+    or ``"max"`` (Hiera's shortcut: a max over query-stride groups of ``proj(norm(x))``, plus an
+    MLP of ``norm(x)`` pooled the same way)."""
+
+    def __init__(self, stage: str, width: int = 8):
+        super().__init__()
+        self.stage = stage
+        self.embed = nn.Conv2d(3, width, 4, stride=4)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+            for _ in range(2))
+        self.norm = nn.LayerNorm(width)
+        self.proj = nn.Linear(width, width)
+        self.mix = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)  # [B, 16, C]
+        x = x + self.blocks[0](x)
+        n = self.norm(x)
+        if self.stage == "parallel":
+            x = torch.relu(self.proj(n)) + self.mix(n)
+        else:
+            b, t, c = n.shape
+            x = self.proj(n).view(b, 4, t // 4, c).max(dim=1).values + \
+                self.mix(n).view(b, 4, t // 4, c).amax(dim=1)
+        x = x + self.blocks[1](x)
+        return x.mean(1)
+
+
+def hidden(stage: str, dtype=torch.float32):
+    torch.manual_seed(0)
+    return jitter_(Hidden(stage).eval(), scale=0.3).to(dtype)
+
+
+@pytest.mark.parametrize("stage", ["parallel", "max"])
+def test_a_stage_without_a_skip_is_a_reported_collapse(stage):
+    """Every path from the stream through the stage change is nonlinear: what came before it
+    (the embedding, blocks.0) reaches the output only inside the stage's leaves. That is a
+    collapse and it is said so, with the fix where there is one."""
+    model = hidden(stage)
+    with pytest.warns(fxdecomp.CollapseWarning, match="no skip path") as caught:
+        dm = fxdecomp.decompose(model, "block", input_size=(3, 16, 16))
+    note = next(str(w.message) for w in caught if issubclass(w.category, fxdecomp.CollapseWarning))
+    assert note in dm.notes and "'norm'" in note
+    assert ("linearize=True" in note) == (stage == "max")
+    x = images(dm)
+    with torch.no_grad():
+        assert rel_err(dm(x).total(), model(x)) <= 1e-5
+    modules = {c.module for c in dm.components}
+    assert not any(m.startswith(("embed", "blocks.0")) for m in modules)
+    # the stage's two nonlinear leaves hold what the stream held: both are 'collapsed'
+    assert [c.kind for c in dm.components].count("collapsed") == 2 and dm.collapsed
+    assert "(max)" in note if stage == "max" else "(relu)" in note
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_a_max_shortcut_is_decomposed_with_its_selection_frozen(dtype):
+    """With linearize=True the max's selection is frozen like an attention weight: the stage
+    change is walked through and every earlier component is back, exact at that input."""
+    model = hidden("max", dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fxdecomp.CollapseWarning)
+        dm = fxdecomp.decompose(model, "block", input_size=(3, 16, 16), linearize=True)
+    x = images(dm, dtype=dtype)
+    with torch.no_grad():
+        out = dm(x)
+        assert rel_err(out.total(), model(x)) <= bound(dtype)
+    kinds = [c.kind for c in dm.components]
+    assert kinds.count("embed") == 1 and kinds.count("mlp") == 3 and not dm.collapsed
+    # one shortcut max; the MLP's amax is inside a branch, computed from actual values
+    assert len(dm.linearised) == 1 and dm.linearised[0].endswith(" (max)")
+
+
+def test_the_frozen_selection_is_the_max_of_the_embedding_path():
+    """One component against an independent computation: with only the embedding (no blocks,
+    no constants), the shortcut's contribution is the projected, centred and scaled embedding
+    at the element the max picked for the whole input."""
+
+    class Shortcut(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Conv2d(3, 8, 4, stride=4, bias=False)
+            self.norm = nn.LayerNorm(8, elementwise_affine=False)
+            self.proj = nn.Linear(8, 8, bias=False)
+
+        def forward(self, x):
+            n = self.norm(self.embed(x).flatten(2).transpose(1, 2))
+            b, t, c = n.shape
+            return self.proj(n).view(b, 4, t // 4, c).max(dim=1).values.mean(1)
+
+    torch.manual_seed(0)
+    model = jitter_(Shortcut().eval()).double()
+    dm = fxdecomp.decompose(model, "block", input_size=(3, 16, 16), linearize=True)
+    x = images(dm, dtype=torch.float64)
+    with torch.no_grad():
+        out = dm(x)
+        e = model.embed(x).flatten(2).transpose(1, 2)
+        n = model.norm(e)
+        rstd = 1 / (e.var(-1, unbiased=False, keepdim=True) + model.norm.eps).sqrt()
+        p = model.proj((e - e.mean(-1, keepdim=True)) * rstd).view(3, 4, 4, 8)
+        pick = model.proj(n).view(3, 4, 4, 8).argmax(dim=1, keepdim=True)
+        want = p.gather(1, pick).squeeze(1).mean(1)
+    assert out.components.names == ["embed"]
+    torch.testing.assert_close(out["embed"], want, rtol=0, atol=1e-12)

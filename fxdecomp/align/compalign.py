@@ -144,16 +144,29 @@ class CompAlign(torch.nn.Module):
         return cos + self.lam * pen, cos, pen
 
     @torch.no_grad()
-    def map(self, data, batch_size: int = 1024) -> Aligned:
-        """Every component of every image of ``data`` (``Features`` or [N, C, d_model]) in CLIP space."""
+    def map(self, data, batch_size: int = 1024, *, finer: bool = False) -> Aligned:
+        """Every component of every image of ``data`` (``Features`` or [N, C, d_model]) in CLIP space.
+
+        With ``finer``, ``data`` (``Features`` or a ``Decomposition``) may be at a finer granularity
+        than the aligner's: each component is read with its own map or its head's or branch's
+        (:meth:`maps_for`), so tokens take their head's map and neurons their MLP's, and the
+        result keeps the data's own components (``describe``, ``property_scores`` on neurons)."""
+        clip = data.clip if isinstance(data, Features) else None
+        if clip is not None:
+            self.check_clip_dim(clip.shape[1])
+        bias = self.bias.detach().float().cpu()
+        if finer:
+            if not isinstance(data, (Decomposition, Features)):
+                raise InputError("map(..., finer=True) needs the data's components: pass Features or a Decomposition")
+            dev = self.weight.device
+            mapped = torch.cat([self.map_finer(data.contributions[i:i + batch_size].to(dev), data.components).float().cpu()
+                                for i in range(0, len(data.contributions), batch_size)])
+            return Aligned(mapped, list(data.components.names), clip, bias)
         contributions = self._contributions(data)
         dev = self.weight.device
         mapped = torch.cat([self(contributions[i:i + batch_size].to(dev)).float().cpu()
                             for i in range(0, len(contributions), batch_size)])
-        clip = data.clip if isinstance(data, Features) else None
-        if clip is not None:
-            self.check_clip_dim(clip.shape[1])
-        return Aligned(mapped, list(self.names), clip, self.bias.detach().float().cpu())
+        return Aligned(mapped, list(self.names), clip, bias)
 
     def maps_for(self, components) -> list[int]:
         """Which map applies to each of ``components``: its own, or for a component finer than the

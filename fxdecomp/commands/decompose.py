@@ -32,9 +32,10 @@ def add(sub) -> None:
     p.add_argument("model", help="preset, timm:NAME, open_clip:NAME[:TAG] or hf:FOLDER")
     p.add_argument("data", help="image folder, Waterbirds-layout folder or world:N[:SEED]")
     p.add_argument("--out", required=True, help="the run folder to write (or to resume)")
-    p.add_argument("--granularity", choices=("block", "head", "token"), default="head")
+    p.add_argument("--granularity", choices=("block", "head", "token", "neuron"), default="head",
+                   help="neuron: attention per head, every MLP per hidden unit (default: head)")
     p.add_argument("--layers", type=at_least(0), nargs="+", help="split finer than blocks only in these layers "
-                                                                  "(head or token granularity)")
+                                                                  "(head, token or neuron granularity)")
     p.add_argument("--batch", type=positive(), default=64, help="images per batch (default: 64)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
@@ -58,7 +59,7 @@ def run(args) -> int:
     # everything that can be checked without the model, before it is loaded and compiled
     if args.layers is not None and args.granularity == "block":
         raise InputError("--layers splits those layers finer than blocks, so it has no effect with --granularity "
-                         "block: drop --layers, or choose --granularity head or token")
+                         "block: drop --layers, or choose --granularity head, token or neuron")
     if args.num_classes is not None:
         check_num_classes(args.model)
     check_weights(args.model, args)

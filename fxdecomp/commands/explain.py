@@ -8,7 +8,8 @@ EPILOG = """examples:
   fxdecomp explain runs/vit --out reports/vit
   fxdecomp explain runs/deit --out reports/deit --top 20 --properties my_properties.json
 
-Descriptions and property scores appear once the run has an aligner (fxdecomp align). Properties:
+Descriptions and property scores appear once the run has been aligned (fxdecomp align): descriptions
+read the per-component maps, property scores and rankings the shared map. Properties:
 a JSON file {"property": ["description", ...]}; default: the world's attribute words for world
 runs, the paper's property lists otherwise. Open REPORT/index.html in a browser."""
 

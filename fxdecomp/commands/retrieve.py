@@ -11,7 +11,9 @@ EPILOG = """examples (after fxdecomp align):
 --property names one of the report's properties (the world's attributes, the paper's lists, or
 --properties FILE); its components are the k that score for it and not for the others. A text is
 read from the k components with the largest share of the variance along it (centred against
---against, the other descriptions of its property). Prints the retrieved image ids."""
+--against, the other descriptions of its property). Components are chosen through the run's
+shared map (the aligner whose rankings hold); images are compared through the per-component
+maps. Prints the retrieved image ids."""
 
 
 def add(sub) -> None:
@@ -34,13 +36,12 @@ def add(sub) -> None:
 def run(args) -> int:
     import numpy as np
 
-    from ..align.scores import property_scores
     from ..errors import InputError
     from ..report.build import aligned_space
     from ..report.vocabulary import properties_for
     from ..retrieval import (by_text, component_sum, description_components, image_grid, nearest,
                              property_components, text_direction_against)
-    from ..store import open_run
+    from ..store import open_run, property_scores_over, shared_aligned
     from .heatmap import image_index
 
     if args.property is not None and args.image is None:
@@ -55,13 +56,14 @@ def run(args) -> int:
     aligner, clip = aligned_space(r, args.clip_checkpoint)
     if aligner is None:
         raise InputError(f"retrieval reads components in CLIP space: run fxdecomp align {r.path} first")
-    aligned = aligner.map(r.features())
+    ranking = shared_aligned(r)  # components are chosen through the shared map (refuses a run without one)
+    aligned = aligner.map(r.features())  # images compared through the per-component maps
     data = r.data()
     if args.image is not None:
         props = properties_for(r, args.properties)
         if args.property not in props:
             raise InputError(f"--image needs --property, one of {sorted(props)}")
-        scores = {p: property_scores(aligned, words, clip=clip, method="share") for p, words in props.items()}
+        scores = property_scores_over(r, props, clip=clip, aligned=ranking)
         chosen = property_components(scores, args.property, args.components)
         q = image_index(r, args.image)
         found = nearest(component_sum(aligned, chosen), [q], args.k)[0].tolist()
@@ -69,7 +71,7 @@ def run(args) -> int:
     else:
         texts = clip.encode_texts([args.text, *args.against])
         direction = text_direction_against(texts, 0)
-        chosen = description_components(aligned, direction, args.components)
+        chosen = description_components(ranking, direction, args.components)
         found = by_text(component_sum(aligned, chosen), direction, args.k).tolist()
         rows, queries, title = [(f"'{args.text}'", found)], None, f"images for '{args.text}'"
     need = list(dict.fromkeys([*(queries or []), *found]))  # only the images the figure shows

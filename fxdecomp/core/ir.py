@@ -81,6 +81,8 @@ class Affinity:
     rules: dict = field(default_factory=dict)
     #: rules read from the symbolic form, standing in for the op rules at these nodes
     symbolic: dict = field(default_factory=dict)
+    #: nodes that select one element (a max over an axis): linear with ``linearize=True``
+    selections: set = field(default_factory=set)
 
     def rule(self, node: fx.Node):
         """The rule the walk uses at ``node``."""

@@ -68,6 +68,8 @@ class CompileState:
     # -- granularity -----------------------------------------------------------------------------
     groups: list = field(default_factory=list)       # Group, in slot order
     components: ComponentTable | None = None
+    #: one sentence per branch left whole at neuron granularity, and why
+    split_notes: list = field(default_factory=list)
     # -- grouping --------------------------------------------------------------------------------
     targets: list = field(default_factory=list)      # Target, by group: where its pieces are written
     # -- readout ---------------------------------------------------------------------------------
@@ -83,8 +85,10 @@ class CompileState:
 
     @property
     def notes(self) -> list[str]:
-        """Every known limit met and every collapse, one sentence each (``dm.notes``)."""
-        return list(self.axes.notes if self.axes is not None else ()) + list(self.collapses)
+        """Every known limit met, every collapse and every branch left unsplit, one sentence each
+        (``dm.notes``)."""
+        return list(self.axes.notes if self.axes is not None else ()) + list(self.collapses) + \
+            list(self.split_notes)
 
 
 #: a compiler pass

@@ -18,6 +18,9 @@ class Step(Enum):
     MIXING = "mixing"
     #: affine once its statistics are frozen at their actual values (LayerNorm, RMSNorm, GroupNorm)
     NORM = "norm"
+    #: linear once which element it selects is frozen (a max over an axis): walked through as
+    #: ``LINEAR`` with ``linearize=True``, else ``NONLINEAR`` (the affinity pass decides)
+    SELECTION = "selection"
     #: none of these: computed from actual values (inside a branch it is a leaf)
     NONLINEAR = "nonlinear"
     #: no rule (a node only)
@@ -30,4 +33,4 @@ class Step(Enum):
 
 
 #: the steps a rule may give its op
-RULE_STEPS = (Step.LINEAR, Step.MIXING, Step.NORM, Step.NONLINEAR)
+RULE_STEPS = (Step.LINEAR, Step.MIXING, Step.NORM, Step.SELECTION, Step.NONLINEAR)

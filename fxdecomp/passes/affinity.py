@@ -15,6 +15,8 @@
   stream): a residual branch like this is still a component, never walked through.
 * ``linear_reach``: the node reaches the segment's end through linear ops only
   (a norm on such a path is on the stream, not at the start of a branch).
+* ``selections``: the nodes whose rule says ``SELECTION`` (a max over an axis): ``LINEAR``
+  with ``linearize=True`` (their selection frozen), else ``NONLINEAR``.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from .symbolic import pointwise_rules
 
 
 def step_of(node: fx.Node, flow: dict, rule=None) -> Step:
-    """The step of a varying node (``UNKNOWN`` where no rule covers it)."""
+    """The step of a varying node as its rule gives it (``UNKNOWN`` where no rule covers it)."""
     if node.op != "call_function":
         return Step.UNKNOWN
     rule = rule or rule_for(node.target)
@@ -39,31 +41,41 @@ def step_of(node: fx.Node, flow: dict, rule=None) -> Step:
 
 def run(state: CompileState) -> CompileState:
     """Fills ``affinity``."""
-    state.affinity = analyse(state.gm, state.flow, state.stream, state.axes)
+    state.affinity = analyse(state.gm, state.flow, state.stream, state.axes, state.linearize)
     return state
 
 
-def analyse(gm: fx.GraphModule, flow: dict, stream: Stream, axes: Axes) -> Affinity:
+def analyse(gm: fx.GraphModule, flow: dict, stream: Stream, axes: Axes, linearize: bool = False) -> Affinity:
     g = stream.graph
     order = [n for n in gm.graph.nodes if n in g]
-    aff = _analyse(order, flow, stream, Affinity({}, {}, {}, {}, {}))
+    aff = _analyse(order, flow, stream, Affinity({}, {}, {}, {}, {}), linearize)
     symbolic = pointwise_rules(order, flow, stream, lambda n: aff.step[n], aff.depth, axes.atoms)
     if symbolic:
-        aff = _analyse(order, flow, stream, Affinity({}, {}, {}, {}, {}, symbolic=symbolic))
+        aff = _analyse(order, flow, stream, Affinity({}, {}, {}, {}, {}, symbolic=symbolic), linearize)
     aff.rules = {n: symbolic.get(n) or rule_for(n.target) for n in gm.graph.nodes if n.op == "call_function"}
     return aff
 
 
-def _analyse(order: list, flow: dict, stream: Stream, aff: Affinity) -> Affinity:
+def _analyse(order: list, flow: dict, stream: Stream, aff: Affinity, linearize: bool) -> Affinity:
     g = stream.graph
     affine, depth, step, frozen = aff.affine, aff.depth, aff.step, aff.frozen_affine
+
+    def step_here(node) -> Step:
+        if node in stream and node.op != "call_function":
+            return Step.INPUT
+        k = step_of(node, flow, aff.symbolic.get(node))
+        if k is Step.SELECTION:
+            aff.selections.add(node)
+            k = Step.LINEAR if linearize else Step.NONLINEAR
+        return k
+
     users: dict = {n: [] for n in order}
     for node in order:
         if node in stream:
             affine[node], depth[node], frozen[node] = True, 0, True
-            step[node] = step_of(node, flow, aff.symbolic.get(node)) if node.op == "call_function" else Step.INPUT
+            step[node] = step_here(node)
         else:
-            k = step_of(node, flow, aff.symbolic.get(node))
+            k = step_here(node)
             step[node] = k
             args = [a for a in aff.inputs(node) if a in g]
             base = [affine[a] for a in args]

@@ -24,6 +24,9 @@ Constants met on the way become bias components.
 """
 from __future__ import annotations
 
+import operator
+
+import networkx as nx
 import torch
 import torch.fx as fx
 
@@ -36,7 +39,7 @@ from ..core.step import Step
 from ..core.terms import Derived, Factor, NodeValue, PartialSum, Piece, Term, resolve_in
 from ..core.where import describe, module_of, param_name, unsupported
 from ..errors import UnsupportedOpError
-from .route import moving
+from .route import RESIDUAL_JOINS, moving
 
 
 def _nonzero_at_zero(node: fx.Node) -> bool:
@@ -69,7 +72,7 @@ def run(state: CompileState) -> CompileState:
     state.terms, state.specs = expander.run()
     state.joins = expander.joins()
     state.linearised = expander.linearised
-    state.collapses = expander.notes
+    state.collapses = expander.notes + expander.hidden_collapses()
     return state
 
 
@@ -102,6 +105,56 @@ class Expander:
         """The nodes where the walk met terms of more than one component (where a branch's
         tail ends, for labels)."""
         return frozenset(n for n, ts in self.memo.items() if len({t.component.id for t in ts}) > 1)
+
+    def hidden_collapses(self) -> list[str]:
+        """One sentence per stretch of the stream that no term passes through, though branches
+        come before it: everything computed there reaches the output only inside the leaves
+        of later branches (every path from it is nonlinear, as at Hiera's stage changes without
+        ``linearize``). A collapse the walk made itself (a nonlinear op on the stream, a stem)
+        is not counted again; nor is a stream that only a class-token readout leaves unread
+        (the route goes through it, the demand pass finds it dead)."""
+        g, stream, route = self.stream.graph, self.stream, self.route
+        reached, todo = {self.out}, [self.out]
+        while todo:
+            n = todo.pop()
+            if not route.through.get(n, n is self.out):
+                continue
+            for a in self.aff.inputs(n):
+                if a in g and a not in reached:
+                    reached.add(a)
+                    todo.append(a)
+        stops = [i for i, n in enumerate(stream.nodes)
+                 if route.stem.get(n) or (n in route.why_not and not route.through.get(n))]
+        first = max(stops, default=-1) + 1
+        notes, i = [], len(stream.nodes) - 1
+        while i >= first:
+            h = stream.nodes[i]
+            if h in reached or all(a in stream for a in nx.ancestors(g, h)):
+                i -= 1
+                continue
+            notes.append(self._hidden_note(h, i))
+            while i >= first and stream.nodes[i] not in reached:
+                i -= 1  # one note per unreached stretch, at its last node
+        return notes
+
+    def _hidden_note(self, h: fx.Node, i: int) -> str:
+        """The note for the unread stream node ``h`` (position ``i``); the leaves of its segment
+        that are not attention-weighted sums (a nonlinear op carrying the stream on) become
+        'collapsed' components: they hold what the stream held."""
+        leaves = [c for c in self.components if c.role == "branch" and self.stream.segment.get(c.node) == i]
+        for c in leaves:
+            if c.mixing is None:
+                c.role = "collapsed"
+        names = ", ".join(dict.fromkeys(self._leaf_name(c.node) for c in leaves)) or "later branches"
+        note = (f"the residual stream at {describe(h)} reaches the output only through {names}, computed from "
+                "its actual values with no skip path around them: every component before it is inside them "
+                "(collapsed, not listed).")
+        chosen = [c for c in leaves if c.node in self.aff.selections]
+        if chosen:
+            where = ", ".join(self._leaf_name(c.node) for c in chosen)
+            return note + (f" Pass linearize=True to decompose through {where} with its selection frozen (the "
+                           "element the max picks, at the actual input).")
+        return note + " No option decomposes through it yet."
 
     def terms(self, node: fx.Node) -> list[Term]:
         hit = self.memo.get(node)
@@ -150,6 +203,8 @@ class Expander:
         through = self.route.through[node]
         if step == Step.LINEAR:
             self._linear_branches_are_leaves(node)
+            if node in self.aff.selections:
+                self.linearised.append(self._leaf_name(node).replace("'", ""))
             return self._through(node, rule)
         if step == Step.NORM:
             if through:
@@ -173,11 +228,24 @@ class Expander:
         """What collapsed, and whether ``linearize=True`` would avoid it."""
         note = (f"the residual stream passes through a nonlinear op at {describe(node)}: everything "
                 "computed before it is one 'collapsed' component.")
+        if node in self.aff.selections:
+            return note + (" Pass linearize=True to decompose through it with its selection frozen (the "
+                           "element it picks, at the actual input).")
         if why_not is None:
             return note + (" Pass linearize=True to decompose through it with its gate frozen "
                            "(f(x) = x · (f(x)/x) at the actual input).")
         return note + (f" linearize=True cannot avoid this: {why_not}, so it is not an elementwise op "
                        "that can be written x · (f(x)/x).")
+
+    def _leaf_name(self, node) -> str:
+        """``'module' (op)`` for a note (a ``getitem`` named after the op whose item it reads)."""
+        src = node.args[0] if node.target is operator.getitem else node
+        return f"'{module_of(node) or src.name}' ({self._selected_op(node)})"
+
+    def _selected_op(self, node) -> str:
+        """The op a selection node reads (a ``getitem`` reads its producer's values)."""
+        src = node.args[0] if node.target is operator.getitem else node
+        return getattr(src.target, "__name__", str(src.target)).split(".")[0]
 
     def _step_of(self, node, rule) -> Step:
         return self.aff.step.get(node) or rule.classify(node, lambda x: is_varying(self.flow, x))
@@ -190,8 +258,9 @@ class Expander:
         are frozen (ResMLP's token mixing is one linear layer; PoolFormer's is
         ``pool(norm(x)) - norm(x)``), the branch is still a component of its own: its output is
         the leaf. Walking through it would double every earlier component's terms at each
-        such block."""
-        if node not in self.stream:
+        such block. A concatenation is no join: what it puts beside the stream (open_clip
+        ResNet's mean token before its attention pool) is walked like the stream itself."""
+        if node not in self.stream or node.target not in RESIDUAL_JOINS:
             return
         moving = self._moving(node)
         if len(moving) < 2 or not any(a in self.stream for a in moving):

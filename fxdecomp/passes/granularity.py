@@ -5,6 +5,10 @@ atoms that sum names: its heads (shared non-batch atoms), its windows (shared
 spatial atoms, for windowed attention) and its source tokens (the contracted
 atoms). The granularity (optionally only in some layers) picks which of them
 stay free; every index of the free atoms becomes one labelled component.
+
+At ``"neuron"`` granularity attention branches are split by head and every other branch
+along the input axis of its last weighted layer (``core/neurons.py``), one component per
+hidden unit; a branch that has no such axis stays whole, and ``dm.notes`` says why.
 """
 from __future__ import annotations
 
@@ -12,11 +16,13 @@ from math import prod
 
 from ..components import Component, ComponentTable
 from ..core.atoms import AtomTable
+from ..core.context import RuleContext
 from ..core.ir import BaseLabel, ComponentSpec, Group
+from ..core.neurons import neuron_axis
 from ..core.state import CompileState
 from ..errors import InputError
 
-GRANULARITIES = ("block", "head", "token")
+GRANULARITIES = ("block", "head", "token", "neuron")
 
 
 def run(state: CompileState) -> CompileState:
@@ -28,9 +34,46 @@ def run(state: CompileState) -> CompileState:
             name = state.model_name
             raise InputError(f"no layer(s) {sorted(bad)} in {name}; its layers are {known[0]}..{known[-1]}"
                              if known else f"{name} has no layers to split")
+    if state.granularity == "neuron":
+        find_neurons(state)
     state.groups = plan_groups(state.specs, state.labels, state.granularity, state.layers)
     state.components = component_table(state.groups, state.axes.table)
     return state
+
+
+def find_neurons(state: CompileState) -> None:
+    """Names each non-attention branch's hidden-unit atoms (``split["neuron"]``) in the chosen
+    layers; refuses a model where no branch has them, naming the branches it has."""
+    ctx = RuleContext(state)
+    by_spec: dict = {}
+    for t in state.terms:
+        by_spec.setdefault(t.component.id, []).append(t)
+    branches, split_any = [], False
+    for spec in state.specs:
+        lab = state.labels[spec.id]
+        if spec.role not in ("branch", "collapsed"):
+            continue
+        branches.append(f"{lab.name} ({lab.kind})")
+        if spec.role != "branch" or lab.kind == "attn" or (state.layers is not None and lab.layer not in state.layers):
+            continue
+        found = neuron_axis(state, spec, by_spec.get(spec.id, []), ctx)
+        if not found.atoms:
+            state.split_notes.append(f"{lab.name} is not split by neuron: {found.why}; it stays one component.")
+            continue
+        spec.split = dict(spec.split, neuron=found.atoms)
+        split_any = True
+        # the codegen reads a split atom through ``renamed``; the neuron atoms are named as the
+        # terms hold them now (an earlier rename, as by a norm before the last layer, came before)
+        for t in by_spec.get(spec.id, []):
+            if any(a in t.renamed for a in found.atoms):
+                t.renamed = {k: v for k, v in t.renamed.items() if k not in found.atoms}
+    if not split_any:
+        where = f" in layers {sorted(state.layers)}" if state.layers is not None else ""
+        listed = ", ".join(branches[:8]) + (f" and {len(branches) - 8} more" if len(branches) > 8 else "") \
+            if branches else "none"
+        raise InputError(f"neuron granularity splits MLP branches per hidden unit, but {state.model_name} has no "
+                         f"branch{where} that can be split so (its branches: {listed}); use granularity 'head' "
+                         "or 'token'" + (f" ({state.split_notes[0]})" if state.split_notes else ""))
 
 
 def split_atoms(spec: ComponentSpec, lab: BaseLabel, granularity: str, layers) -> tuple:
@@ -39,6 +82,8 @@ def split_atoms(spec: ComponentSpec, lab: BaseLabel, granularity: str, layers) -
     g = granularity if (layers is None or lab.layer in layers) else "block"
     if g == "head":
         return tuple(spec.split.get("head", ()))
+    if g == "neuron":
+        return tuple(spec.split.get("neuron", ())) or tuple(spec.split.get("head", ()))
     if g == "token":
         return tuple(spec.split.get("head", ())) + tuple(spec.split.get("window", ())) + \
             tuple(spec.split.get("token", ()))
@@ -62,6 +107,11 @@ def component_table(groups: list[Group], table: AtomTable) -> ComponentTable:
         if not grp.split:
             comps.append(Component(len(comps), lab.name, lab.kind, lab.module, lab.module_type, lab.layer,
                                    lab.branch))
+            continue
+        if grp.split == tuple(spec.split.get("neuron", ())):
+            first = len(comps)
+            comps.extend([Component(first + n, f"{lab.name}[n{n}]", lab.kind, lab.module, lab.module_type,
+                                    lab.layer, lab.branch, neuron=n, split="neuron") for n in range(grp.count)])
             continue
         heads = tuple(a for a in grp.split if a in spec.split.get("head", ()))
         where = tuple(a for a in grp.split if a not in heads)

@@ -72,12 +72,7 @@ def branch_nodes(spec: ComponentSpec, stream: Stream, joins: frozenset = frozens
     def inside(n) -> bool:
         return n in g and stream.segment.get(n) == seg and n not in stream
 
-    own, todo = {leaf}, [leaf]
-    while todo:
-        for u in todo.pop().users:
-            if u not in own and inside(u) and u not in joins:
-                own.add(u)
-                todo.append(u)
+    own = branch_tail(spec, stream, joins)
     if by_segment is None:
         by_segment = segments(stream, leaf.graph)
     for n in reversed(by_segment.get(seg, ())):
@@ -86,6 +81,28 @@ def branch_nodes(spec: ComponentSpec, stream: Stream, joins: frozenset = frozens
             if users and all(u in own for u in users):
                 own.add(n)
     return own
+
+
+def branch_tail(spec: ComponentSpec, stream: Stream, joins: frozenset = frozenset()) -> set:
+    """The ops of a branch from its leaf down to the first join (its affine tail, and the
+    leaf): where the branch's own module is, whatever comes before it (a norm, written as
+    many pointwise ops, may hold most of a branch's ops)."""
+    g, leaf = stream.graph, spec.leaf
+    if leaf is None or leaf not in g or leaf in stream:
+        return {spec.node}
+    seg = stream.segment[leaf]
+    own, todo = {leaf}, [leaf]
+    while todo:
+        for u in todo.pop().users:
+            if u not in own and u in g and stream.segment.get(u) == seg and u not in stream and u not in joins:
+                own.add(u)
+                todo.append(u)
+    return own
+
+
+def _holds(module: str, nodes) -> bool:
+    """Whether ``module`` (or a module inside it) holds one of ``nodes`` that computes."""
+    return any(_computes(n) and (module_of(n) == module or module_of(n).startswith(module + ".")) for n in nodes)
 
 
 def segments(stream: Stream, graph) -> dict:
@@ -110,6 +127,10 @@ def label(specs: list[ComponentSpec], stream: Stream, axes: Axes, joins: frozens
             by_segment = segments(stream, spec.node.graph)
         nodes = branch_nodes(spec, stream, joins, by_segment)
         module = majority_module(nodes) if spec.role == "branch" else module_of(spec.node)
+        if spec.role == "branch" and module:
+            tail = branch_tail(spec, stream, joins)
+            if not _holds(module, tail):  # the module in front of the branch (its norm), not the branch's
+                module = majority_module(tail) or module
         types = _module_types(nodes)
         mtype = types.get(module, module_type_of(spec.node))
         kind = _component_kind(spec, nodes, axes)

@@ -3,7 +3,9 @@
 The model, its reconstruction error and its largest components; for each, its top
 descriptions and the property it scores highest on (once ``fxdecomp align`` has run),
 the images it says most about and, at token granularity, where in them it reads;
-bar charts of every property's scores.
+bar charts of every property's scores. Descriptions read the per-component maps; every
+ranking (the property a component scores highest on, the bars) reads the shared map, the
+only one whose rankings hold against the ground truth (docs/ALIGN.md). The page says so.
 """
 from __future__ import annotations
 
@@ -72,12 +74,15 @@ def write_report(run, out, *, top: int = 12, images: int = 400, per_component: i
     pictures = _Pictures(data)  # decoded on first use: the page shows a few dozen of the images read
     token = run.granularity == "token"
     aligner, clip = aligned_space(run, clip_checkpoint)
+    shared = run.shared_aligner() if aligner is not None else None  # refuses a run aligned without one
     dec = Decomposition(contrib, run.components, contrib.sum(1))
     mapped = aligner.map_finer(contrib, list(run.components)).float() if aligner is not None else None
+    ranked = shared.map_finer(contrib, list(run.components)).float() if shared is not None else None
     if token:  # summaries per head: tokens (and their mapped contributions) summed
         grouped = dec.group("head")
         if mapped is not None:
             mapped = Decomposition(mapped, run.components, mapped.sum(1)).group("head").contributions
+            ranked = Decomposition(ranked, run.components, ranked.sum(1)).group("head").contributions
         summary = grouped
     else:
         summary = dec
@@ -85,8 +90,9 @@ def write_report(run, out, *, top: int = 12, images: int = 400, per_component: i
     norms = summary.norms().mean(0)
     order = [int(i) for i in torch.argsort(norms, descending=True)[:top]]
     props = properties_for(run, properties)
-    aligned = Aligned(mapped, comps.names) if mapped is not None else None
-    vocab, text, scores = scored_vocabulary(aligned, props, clip) if aligned is not None else ([], None, {})
+    aligned = Aligned(mapped, comps.names) if mapped is not None else None  # descriptions
+    ranking = Aligned(ranked, comps.names) if ranked is not None else None  # scores and rankings
+    vocab, text, scores = scored_vocabulary(ranking, props, clip) if ranking is not None else ([], None, {})
 
     sections = []
     for j in order:
@@ -111,7 +117,8 @@ def write_report(run, out, *, top: int = 12, images: int = 400, per_component: i
     charts = [{"property": p, "words": ", ".join(props[p]),
                "chart": figures.bars([comps.names[i] for i in np.argsort([-s[n_] for n_ in comps.names])[:10]],
                                      sorted((s[n_] for n_ in comps.names), reverse=True)[:10],
-                                     f"{p}: components by variance share", "share of the variance along the property")}
+                                     f"{p}: components by variance share (shared map)",
+                                     "share of the variance along the property")}
               for p, s in scores.items()]
     rec = run.manifest["reconstruction"]
     page = _template().render(

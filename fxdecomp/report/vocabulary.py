@@ -46,7 +46,8 @@ def properties_for(run, path: str | Path | None = None) -> dict[str, list[str]]:
 
 def scored_vocabulary(aligned, props: dict[str, list[str]], clip):
     """(vocabulary, its text embeddings, {property: {component: variance share}}), the words put
-    through CLIP once: the descriptions and the property scores read the same embeddings."""
+    through CLIP once: the descriptions and the property scores read the same embeddings.
+    ``aligned``: the components through the shared map, the one rankings read (docs/ALIGN.md)."""
     from ..align.scores import property_scores
 
     vocab = list(dict.fromkeys(w for words in props.values() for w in words))

@@ -1,7 +1,8 @@
 """Rule tables for the ops the compiler understands (importing registers them)."""
 from ..core.context import RuleContext
 from ..core.step import Step
-from . import attention, einsum, elementwise, layers, movement, norms, pooling, reductions  # noqa: F401
+from . import (  # noqa: F401
+    attention, einsum, elementwise, gather, layers, movement, norms, pooling, reductions, selection)
 from .base import ALL, Rule, SympyForm
 from .registry import register_rule, rule_for, unregister_rule
 

@@ -646,7 +646,7 @@ class GetItemRule(Rule):
         if not isinstance(rule, TupleRule):
             return Step.NONLINEAR
         step = rule.item_step(prod, node.args[1])
-        return step if step in (Step.LINEAR, Step.NORM) else Step.NONLINEAR
+        return step if step in (Step.LINEAR, Step.NORM, Step.SELECTION) else Step.NONLINEAR
 
     def carriable(self, node):
         prod, rule = self._producer(node)

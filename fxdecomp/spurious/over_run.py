@@ -34,7 +34,8 @@ def logit_contributions(run, head: torch.nn.Linear, indices: np.ndarray) -> torc
 
 def from_run(run, *, clip, spurious_words: Sequence[str], label_words: Sequence[str] = (), max_k: int = 20,
              random_draws: int = 20, seed: int = 0) -> tuple[Removal, list[str], list[str]]:
-    """(removal, ranking, oracle) for a run of a Waterbirds-layout folder decomposed whole, aligned first."""
+    """(removal, ranking, oracle) for a run of a Waterbirds-layout folder decomposed whole, aligned first;
+    components are ranked through the run's shared map."""
     labels = run.labels
     missing = [k for k in ("target", "place", "group", "split") if k not in labels]
     if missing:
@@ -50,11 +51,11 @@ def from_run(run, *, clip, spurious_words: Sequence[str], label_words: Sequence[
     if empty:
         raise InputError(f"{run.path} has no images in split(s) {empty}; metadata.csv must list train (0), "
                          "validation (1) and test (2) images")
-    aligner = run.aligner()
+    shared = run.shared_aligner()  # rankings read the shared map (docs/ALIGN.md); refuses a run without one
     train_c = run.images(idx["train"])
     feats = _features(train_c, run.components)
     candidates = varying(feats)
-    scores = spurious_scores(aligner.map(train_c), spurious_words, label_words, clip=clip)
+    scores = spurious_scores(shared.map(train_c), spurious_words, label_words, clip=clip)
     ranking = ranked(scores, candidates)
     oracle = readout_ranking(train_c, labels["place"][idx["train"]], run.images(idx["validation"]),
                              labels["place"][idx["validation"]], run.names, candidates)

@@ -62,12 +62,17 @@ def find_and_remove(model: torch.nn.Module, train, validation, test, *, clip, sp
                     progress: bool = True, seed: int = 0) -> SpuriousRun:
     """Rank ``model``'s components by ``spurious_words`` against ``label_words`` and mean-ablate the top k.
 
-    CompAlign is trained on the training split's images (unless an ``aligner`` for this model's
-    representation at this granularity is given); means come from the training split, k from the
-    validation split, numbers from the test split.
+    The ranking reads a shared map (one map for every component, λ = 0: the aligner whose rankings
+    hold against the ground truth, docs/ALIGN.md), trained on the training split's images unless
+    ``aligner``, a shared-map CompAlign of this model's representation at this granularity, is
+    given; means come from the training split, k from the validation split, numbers from the test split.
     """
     if not spurious_words:
         raise InputError("describe the spurious attribute with at least one description (e.g. background places)")
+    if aligner is not None and aligner.variant != "shared":
+        raise InputError(f"find_and_remove ranks components through a shared map, and the aligner given has "
+                         f"{aligner.variant} maps, whose rankings are not sound (docs/ALIGN.md): pass a "
+                         "CompAlign(..., variant='shared', lam=0) or none (one is trained)")
     labels = {name: _labels(d, name) for name, d in (("train", train), ("validation", validation), ("test", test))}
     for name in ("validation", "test"):
         _all_groups(labels[name][1], name)
@@ -77,7 +82,7 @@ def find_and_remove(model: torch.nn.Module, train, validation, test, *, clip, sp
     kw = dict(preprocess=pre, device=device, batch_size=batch_size, progress=progress)
     ftr = collect(dm_rep, train, clip=clip if aligner is None else None, desc="representation: train split", **kw)
     if aligner is None:
-        aligner = CompAlign.for_features(ftr, lam=1.0, seed=seed)
+        aligner = CompAlign.for_features(ftr, variant="shared", lam=0.0, seed=seed)
         aligner.fit(ftr, epochs=epochs, device=device, seed=seed, progress=progress)
         aligner.cpu()
     aligner.check(components=ftr.components, d_model=ftr.contributions.shape[2])

@@ -1,11 +1,16 @@
 """CompAlign over a run: CLIP embeddings of the run's own images (added once), then training
 from the store shard by shard, so memory holds one shard whatever the run's size.
 
-Both hold the run's lock while they write, and record the size and SHA-256 of what they write.
-A run's aligner is replaced only on purpose (``overwrite=True``, ``fxdecomp align --overwrite``),
-and only by one whose training finished with a finite loss.
+Training gives two aligners: the per-component maps (λ as asked, what descriptions read) and the
+shared map (one map for every component, λ = 0, what rankings read: docs/ALIGN.md finds a ranking
+sound only there). Both hold the run's lock while they write, and record the size and SHA-256 of what
+they write. A run's aligners are replaced only on purpose (``overwrite=True``, ``fxdecomp align
+--overwrite``), and only by ones whose training finished with a finite loss; ``shared_only`` adds the
+shared map to a run aligned before ``align`` trained one, keeping its per-component maps.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import save_file
@@ -14,7 +19,7 @@ from tqdm.auto import tqdm
 from ..align.clip_space import ClipSpace
 from ..align.compalign import CompAlign, check_training
 from ..errors import InputError
-from .files import ALIGNER_RECORD, publish, read_json, sha256, tmp_path, write_json
+from .files import ALIGNER_RECORD, SHARED_RECORD, publish, read_json, sha256, tmp_path, write_json
 from .loader import loader
 from .lock import RunLock
 from .run import CLIP_EMBEDDINGS, CLIP_RECORD, Run
@@ -57,45 +62,86 @@ def embed_images(run: Run, clip: ClipSpace, *, batch: int = 256, device="cpu", w
     return emb
 
 
+#: The shared map's penalty weight: unconstrained, as measured in docs/ALIGN.md.
+SHARED_LAM = 0.0
+
+
+class Aligners(NamedTuple):
+    """What ``align_run`` trained: the per-component maps (None with ``shared_only``) and the shared map."""
+
+    per_component: CompAlign | None
+    shared: CompAlign
+
+
 def align_run(run: Run, clip: ClipSpace, *, lam: float = 1.0, epochs: int = 10, batch_size: int = 32,
               lr: float = 3e-4, device="cpu", seed: int = 0, workers: int = 0, progress: bool = True,
-              checkpoint=None, overwrite: bool = False) -> CompAlign:
-    """Train CompAlign on the run (CLIP embeddings added first if missing) and save it in the run.
+              checkpoint=None, overwrite: bool = False, shared_only: bool = False) -> Aligners:
+    """Train the per-component maps and the shared map on the run (CLIP embeddings added first if
+    missing) and save both in the run; ``shared_only``: the shared map alone, into the CLIP the run's
+    aligner maps into.
 
-    A run that has an aligner keeps it unless ``overwrite``; training whose loss goes non-finite
-    raises ``InputError`` and writes nothing."""
+    A run keeps what it has unless ``overwrite``; training whose loss goes non-finite raises
+    ``InputError`` and writes nothing (neither map)."""
     check_training(lam=lam, epochs=epochs, batch_size=batch_size, lr=lr)
-    refuse_replacing(run, overwrite)
+    refuse_replacing(run, overwrite, shared_only)
+    if shared_only:
+        check_same_clip(run, clip.spec)
     emb = embed_images(run, clip, device=device, workers=workers, progress=progress)
-    aligner = CompAlign(run.components, run.d_model, emb.shape[1], lam=lam, seed=seed, clip_name=clip.name,
-                        model_name=run.model_name)
-    history = aligner.fit(run.stream(clip.name, batch_size, shuffle_seed=seed), epochs=epochs, lr=lr, device=device,
-                          progress=progress)
-    aligner.cpu()
-    path = run.aligner_path()
+    settings = {"clip": clip.spec, "checkpoint": str(checkpoint) if checkpoint else None, "epochs": epochs,
+                "batch_size": batch_size, "lr": lr, "seed": seed}
+    trained = []  # (aligner, path, record file, its record)
+    variants = [("shared", SHARED_LAM)] if shared_only else [("per_component", lam), ("shared", SHARED_LAM)]
+    for variant, weight in variants:
+        aligner = CompAlign(run.components, run.d_model, emb.shape[1], variant=variant, lam=weight, seed=seed,
+                            clip_name=clip.name, model_name=run.model_name)
+        history = aligner.fit(run.stream(clip.name, batch_size, shuffle_seed=seed), epochs=epochs, lr=lr,
+                              device=device, progress=progress)
+        aligner.cpu()
+        path, record = ((run.shared_aligner_path(), SHARED_RECORD) if variant == "shared"
+                        else (run.aligner_path(), ALIGNER_RECORD))
+        trained.append((aligner, path, record, {**settings, "variant": variant, "lam": weight,
+                                                "final_cosine": 1 - history["cos"][-1]}))
     with RunLock(run.path, what="align"):
-        refuse_replacing(run, overwrite)  # another process may have aligned it meanwhile
-        tmp = tmp_path(path)
-        aligner.save(tmp)
-        publish(tmp, path)
-        write_json(run.path / ALIGNER_RECORD, {"clip": clip.spec, "checkpoint": str(checkpoint) if checkpoint else None,
-                                               "lam": lam, "epochs": epochs, "batch_size": batch_size,
-                                               "lr": lr, "seed": seed, "final_cosine": 1 - history["cos"][-1],
-                                               "bytes": path.stat().st_size, "sha256": sha256(path)})
-    return aligner
+        refuse_replacing(run, overwrite, shared_only)  # another process may have aligned it meanwhile
+        for aligner, path, record, rec in trained:
+            tmp = tmp_path(path)
+            aligner.save(tmp)
+            publish(tmp, path)
+            write_json(run.path / record, {**rec, "bytes": path.stat().st_size, "sha256": sha256(path)})
+    return Aligners(None if shared_only else trained[0][0], trained[-1][0])
 
 
-def refuse_replacing(run: Run, overwrite: bool) -> None:
-    """An aligner is there and ``overwrite`` was not asked for: say which, and how to replace it."""
-    if overwrite or not run.aligner_path().is_file():
-        return
-    what = ""
+def check_same_clip(run: Run, spec: str) -> None:
+    """The shared map alone goes into the CLIP (``spec``) of the run's per-component maps (there must be some)."""
+    if not run.aligner_path().is_file():
+        raise InputError(f"{run.path} has no aligner yet: run fxdecomp align {run.path} --clip {spec} without "
+                         "--shared-only to train both maps")
     record = run.path / ALIGNER_RECORD
-    if record.is_file():
-        try:
-            rec = read_json(record)
-            what = f" (into {rec.get('clip')}, lam={rec.get('lam')}, {rec.get('epochs')} epochs)"
-        except InputError:
-            pass
-    raise InputError(f"{run.path} already has an aligner{what}; pass --overwrite (overwrite=True) to replace it, "
-                     "or copy the run first to keep both")
+    have = read_json(record).get("clip") if record.is_file() else None
+    if have is not None and have != spec:
+        raise InputError(f"the run's per-component maps go into {have}, not {spec}: pass --clip {have} with "
+                         "--shared-only, or --overwrite without it to train both into the new CLIP")
+
+
+def refuse_replacing(run: Run, overwrite: bool, shared_only: bool = False) -> None:
+    """An aligner that this training would write is there and ``overwrite`` was not asked for: say
+    which, and how to replace it."""
+    if overwrite:
+        return
+    files = [(run.shared_aligner_path(), SHARED_RECORD, "a shared map")]
+    if not shared_only:
+        files.insert(0, (run.aligner_path(), ALIGNER_RECORD, "an aligner"))
+    for path, record, name in files:
+        if not path.is_file():
+            continue
+        what = ""
+        if (run.path / record).is_file():
+            try:
+                rec = read_json(run.path / record)
+                what = f" (into {rec.get('clip')}, lam={rec.get('lam')}, {rec.get('epochs')} epochs)"
+            except InputError:
+                pass
+        lacks = ("; --shared-only adds the shared map it lacks" if path == run.aligner_path()
+                 and not run.shared_aligner_path().is_file() else "")
+        raise InputError(f"{run.path} already has {name}{what}; pass --overwrite (overwrite=True) to replace it, "
+                         f"or copy the run first to keep both{lacks}")

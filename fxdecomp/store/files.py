@@ -10,12 +10,17 @@ from ..errors import InputError
 
 TMP = ".tmp"
 #: The files of a run folder: its settings (written first), its manifest (written last, once every
-#: shard is complete), a classifier's head, what ``fxdecomp align`` adds, and the lock a writer holds.
+#: shard is complete), a classifier's head, what ``fxdecomp align`` adds (CLIP embeddings, the
+#: per-component maps and the shared map), and the lock a writer holds.
 RUN = "run.json"
 MANIFEST = "manifest.json"
 HEAD = "head.safetensors"
 ALIGNER = "aligner.safetensors"
 ALIGNER_RECORD = "aligner.json"
+#: The shared map (one map for every component, λ = 0) that rankings read; ``fxdecomp align`` trains it
+#: beside the per-component maps, which descriptions read (docs/ALIGN.md: only the shared map ranks right).
+SHARED = "shared_aligner.safetensors"
+SHARED_RECORD = "shared_aligner.json"
 LOCK = ".lock"
 
 

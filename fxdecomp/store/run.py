@@ -14,7 +14,8 @@ from ..checks import whole_number
 from ..components import Component, ComponentTable
 from ..errors import InputError
 from ..hashing import safe_name
-from .files import ALIGNER, ALIGNER_RECORD, HEAD, MANIFEST, RUN, DamagedFile, read_json, sha256
+from .files import (ALIGNER, ALIGNER_RECORD, HEAD, MANIFEST, RUN, SHARED, SHARED_RECORD, DamagedFile, read_json,
+                    sha256)
 from .verify import check_manifest, file_problem, repair, settings_of, shard_problem
 
 CLIP_EMBEDDINGS = "embeddings.safetensors"
@@ -99,6 +100,11 @@ class Run:
             out.append((ALIGNER, rec.get("bytes"), rec.get("sha256"),
                         f"run fxdecomp align {self.path} --clip {rec.get('clip', '...')} --overwrite to train it "
                         "again"))
+        if (self.path / SHARED_RECORD).is_file():
+            rec = self._record(self.path / SHARED_RECORD)
+            out.append((SHARED, rec.get("bytes"), rec.get("sha256"),
+                        f"run fxdecomp align {self.path} --clip {rec.get('clip', '...')} --shared-only --overwrite "
+                        "to train it again"))
         return out
 
     def _record(self, path: Path) -> dict:
@@ -333,6 +339,43 @@ class Run:
             raise
         except Exception as err:  # noqa: BLE001 - safetensors' own error types
             raise InputError(f"{self.aligner_path()} cannot be read ({type(err).__name__}: {err}); {fix}") from None
+
+    def shared_aligner_path(self) -> Path:
+        return self.path / SHARED
+
+    def shared_aligner(self):
+        """The shared map (one map for every component, λ = 0) ``fxdecomp align`` trained beside the
+        per-component maps: what every ranking of the run's components reads (docs/ALIGN.md). A run
+        aligned before ``align`` trained it has none, and is refused: ranking by the per-component
+        maps instead would be silently unsound."""
+        from ..align.compalign import CompAlign
+
+        path = self.shared_aligner_path()
+        clip = "..."
+        if (self.path / ALIGNER_RECORD).is_file():
+            clip = self._record(self.path / ALIGNER_RECORD).get("clip", clip)
+        if not path.is_file():
+            if not self.aligner_path().is_file():
+                raise InputError(f"{self.path} has no aligner yet: run fxdecomp align {self.path} --clip ...")
+            raise InputError(f"{self.path} has no shared map, which rankings of its components read (runs aligned "
+                             f"before fxdecomp align trained one have none): run fxdecomp align {self.path} --clip "
+                             f"{clip} --shared-only to add it (the per-component maps stay), or --overwrite to "
+                             "train both again")
+        fix = f"run fxdecomp align {self.path} --clip {clip} --shared-only --overwrite to train it again"
+        rec = self._record(self.path / SHARED_RECORD) if (self.path / SHARED_RECORD).is_file() else {}
+        if rec:
+            self._check_file(path, rec, fix)
+        try:
+            shared = CompAlign.load(path, components=self.components, d_model=self.d_model)
+        except InputError:
+            raise
+        except Exception as err:  # noqa: BLE001 - safetensors' own error types
+            raise InputError(f"{path} cannot be read ({type(err).__name__}: {err}); {fix}") from None
+        if shared.variant != "shared":
+            raise InputError(f"{path} holds {shared.variant} maps, not the shared map; {fix}")
+        if rec.get("clip") is not None and clip != "..." and rec["clip"] != clip:
+            raise InputError(f"{path} maps into CLIP {rec['clip']!r} but the run's aligner into {clip!r}; {fix}")
+        return shared
 
     def clip_space(self, checkpoint=None):
         """The CLIP space the run's aligner maps into (None before ``fxdecomp align``); ``checkpoint``
