@@ -159,8 +159,9 @@ class CompAlign(torch.nn.Module):
             if not isinstance(data, (Decomposition, Features)):
                 raise InputError("map(..., finer=True) needs the data's components: pass Features or a Decomposition")
             dev = self.weight.device
-            mapped = torch.cat([self.map_finer(data.contributions[i:i + batch_size].to(dev), data.components).float().cpu()
-                                for i in range(0, len(data.contributions), batch_size)])
+            c = data.contributions
+            mapped = torch.cat([self.map_finer(c[i:i + batch_size].to(dev), data.components).float().cpu()
+                                for i in range(0, len(c), batch_size)])
             return Aligned(mapped, list(data.components.names), clip, bias)
         contributions = self._contributions(data)
         dev = self.weight.device
