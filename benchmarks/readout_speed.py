@@ -7,14 +7,17 @@ For each case (model, granularity, readout width K or full width, group=) it tim
 own forward and the decomposing forward alternately in one run (median of --repeats), and
 reports their ratio, the contributions' size per image, and the peak memory of each forward
 (CUDA: the allocator's peak; CPU: the process's peak RSS, reset before each, and what it rose
-above the resident size before the call). Weights are random (timm, open_clip): speed and
-memory do not depend on them. The targets are checked at the end.
+above the resident size before the call). Each case runs in a fresh process, its plain forward
+measured before anything is compiled, freed memory handed back to the system before each
+measurement (``malloc_trim``): otherwise one case's retained heap is the next one's peak.
+Weights are random (timm, open_clip): speed and memory do not depend on them. The targets are
+checked at the end.
 """
 from __future__ import annotations
 
 import argparse
-import gc
 import json
+import multiprocessing
 import statistics
 import sys
 import time
@@ -46,21 +49,27 @@ def _vit_l14(seed):
 MODELS = {"deit_base_patch16_224": (_deit, 8), "ViT-L-14": (_vit_l14, 2)}
 
 
-def bench(model, name, device, batch, granularity, k, group, repeats, seed) -> dict:
+def bench(name, device, batch, granularity, k, group, repeats, seed) -> dict:
     import fxdecomp
 
+    device = torch.device(device)
+    build, _ = MODELS[name]
+    model = build(seed).to(device)
     x = torch.randn(batch, *fxdecomp.models_registry.input_size_of(model),
                     generator=torch.Generator().manual_seed(seed)).to(device)
-    d = None
+    meter = DeviceMeter(device)
     with torch.inference_mode():
         d = model(x[:1]).shape[-1]
+        model(x)
+        plain_peak, plain_rise = meter.peak(lambda: model(x))  # before anything is compiled
     r = None if k is None else torch.randn(d, k, generator=torch.Generator().manual_seed(seed + 1)).to(device)
     t0 = time.perf_counter()
     dm = fxdecomp.decompose(model, granularity, readout=r, group=group)
     compile_s = time.perf_counter() - t0
-    meter = DeviceMeter(device)
     with torch.inference_mode():
-        for _ in range(2):  # warm-up (allocator, kernels, weight products)
+        dm(x)  # warm-up (weight products)
+        dec_peak, dec_rise = meter.peak(lambda: dm(x))
+        for _ in range(2):  # warm-up (allocator, kernels)
             model(x)
             dm(x)
         plain, decomposed = [], []
@@ -75,8 +84,6 @@ def bench(model, name, device, batch, granularity, k, group, repeats, seed) -> d
             meter.sync()
             decomposed.append(time.perf_counter() - t)
             del out
-        plain_peak, plain_rise = meter.peak(lambda: model(x))
-        dec_peak, dec_rise = meter.peak(lambda: dm(x))
         out = dm(x)
         err = out.error()
         mb = out.contributions.numel() * out.contributions.element_size() / 2**20 / batch
@@ -108,6 +115,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--only", choices=["deit", "vitl"], default=None, help="one model's cases only")
+    p.add_argument("--first", type=int, default=None, help="only the first N of the cases (targets' cases first)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=0, help="random weights and input images")
     p.add_argument("--json", type=Path, help="also write the rows here")
@@ -115,19 +123,17 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device available", file=sys.stderr)
         return 1
-    device = torch.device(args.device)
+    device = args.device
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {device}, seed {args.seed}")
     head = (f"{'model':22s} {'B':>2s} {'gran':5s} {'K':>4s} {'group':5s} {'C':>6s} {'ratio':>6s} {'MB/img':>7s} "
             f"{'peak MB':>8s} {'plain MB':>8s} {'rise MB':>8s} {'plain rise':>10s} {'rel err':>8s} {'compile s':>9s}")
     print(head + "\n" + "-" * len(head))
-    rows, models = [], {}
-    for name, g, k, group in cases(args.only):
-        build, batch = MODELS[name]
-        if name not in models:
-            models.clear()
-            gc.collect()
-            models[name] = build(args.seed).to(device)
-        r = bench(models[name], name, device, batch, g, k, group, args.repeats, args.seed)
+    rows = []
+    spawn = multiprocessing.get_context("spawn")
+    for name, g, k, group in cases(args.only)[:args.first]:
+        batch = MODELS[name][1]
+        with spawn.Pool(1) as pool:  # a fresh process: its peak memory is its own
+            r = pool.apply(bench, (name, args.device, batch, g, k, group, args.repeats, args.seed))
         rows.append(r)
         print(f"{name:22s} {batch:2d} {g:5s} {str(k or 'D'):>4s} {str(group or '-'):5s} {r['components']:6d} "
               f"{r['ratio']:6.2f} {r['contributions_mb_per_image']:7.2f} {r['decomposed_peak_mb']:8.0f} "

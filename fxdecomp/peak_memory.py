@@ -1,6 +1,7 @@
 """Peak host memory of this process, as the benchmarks report it (Linux /proc)."""
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 
@@ -19,6 +20,15 @@ def peak_rss_mb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def trim_heap() -> None:
+    """Hand freed heap memory back to the system (glibc), so the next peak starts from what is
+    held: otherwise one measurement's retained heap is the next one's peak."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
 
 
 class DeviceMeter:
@@ -60,6 +70,7 @@ class DeviceMeter:
         """(peak MB while ``fn()`` runs, MB it rose above what was held before)."""
         import gc
         gc.collect()
+        trim_heap()
         self.reset()
         before = self.held_mb()
         out = fn()

@@ -32,8 +32,8 @@ def readout_matrix(r, out_shape: tuple, k: int | None = None, what: str = "reado
     if shape[-1] == 0:
         raise InputError(f"{what} has no columns (shape {list(shape)}): give at least one direction to read")
     if k is not None and shape[-1] != k:
-        raise InputError(f"{what} has {shape[-1]} columns but the module was compiled for K = {k}: give K = {k} "
-                         f"columns, or decompose again with the new readout")
+        raise InputError(f"{what} has {shape[-1]} columns, not K = {k} (the width compiled for, or the other "
+                         f"readouts' width): give K = {k} columns, or decompose again with the new readout")
     bad = ~torch.isfinite(r)
     if bool(bad.any()):
         where = [int(i) for i in bad.nonzero()[0]]

@@ -218,7 +218,7 @@ def test_readout_bad_input():
     with pytest.raises(fxdecomp.InputError, match="group='heads' is not a grouping.*'token'"):
         fxdecomp.decompose(model, "token", group="heads")
     dm = fxdecomp.decompose(model, "head", readout=torch.ones(32, 4, dtype=torch.float64))
-    with pytest.raises(fxdecomp.InputError, match="compiled for K = 4"):
+    with pytest.raises(fxdecomp.InputError, match="not K = 4"):
         dm.set_readout(torch.ones(32, 5, dtype=torch.float64))
     inf = torch.ones(32, 4, dtype=torch.float64)
     inf[0, 0] = float("inf")
