@@ -59,7 +59,7 @@ OTHERS = {
     ("demo", "--model", "no-such-model"): "unknown model",
     ("demo", "--checkpoint", "{junk}"): "cannot be read as weights",
     ("demo", "--checkpoint", "{missing}"): "does not exist",
-    ("demo", "--granularity", "neuron"): "invalid choice",
+    ("demo", "--granularity", "atom"): "invalid choice",
     ("demo", "--dtype", "float16"): "invalid choice",
     ("demo", "--report", "{file}"): "is a file, not a folder",
     ("demo", "--report", "{read_only}"): "cannot write in",

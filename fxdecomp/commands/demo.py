@@ -21,7 +21,7 @@ def add(sub) -> None:
     p.add_argument("--checkpoint", help="local weights file (.safetensors, .pth, .bin) for the model")
     p.add_argument("--pretrained", action="store_true", help="download the library's pretrained weights")
     add_random_weights(p)
-    p.add_argument("--granularity", choices=("block", "head", "token"), default="head")
+    p.add_argument("--granularity", choices=("block", "head", "token", "neuron"), default="head")
     p.add_argument("--images", type=positive(), default=4, help="images to decompose (default: 4)")
     renamed(p, "--batch", "--images", dest="images", type=positive())
     p.add_argument("--top", type=positive(), default=12, help="components to list (default: 12)")

@@ -18,7 +18,7 @@ from ..core.atoms import In
 from ..core.step import Step
 from ..core.terms import Derived, Factor, Linearization, NodeValue, Piece
 from .base import Rule, bound_args, norm_dim
-from .movement import _role
+from .movement import dominant_role
 from .registry import rules_for
 
 aten = torch.ops.aten
@@ -73,7 +73,7 @@ class GatherRule(Rule):
         for d, (a, n, m) in enumerate(zip(src, shape, out)):
             if d == dim:
                 axis = ctx.table.axis(m, ("gather", node.name), "other")
-                ctx.table.promote(axis, _role(ctx.table, a))
+                ctx.table.promote(axis, dominant_role(ctx.table, a))
                 axes.append(axis)
             else:
                 axes.append(a if n == m else ctx.table.axis(m, ("gather", node.name, d), "other"))

@@ -245,7 +245,7 @@ class SliceRule(UnaryRule):
         if n == shape[dim]:
             return src
         src[dim] = ctx.table.axis(n, ("slice", src[dim], start, step), "other")
-        ctx.table.promote(src[dim], _role(ctx.table, ctx.raw_axes(node.args[0])[dim]))
+        ctx.table.promote(src[dim], dominant_role(ctx.table, ctx.raw_axes(node.args[0])[dim]))
         return src
 
     def reads(self, node, arg, need, ctx):
@@ -272,7 +272,8 @@ class SliceRule(UnaryRule):
         return Linearization([piece])
 
 
-def _role(table, axis) -> str:
+def dominant_role(table, axis) -> str:
+    """The role an axis made of several atoms takes on: batch over spatial over channel over other."""
     roles = [table.find(a).role for a in axis]
     for r in ("batch", "spatial", "channel"):
         if r in roles:
@@ -324,7 +325,7 @@ class CatRule(Rule):
         else:
             out[dim] = (ctx.table.new(out_shape[dim], ("cat", tuple(segments)), "other"),)
             for seg, *_ in segments:
-                ctx.table.promote(out[dim], _role(ctx.table, seg) if seg else "other")
+                ctx.table.promote(out[dim], dominant_role(ctx.table, seg) if seg else "other")
         return out
 
     def carriable(self, node):
@@ -447,7 +448,7 @@ class RollRule(UnaryRule):
         for d, s in spec:
             if shape[d] > 1 and s % shape[d]:
                 new = ctx.table.axis(shape[d], ("roll", src[d], s % shape[d]), "other")
-                ctx.table.promote(new, _role(ctx.table, src[d]))
+                ctx.table.promote(new, dominant_role(ctx.table, src[d]))
                 src[d] = new
         return src
 
@@ -506,7 +507,7 @@ class PadRule(UnaryRule):
                 if before < 0 or after < 0:
                     return ctx.fresh(node)
                 new = ctx.table.axis(shape[d] + before + after, ("pad", src[d], before), "other")
-                ctx.table.promote(new, _role(ctx.table, src[d]))
+                ctx.table.promote(new, dominant_role(ctx.table, src[d]))
                 src[d] = new
         return src
 
@@ -604,7 +605,7 @@ class SplitRule(TupleRule):
             axes = list(src)
             if end - start != shape[dim]:
                 axes[dim] = ctx.table.axis(end - start, ("slice", src[dim], start, 1), "other")
-                ctx.table.promote(axes[dim], _role(ctx.table, src[dim]))
+                ctx.table.promote(axes[dim], dominant_role(ctx.table, src[dim]))
             out.append(axes)
         return out
 
