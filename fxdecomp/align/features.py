@@ -36,7 +36,7 @@ class Features(Decomposition):
     """A data set's ``Decomposition`` under the names it had before there was one type: ``contributions``
     [N, C, D] float32 and ``clip`` [N, d_clip] (normalised CLIP image embeddings, or None) of N images in
     dataset order, ``components`` labelling C, the model's ``output`` where it was kept; ``len()`` counts
-    images. ``collect`` and ``Run.features`` return it."""
+    images. ``collect`` and ``run_features`` return it."""
 
     def __init__(self, contributions: torch.Tensor, clip: torch.Tensor | None, components: ComponentTable,
                  meta: dict | None = None, output: torch.Tensor | None = None):
