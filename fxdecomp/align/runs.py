@@ -2,29 +2,22 @@
 ``fxdecomp align`` trained for it, the CLIP space they map into, and batches for training.
 
 The store owns the run's files (paths, records, shards); what builds align's types from them is
-here, so the store never imports align.
+here, so the store never imports align. The batches themselves are ``RunBatches`` (align.batches).
 """
 from __future__ import annotations
 
-import numpy as np
-import torch
-
-from ..checks import whole_number
 from ..errors import InputError
 from ..store.files import ALIGNER_RECORD, DamagedFile
 from ..store.run import Run
+from .batches import RunBatches, RunStream  # noqa: F401  (RunStream: the deprecated name, importable here too)
 from .clip_space import ClipSpace
 from .compalign import CompAlign
-from .features import Features
+from .features import Features, materialise
 
 
 def run_features(run: Run, clip: str | None = None) -> Features:
     """Everything in memory as ``Features`` (with the run's CLIP embeddings named ``clip``)."""
-    contributions = torch.cat([c for _, _, c in run.shards()])
-    emb = run.clip_embeddings(clip) if clip is not None else None
-    return Features(contributions, emb, run.components, {"model": run.model_name,
-                                                         "granularity": run.granularity, "clip": clip},
-                    output=run.outputs())
+    return materialise(RunBatches(run, clip))
 
 
 def run_aligner(run: Run) -> CompAlign:
@@ -88,34 +81,6 @@ def run_clip_space(run: Run, checkpoint=None) -> ClipSpace | None:
     return ClipSpace.by_name(rec["clip"], checkpoint=checkpoint or rec.get("checkpoint"))
 
 
-def run_batches(run: Run, clip: str, batch_size: int = 32, shuffle_seed: int | None = 0) -> "RunStream":
+def run_batches(run: Run, clip: str, batch_size: int = 32, shuffle_seed: int | None = 0) -> RunBatches:
     """Re-iterable (contributions, CLIP targets) batches of ``run`` for training CompAlign in bounded memory."""
-    whole_number("batch_size", batch_size)
-    return RunStream(run, clip, batch_size, shuffle_seed)
-
-
-class RunStream:
-    """Batches for ``train_aligner``: shards in a seeded order, images shuffled inside each shard,
-    so memory holds one shard, not the run."""
-
-    def __init__(self, run: Run, clip: str, batch_size: int, shuffle_seed: int | None):
-        self.run, self.batch_size, self.seed = run, batch_size, shuffle_seed
-        self.targets = run.clip_embeddings(clip)
-        self.components = run.components
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return sum(-(-(stop - start) // self.batch_size) for start, stop in self.run.shard_ranges())
-
-    def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.epoch]) if self.seed is not None else None
-        self.epoch += 1
-        ranges = self.run.shard_ranges()
-        order = rng.permutation(len(ranges)) if rng is not None else range(len(ranges))
-        for k in order:
-            block = self.run.shard(int(k))
-            start = ranges[int(k)][0]
-            inner = rng.permutation(len(block)) if rng is not None else np.arange(len(block))
-            for s in range(0, len(block), self.batch_size):
-                sel = torch.as_tensor(inner[s:s + self.batch_size])
-                yield block[sel], self.targets[start + sel]
+    return RunBatches(run, clip, batch_size, shuffle_seed)
