@@ -131,11 +131,11 @@ class ComponentSpec:
     """A component as found by the expand pass's walk (labels are added by the labels pass)."""
 
     id: int
-    role: str                       # embed | bias | branch | collapsed
+    category: str                   # embed | bias | branch | collapsed
     node: fx.Node                   # where it was found (leaf, or op adding the constant)
     leaf: fx.Node | None = None
-    mixing: fx.Node | None = None   # the attention-weighted sum that defines its split
-    split: dict = field(default_factory=dict)
+    mixing: fx.Node | None = None   # the attention-weighted sum that defines its slicing
+    slicing: dict = field(default_factory=dict)  # the slicing atoms: {head, window, token, neuron: atoms}
     label: str | None = None
     order: int = 0
 
