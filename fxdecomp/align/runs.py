@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..errors import InputError
 from ..store.files import ALIGNER_RECORD, DamagedFile
 from ..store.run import Run
-from .batches import RunBatches, RunStream  # noqa: F401  (RunStream: the deprecated name, importable here too)
+from .batches import RunBatches
 from .clip_space import ClipSpace
 from .compalign import CompAlign
 from .features import Features, materialise

@@ -169,7 +169,7 @@ class Expander:
         """A component with more than ``MAX_TERMS`` terms at a stream node continues as one term:
         their sum at this node, materialised (``PartialSum``). Without it, parallel linear
         paths on the stream multiply the terms — and their planning — at every block. A
-        component that may be split by head or token keeps its terms (their split atoms
+        component that may be split by head or token keeps its terms (their slicing atoms
         must stay free)."""
         by_comp: dict = {}
         for t in terms:

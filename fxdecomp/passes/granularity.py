@@ -62,7 +62,7 @@ def find_neurons(state: CompileState) -> None:
             continue
         spec.slicing = dict(spec.slicing, neuron=found.atoms)
         split_any = True
-        # the codegen reads a split atom through ``renamed``; the neuron atoms are named as the
+        # the codegen reads a slicing atom through ``renamed``; the neuron atoms are named as the
         # terms hold them now (an earlier rename, as by a norm before the last layer, came before)
         for t in by_spec.get(spec.id, []):
             if any(a in t.renamed for a in found.atoms):
@@ -76,7 +76,7 @@ def find_neurons(state: CompileState) -> None:
                          "or 'token'" + (f" ({state.split_notes[0]})" if state.split_notes else ""))
 
 
-def split_atoms(spec: ComponentSpec, lab: BaseLabel, granularity: str, layers) -> tuple:
+def slicing_atoms(spec: ComponentSpec, lab: BaseLabel, granularity: str, layers) -> tuple:
     if spec.category != "branch" or not spec.slicing:
         return ()
     g = granularity if (layers is None or lab.layer in layers) else "block"
@@ -93,9 +93,9 @@ def split_atoms(spec: ComponentSpec, lab: BaseLabel, granularity: str, layers) -
 def plan_groups(specs: list[ComponentSpec], labels: list[BaseLabel], granularity: str, layers) -> list[Group]:
     groups, start = [], 0
     for spec in specs:
-        split = split_atoms(spec, labels[spec.id], granularity, layers)
-        count = prod(a.size for a in split) if split else 1
-        groups.append(Group(spec, labels[spec.id], split, start, count))
+        slicing = slicing_atoms(spec, labels[spec.id], granularity, layers)
+        count = prod(a.size for a in slicing) if slicing else 1
+        groups.append(Group(spec, labels[spec.id], slicing, start, count))
         start += count
     return groups
 
@@ -104,17 +104,17 @@ def component_table(groups: list[Group], table: AtomTable) -> ComponentTable:
     comps: list[Component] = []
     for grp in groups:
         lab, spec = grp.label, grp.spec
-        if not grp.split:
+        if not grp.slicing:
             comps.append(Component(len(comps), lab.name, lab.kind, lab.module, lab.module_type, lab.layer,
                                    lab.branch))
             continue
-        if grp.split == tuple(spec.slicing.get("neuron", ())):
+        if grp.slicing == tuple(spec.slicing.get("neuron", ())):
             first = len(comps)
             comps.extend([Component(first + n, f"{lab.name}[n{n}]", lab.kind, lab.module, lab.module_type,
                                     lab.layer, lab.branch, neuron=n, split="neuron") for n in range(grp.count)])
             continue
-        heads = tuple(a for a in grp.split if a in spec.slicing.get("head", ()))
-        where = tuple(a for a in grp.split if a not in heads)
+        heads = tuple(a for a in grp.slicing if a in spec.slicing.get("head", ()))
+        where = tuple(a for a in grp.slicing if a not in heads)
         n_where = prod(a.size for a in where) if where else 1
         coords = table.coordinates(where) if where else [{}]
         token_role = {table.find(a.alias_of or a).role for a in spec.slicing.get("token", ())}
