@@ -16,6 +16,7 @@ from fxdecomp.align import (
     ClipSpace,
     CompAlign,
     Features,
+    ImageBatches,
     Stream,
     auc,
     clip_scores,
@@ -489,7 +490,7 @@ def test_collect_cache_is_keyed_by_everything(tmp_path, tiny_model, world_images
 
 def test_training_from_a_stream(tiny_model, world_clip, world_images):
     rep, dm = tiny_model
-    stream = Stream(dm, world_images["images"][:16], preprocess=transform_for(rep), clip=world_clip, batch_size=8,
+    stream = ImageBatches(dm, world_images["images"][:16], preprocess=transform_for(rep), clip=world_clip, batch_size=8,
                     shuffle_seed=0)
     assert len(stream) == 2
     aligner = CompAlign(dm.components, 32, world_clip.dim)
@@ -500,6 +501,13 @@ def test_training_from_a_stream(tiny_model, world_clip, world_images):
     assert heldout_cosine(aligner, feats) > before + 0.05  # it learned the very images the stream gave it
     with pytest.raises(InputError, match="other components"):
         CompAlign(len(dm.components), 32, world_clip.dim).fit(stream, epochs=1, progress=False)
+    with pytest.warns(DeprecationWarning, match="ImageBatches"):  # the old name, for one release
+        old = Stream(dm, world_images["images"][:16], preprocess=transform_for(rep), clip=world_clip, batch_size=8,
+                     shuffle_seed=5)
+    new = ImageBatches(dm, world_images["images"][:16], preprocess=transform_for(rep), clip=world_clip,
+                       batch_size=8, shuffle_seed=5)
+    for (c0, e0), (c1, e1) in zip(old, new, strict=True):
+        assert torch.equal(c0, c1) and torch.equal(e0, e1)
 
 
 def test_world_clip_space(world_clip, world_images):

@@ -15,6 +15,7 @@ from conftest import write_waterbirds
 from fxdecomp.cli import main
 from fxdecomp.commands import COMMANDS
 from fxdecomp.models_registry import load
+from fxdecomp.align.runs import run_aligner, run_clip_space, run_features, run_shared_aligner
 from fxdecomp.store import open_run
 from fxdecomp.world import World
 
@@ -141,7 +142,7 @@ def test_a_text_heatmap_reads_every_token_through_its_map(token_run, tmp_path, c
                              tmp_path / "sea.png")
     assert code == 0, err
     r = open_run(token_run)
-    aligner, clip = r.aligner(), r.clip_space()
+    aligner, clip = run_aligner(r), run_clip_space(r)
     text = torch.nn.functional.normalize(clip.encode_texts(["sea"]).double().mean(0), dim=0)
     c = r.images([3])[0].double()
     w = aligner.weight.detach().double()
@@ -173,8 +174,8 @@ def test_retrieve_by_image_finds_the_nearest_neighbours_in_the_propertys_compone
                              "4", "--out", tmp_path / "q.png")
     assert code == 0, err
     r = open_run(token_run)
-    aligner, clip = r.aligner(), r.clip_space()
-    ranking = r.shared_aligner().map(r.features())  # the whole run in memory, through the shared map
+    aligner, clip = run_aligner(r), run_clip_space(r)
+    ranking = run_shared_aligner(r).map(run_features(r))  # the whole run in memory, through the shared map
     scores = {p: property_scores(ranking, words, clip=clip) for p, words in properties_for(r, None).items()}
     chosen = printed(out, "components")
     assert chosen == property_components(scores, "location", 5)
@@ -193,11 +194,11 @@ def test_retrieve_by_text_ranks_images_along_the_description(token_run, tmp_path
                              "--images", "5", "--out", tmp_path / "r.png")
     assert code == 0, err
     r = open_run(token_run)
-    aligner, clip = r.aligner(), r.clip_space()
+    aligner, clip = run_aligner(r), run_clip_space(r)
     t = clip.encode_texts(["red", "green", "blue", "yellow"]).double()
     direction = torch.nn.functional.normalize(t[0] - t.mean(0), dim=0)
     chosen = printed(out, "components")
-    assert chosen == description_components(r.shared_aligner().map(r.features()), direction, 5)
+    assert chosen == description_components(run_shared_aligner(r).map(run_features(r)), direction, 5)
     along = summed_in_clip(r, aligner, chosen) @ direction
     assert printed(out, "retrieved") == [r.ids[int(i)] for i in torch.argsort(along, descending=True)[:5]]
 

@@ -171,10 +171,10 @@ def test_built_in_errors_become_errors_naming_the_fix(tiny_vit):
         none = dm(images(dm, batch=0))
     with pytest.raises(fxdecomp.InputError, match="no images"):
         none.error()
-    from fxdecomp.align import Stream
+    from fxdecomp.align import ImageBatches
 
     with pytest.raises(fxdecomp.InputError, match="batch_size must be a whole number"):
-        Stream(dm, torch.zeros(4, 3, 32, 32), preprocess=lambda x: x, clip=None, batch_size=0)
+        ImageBatches(dm, torch.zeros(4, 3, 32, 32), preprocess=lambda x: x, clip=None, batch_size=0)
 
 
 def test_the_fix_a_shape_error_suggests_works(tiny_vit):

@@ -124,16 +124,16 @@ def test_affinity_marks_values_shallower_than_weights():
 def test_expand_finds_branches_leaves_and_biases():
     state = _run("expand", depth=2)
     gm, terms, specs = state.gm, state.terms, state.specs
-    roles = [s.role for s in specs]
+    roles = [s.category for s in specs]
     # a class-token readout: the patch embedding reaches the output only through attention
     assert roles.count("branch") == 4 and roles.count("embed") == 0
     sdpas = _nodes(gm, aten.scaled_dot_product_attention.default)
     attn = [s for s in specs if s.mixing is not None]
     assert [s.mixing for s in attn] == sdpas and [s.leaf for s in attn] == [n.args[2] for n in sdpas]
-    assert all(len(s.split["head"]) == 1 and len(s.split["token"]) == 1 for s in attn)
+    assert all(len(s.slicing["head"]) == 1 and len(s.slicing["token"]) == 1 for s in attn)
     gelus = _nodes(gm, aten.gelu.default)
-    assert [s.leaf for s in specs if s.role == "branch" and s.mixing is None] == gelus
-    biases = {s.label for s in specs if s.role == "bias"}
+    assert [s.leaf for s in specs if s.category == "branch" and s.mixing is None] == gelus
+    biases = {s.label for s in specs if s.category == "bias"}
     assert {"cls_token", "pos_embed", "norm.bias", "blocks.1.mlp.fc2.bias"} <= biases
     assert "patch_embed.proj.bias" not in biases
     assert {t.component.id for t in terms} <= {s.id for s in specs}

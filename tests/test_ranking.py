@@ -24,8 +24,10 @@ from fxdecomp.models_registry import load
 from fxdecomp.report import write_report, world_properties
 from fxdecomp.spurious import find_and_remove, ranked, spurious_scores
 from fxdecomp.spurious.over_run import from_run
-from fxdecomp.store import decompose_to_store, open_run, property_scores_over, shared_aligned, verify_run
-from fxdecomp.store.align import align_run
+from fxdecomp.align.over_run import property_scores_over, shared_aligned
+from fxdecomp.align.runs import run_aligner, run_batches, run_clip_space, run_features, run_shared_aligner
+from fxdecomp.align.train_run import align_run
+from fxdecomp.store import decompose_to_store, open_run, verify_run
 from fxdecomp.store.files import ALIGNER_RECORD, SHARED, SHARED_RECORD, read_json, sha256, write_json
 
 EPOCHS, LR = 5, 1e-2  # a few steps on 40 images: a high rate, so the maps move far from where they start
@@ -65,7 +67,7 @@ def random_maps(r, variant: str, seed: int) -> CompAlign:
 
 def test_align_trains_and_stores_the_shared_map_beside_the_per_component_maps(pristine):
     r = open_run(pristine)
-    shared, maps = r.shared_aligner(), r.aligner()
+    shared, maps = run_shared_aligner(r), run_aligner(r)
     assert shared.variant == "shared" and shared.lam == 0.0 and tuple(shared.weight.shape) == (1, 128, 64)
     assert maps.variant == "per_component" and maps.lam == 1.0 and tuple(maps.weight.shape) == (45, 128, 64)
     assert shared.names == r.names == maps.names
@@ -75,12 +77,12 @@ def test_align_trains_and_stores_the_shared_map_beside_the_per_component_maps(pr
     assert rec["sha256"] == sha256(pristine / SHARED) and rec["bytes"] == (pristine / SHARED).stat().st_size
     # the stored map is exactly CompAlign(variant="shared", lam=0) trained on the run with align's settings
     again = CompAlign(r.components, r.d_model, 64, variant="shared", lam=0.0, seed=0)
-    history = again.fit(r.stream("world-clip", 32, shuffle_seed=0), epochs=EPOCHS, lr=LR, progress=False)
+    history = again.fit(run_batches(r, "world-clip", 32, shuffle_seed=0), epochs=EPOCHS, lr=LR, progress=False)
     torch.testing.assert_close(again.weight, shared.weight, rtol=0, atol=0)
     torch.testing.assert_close(again.bias, shared.bias, rtol=0, atol=0)
     assert rec["final_cosine"] == pytest.approx(1 - history["cos"][-1])
     # it is trained: it maps the run's representation much closer to CLIP than where it started
-    feats = r.features("world-clip")
+    feats = run_features(r, "world-clip")
     cos = lambda a: float(torch.nn.functional.cosine_similarity(a.map(feats).total(), feats.clip).mean())  # noqa: E731
     assert cos(shared) > cos(CompAlign(r.components, r.d_model, 64, variant="shared", lam=0.0, seed=0)) + 0.1
     assert verify_run(pristine)[1] == [] and SHARED in verify_run(pristine)[0]
@@ -92,7 +94,7 @@ def test_property_scores_over_a_run_read_the_shared_map(run_dir):
     scores = property_scores_over(r, props, clip=clip)
     contributions = r.images(range(r.n))
     for p, words in props.items():  # the same as property_scores on the shared map's mapped contributions
-        want = property_scores(r.shared_aligner().map(contributions), words, clip=clip)
+        want = property_scores(run_shared_aligner(r).map(contributions), words, clip=clip)
         assert scores[p].keys() == want.keys()
         np.testing.assert_allclose([scores[p][n] for n in r.names], [want[n] for n in r.names], rtol=1e-9, atol=1e-12)
         assert sum(scores[p].values()) == pytest.approx(1.0, abs=1e-6)  # shares add up to 1
@@ -127,9 +129,9 @@ def test_the_report_ranks_through_the_shared_map_and_describes_through_the_per_c
     for name, (prop, value) in best.items():
         top = max(scores, key=lambda p: scores[p][name])
         assert prop == top and value == pytest.approx(scores[top][name], abs=5e-4)
-    clip = r.clip_space()
+    clip = run_clip_space(r)
     vocab = list(dict.fromkeys(w for ws in world_properties().values() for w in ws))
-    aligned = r.aligner().map(r.images(range(40)))
+    aligned = run_aligner(r).map(r.images(range(40)))
     for name, said in words.items():
         assert said == [w for w, _ in describe(aligned, name, vocab, 5, clip=clip)]
     install(run_dir, random_maps(r, "per_component", 3), shared=False)
@@ -145,8 +147,8 @@ def test_a_run_aligned_without_a_shared_map_is_refused_until_align_adds_it(run_d
     (run_dir / SHARED_RECORD).unlink()
     before = (run_dir / "aligner.safetensors").read_bytes()
     r = open_run(run_dir)
-    assert r.aligner() is not None  # descriptions could still be read, rankings not
-    for call in (r.shared_aligner, lambda: property_scores_over(r, world_properties()),
+    assert run_aligner(r) is not None  # descriptions could still be read, rankings not
+    for call in (lambda: run_shared_aligner(r), lambda: property_scores_over(r, world_properties()),
                  lambda: write_report(r, run_dir.parent / "report")):
         with pytest.raises(InputError, match=rf"no shared map.*fxdecomp align {run_dir} --clip world-clip "
                                              "--shared-only"):
@@ -177,7 +179,7 @@ def test_align_shared_only_needs_the_per_component_maps(tmp_path, capsys):
     assert code == 2 and "has no aligner yet" in one_line(err) and "without --shared-only" in err
     assert not (out / SHARED).exists()
     with pytest.raises(InputError, match="has no aligner yet"):
-        open_run(out).shared_aligner()
+        run_shared_aligner(open_run(out))
 
 
 def flip_bit(path: Path, offset: int) -> None:
@@ -189,7 +191,7 @@ def flip_bit(path: Path, offset: int) -> None:
 def test_verify_finds_a_damaged_shared_map_and_names_the_command_that_trains_it_again(run_dir, capsys):
     flip_bit(run_dir / SHARED, (run_dir / SHARED).stat().st_size - 100)
     with pytest.raises(InputError, match=r"shared_aligner.safetensors is damaged.*--shared-only --overwrite"):
-        open_run(run_dir).shared_aligner()
+        run_shared_aligner(open_run(run_dir))
     with pytest.raises(InputError, match="shared_aligner.safetensors is damaged"):
         open_run(run_dir, verify=True)
     checked, problems = verify_run(run_dir)
@@ -203,7 +205,7 @@ def test_verify_finds_a_damaged_shared_map_and_names_the_command_that_trains_it_
     r = open_run(run_dir)
     install(run_dir, random_maps(r, "per_component", 1), shared=True)
     with pytest.raises(InputError, match="per_component maps, not the shared map"):
-        open_run(run_dir).shared_aligner()
+        run_shared_aligner(open_run(run_dir))
 
 
 def test_spurious_ranks_through_the_shared_map(tmp_path):
@@ -219,7 +221,7 @@ def test_spurious_ranks_through_the_shared_map(tmp_path):
     r = open_run(run_dir)
     removal, ranking, _ = from_run(r, clip=clip, spurious_words=places, label_words=shapes, max_k=3, random_draws=2)
     train = r.images(np.nonzero(r.labels["split"] == 0)[0])
-    want = ranked(spurious_scores(r.shared_aligner().map(train), places, shapes, clip=clip))
+    want = ranked(spurious_scores(run_shared_aligner(r).map(train), places, shapes, clip=clip))
     varying = [n for n in want if n in set(ranking)]
     assert ranking == varying and len(ranking) >= 40
     install(run_dir, random_maps(r, "per_component", 5), shared=False)

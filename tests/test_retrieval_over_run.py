@@ -15,6 +15,7 @@ from fxdecomp.report.vocabulary import properties_for
 from fxdecomp.retrieval import component_sum, description_components, text_direction_against
 from fxdecomp.retrieval.over_run import (CoMoments, component_sum_of_run, description_components_of_run,
                                          property_scores_of_run)
+from fxdecomp.align.runs import run_aligner, run_clip_space, run_features
 from fxdecomp.store import open_run
 from fxdecomp.store.run import Run
 
@@ -36,8 +37,8 @@ def test_the_run_has_several_uneven_shards(run_dir):
 
 def test_scores_choices_and_sums_equal_the_whole_run_in_memory(run_dir):
     r = open_run(run_dir)
-    aligner, clip = r.aligner(), r.clip_space()
-    aligned = aligner.map(r.features())
+    aligner, clip = run_aligner(r), run_clip_space(r)
+    aligned = aligner.map(run_features(r))
     props = properties_for(r, None)
     got = property_scores_of_run(r, aligner, props, clip=clip)
     for prop, words in props.items():
@@ -77,7 +78,8 @@ def test_retrieve_reads_each_shard_twice_and_one_at_a_time(run_dir, tmp_path, mo
         return real_map(self, data, *a, **k)
 
     monkeypatch.setattr(Run, "_whole", whole)
-    monkeypatch.setattr(Run, "features", refuse)
+    monkeypatch.setattr("fxdecomp.align.runs.run_features", refuse)
+    monkeypatch.setattr("fxdecomp.align.run_features", refuse)
     monkeypatch.setattr(Run, "images", refuse)
     monkeypatch.setattr(CompAlign, "map", map_)
     argv = [query[0], str(run_dir), *query[1:], "--images", "5", "--out", str(tmp_path / "r.png")]

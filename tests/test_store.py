@@ -14,12 +14,13 @@ import torch
 
 import fxdecomp
 from fxdecomp import InputError
-from fxdecomp.align import ClipSpace, CompAlign, collect
+from fxdecomp.align import Batches, ClipSpace, CompAlign, ImageBatches, RunBatches, RunStream, collect, materialise
+from fxdecomp.align.runs import run_aligner, run_batches, run_clip_space, run_features, run_shared_aligner
+from fxdecomp.align.train_run import align_run, embed_images
 from fxdecomp.data import open_data
 from fxdecomp.decomposition import group_contributions
 from fxdecomp.models_registry import load, transform_for
 from fxdecomp.store import decompose_to_store, differences, open_run
-from fxdecomp.store.align import align_run, embed_images
 from fxdecomp.world import World
 
 #: One thread count for every process compared byte for byte: CPU BLAS kernels split a product
@@ -205,21 +206,52 @@ def test_compalign_trains_from_the_store_shard_by_shard(small_run):
     dm = fxdecomp.decompose(fxdecomp.align.representation(load("world-vit")), "head")
     feats = collect(dm, images, preprocess=transform_for(load("world-vit")), clip=clip, progress=False)
     torch.testing.assert_close(emb, feats.clip, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(r.features().contributions, feats.contributions, rtol=1e-5, atol=1e-5)
-    stream = r.stream("world-clip", batch_size=8, shuffle_seed=0)
+    torch.testing.assert_close(run_features(r).contributions, feats.contributions, rtol=1e-5, atol=1e-5)
+    stream = run_batches(r, "world-clip", batch_size=8, shuffle_seed=0)
     seen = torch.cat([t for _, t in stream])
     assert len(seen) == 48 and len(stream) == 4 * 2 + 1  # batches never cross a shard: 10, 10, 10, 10, 8
     # every image exactly once per epoch, contributions paired with their own CLIP target
     order = [int(torch.nonzero((emb == t).all(1))[0]) for t in seen]
     assert sorted(order) == list(range(48))
-    first = next(iter(r.stream("world-clip", batch_size=48, shuffle_seed=1)))
+    first = next(iter(run_batches(r, "world-clip", batch_size=48, shuffle_seed=1)))
     rows = [int(torch.nonzero((emb == t).all(1))[0]) for t in first[1]]
     torch.testing.assert_close(first[0], r.images(rows))
     trained = align_run(r, clip, epochs=2, progress=False)
-    loaded = r.aligner()
+    loaded = run_aligner(r)
     assert isinstance(loaded, CompAlign) and torch.equal(loaded.weight, trained.per_component.weight)
-    assert torch.equal(r.shared_aligner().weight, trained.shared.weight)
-    assert r.clip_space().name == "world-clip"
+    assert torch.equal(run_shared_aligner(r).weight, trained.shared.weight)
+    assert run_clip_space(r).name == "world-clip"
+
+
+def test_a_run_and_decomposed_images_are_two_backends_of_one_batches(small_run):
+    """``RunBatches`` and ``ImageBatches`` answer the same interface; ``materialise`` keeps either, exactly
+    what the run stores and exactly what ``collect`` computes; the old name ``RunStream`` warns and gives the
+    same batches."""
+    r, clip = small_run, ClipSpace.world()
+    embed_images(r, clip, progress=False)
+    images = World(48, 5).arrays()["images"]
+    dm = fxdecomp.decompose(fxdecomp.align.representation(load("world-vit")), "head")
+    pre = transform_for(load("world-vit"))
+    from_run = RunBatches(r, "world-clip", batch_size=8)
+    from_images = ImageBatches(dm, images, preprocess=pre, clip=clip, batch_size=16)
+    assert isinstance(from_run, Batches) and isinstance(from_images, Batches)
+    assert from_run.names == from_images.names == r.names
+    assert (len(from_run), len(from_images)) == (9, 3) == (len(list(from_run)), len(list(from_images)))
+    kept = materialise(from_run)
+    assert torch.equal(kept.contributions, torch.cat([c for _, _, c in r.shards()]))
+    assert torch.equal(kept.clip, r.clip_embeddings("world-clip")) and torch.equal(kept.output, r.outputs())
+    assert kept.meta == {"model": r.model_name, "granularity": r.granularity, "clip": "world-clip"}
+    assert torch.equal(run_features(r, "world-clip").contributions, kept.contributions)
+    computed = materialise(from_images)
+    want = collect(dm, images, preprocess=pre, clip=clip, batch_size=16, progress=False)
+    for name in ("contributions", "clip", "output"):
+        assert torch.equal(getattr(computed, name), getattr(want, name)), name
+    assert computed.meta == want.meta
+    torch.testing.assert_close(computed.contributions, kept.contributions, rtol=1e-5, atol=1e-5)
+    with pytest.warns(DeprecationWarning, match="RunBatches"):
+        old = RunStream(r, "world-clip", 8, 3)
+    for (c0, t0), (c1, t1) in zip(old, RunBatches(r, "world-clip", 8, 3), strict=True):
+        assert torch.equal(c0, c1) and torch.equal(t0, t1)
 
 
 def test_low_precision_runs_report_both_errors(tmp_path):

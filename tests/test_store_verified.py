@@ -23,6 +23,7 @@ from fxdecomp.align import ClipSpace, CompAlign
 from fxdecomp.cli import main
 from fxdecomp.data import open_data
 from fxdecomp.models_registry import load
+from fxdecomp.align.runs import run_aligner, run_batches
 from fxdecomp.store import decompose_to_store, open_run
 from fxdecomp.store.files import FILE_MODE, LOCK
 from fxdecomp.store.lock import RunLock
@@ -87,7 +88,7 @@ def test_a_damaged_shard_is_refused_and_recomputed_by_the_command_it_names(damag
         with pytest.raises(InputError) as info:
             r.images([9])
         message = str(info.value)
-        for read in (r.shards, r.outputs, lambda: r.stream("world-clip", 8)):
+        for read in (r.shards, r.outputs, lambda: run_batches(r, "world-clip", 8)):
             with pytest.raises(InputError, match="00001.safetensors"):
                 list(read())
     assert "00001.safetensors" in message and says in message, message
@@ -117,7 +118,7 @@ def test_a_resume_checks_every_checksum_before_counting_a_shard(run_dir):
 def test_the_files_align_adds_are_checked_too(run_dir, capsys):
     flip_bit(run_dir / "aligner.safetensors", 300)
     with pytest.raises(InputError, match=r"aligner.safetensors is damaged.*--overwrite"):
-        open_run(run_dir).aligner()
+        run_aligner(open_run(run_dir))
     flip_bit(run_dir / "clip" / "world-clip" / "embeddings.safetensors", 300)
     with pytest.raises(InputError, match=r"embeddings.safetensors is damaged.*--overwrite"):
         open_run(run_dir).clip_embeddings("world-clip")
@@ -305,7 +306,7 @@ def test_an_aligner_is_replaced_only_on_purpose_and_only_by_a_finite_one(run_dir
     with pytest.raises(InputError, match="non-finite"):
         aligner.fit(contributions, r.clip_embeddings("world-clip")[:8], epochs=1, progress=False)
     with pytest.raises(InputError, match="batch_size must be a whole number"):
-        r.stream("world-clip", batch_size=0)
+        run_batches(r, "world-clip", batch_size=0)
     with pytest.raises(InputError, match="whole numbers"):
         r.images([1.5])
     assert torch.equal(r.images([2]), r.images(range(2, 3)))

@@ -352,8 +352,8 @@ def train_aligner(aligner: CompAlign, data, targets: torch.Tensor | None = None,
 
     ``data``: ``Features`` (targets: their CLIP embeddings), a contributions tensor
     [N, C, d_model] with ``targets`` [N, d_clip] (shuffled together each epoch, seeded), or a
-    re-iterable of (contributions, targets) batches such as a :class:`~fxdecomp.align.Stream`
-    (decomposing on the fly). Returns ``{"loss", "cos", "penalty"}``: per-epoch means.
+    re-iterable of (contributions, targets) batches, a :class:`~fxdecomp.align.Batches`
+    (``ImageBatches`` decomposing on the fly, ``RunBatches`` reading a run). Returns ``{"loss", "cos", "penalty"}``: per-epoch means.
     On the CPU, subnormal floats are flushed to zero while training (and the flag is then
     reset to PyTorch's default, off). A loss that goes non-finite stops training with an
     ``InputError`` (the aligner's weights are then not to be used).

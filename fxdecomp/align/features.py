@@ -1,16 +1,17 @@
 """Decomposed contributions and CLIP embeddings of the same images, in the same order.
 
 Alignment pairs component contributions of image x with CLIP's embedding of the
-same x. ``collect`` (and ``Stream``, for data that does not fit in memory) reads
-each raw batch once and hands that one batch to both models, each through its
-own eval preprocessing, so the pairing cannot slip: there is no second loader
-to shuffle differently, and a shuffling DataLoader is refused.
+same x. ``collect`` is ``materialise`` of ``ImageBatches`` (fxdecomp.align.batches), with a
+cache on disk: it reads each raw batch once and hands that one batch to both models, each
+through its own eval preprocessing, so the pairing cannot slip: there is no second loader
+to shuffle differently, and a shuffling DataLoader is refused. ``materialise`` keeps any
+``Batches`` in memory, a run's (``RunBatches``) as well.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,8 @@ from ..decomposition import Decomposition
 from ..errors import InputError
 from ..hashing import json_digest, module_digest, safe_name, tensors_digest
 from ..module import DecomposedModel
+from .batches import Batches, ImageBatches, Stream  # noqa: F401  (Stream: the deprecated name, importable here too)
 from .clip_space import ClipSpace
-from .images import as_batch
 
 CACHE_FORMAT = "fxdecomp.align.features/2"  # /2: the model's outputs are kept too
 
@@ -36,7 +37,7 @@ class Features(Decomposition):
     """A data set's ``Decomposition`` under the names it had before there was one type: ``contributions``
     [N, C, D] float32 and ``clip`` [N, d_clip] (normalised CLIP image embeddings, or None) of N images in
     dataset order, ``components`` labelling C, the model's ``output`` where it was kept; ``len()`` counts
-    images. ``collect`` and ``Run.features`` return it."""
+    images. ``collect`` and ``run_features`` return it."""
 
     def __init__(self, contributions: torch.Tensor, clip: torch.Tensor | None, components: ComponentTable,
                  meta: dict | None = None, output: torch.Tensor | None = None):
@@ -56,115 +57,20 @@ class Features(Decomposition):
         return f"Features({n} images, {c} components, d_model={d}, d_clip={clip})"
 
 
-# -- reading images in order ------------------------------------------------------------------------
-def _image_of(item):
-    if isinstance(item, dict):
-        if "image" not in item:
-            raise InputError(f"dataset items are dicts without an 'image' key (keys: {sorted(item)})")
-        return item["image"]
-    if isinstance(item, (tuple, list)) and item and not isinstance(item[0], (int, float)):
-        return item[0]
-    return item
-
-
-class _Source:
-    """Raw image batches [B, 3, H, W] from an array, a tensor, a dataset or an unshuffled DataLoader
-    (a list of [3, H, W] images where a dataset's images differ in size, as image files do)."""
-
-    def __init__(self, data):
-        self.data = data
-        self.loader = isinstance(data, torch.utils.data.DataLoader)
-        if self.loader:
-            sampler = getattr(data, "sampler", None)
-            if not isinstance(sampler, torch.utils.data.SequentialSampler):
-                raise InputError("the DataLoader does not read its dataset in order (shuffle=True or a custom "
-                                 "sampler); contributions must stay in dataset order to be paired with labels "
-                                 "and other models: use DataLoader(..., shuffle=False)")
-        elif not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
-            raise InputError(f"cannot read images from {type(data).__name__}: pass an array [N, H, W, 3], a tensor "
-                             "[N, 3, H, W], an indexable dataset or a DataLoader with shuffle=False")
-
-    def __len__(self) -> int:
-        return len(self.data.dataset) if self.loader else len(self.data)
-
-    def batches(self, batch_size: int, order: np.ndarray | None = None) -> Iterator[torch.Tensor]:
-        if self.loader:
-            if order is not None:
-                raise InputError("a DataLoader cannot be re-ordered; pass its dataset to shuffle for training")
-            for batch in self.data:
-                yield as_batch(_image_of(batch))
-            return
-        n = len(self.data)
-        idx = np.arange(n) if order is None else order
-        arraylike = isinstance(self.data, (np.ndarray, torch.Tensor))
-        for start in range(0, n, batch_size):
-            sel = idx[start:start + batch_size]
-            if arraylike:
-                yield as_batch(self.data[sel] if order is not None else self.data[start:start + batch_size])
-            else:
-                images = [as_batch(_image_of(self.data[int(i)]))[0] for i in sel]
-                if len({tuple(im.shape) for im in images}) > 1:
-                    yield images  # files of several sizes: the model's EvalTransform resizes each
-                else:
-                    yield as_batch(images)
-
-    def n_batches(self, batch_size: int) -> int:
-        return len(self.data) if self.loader else -(-len(self) // batch_size)
-
-    def first(self) -> torch.Tensor:
-        return next(iter(self.batches(8)))
-
-
-def _run_batch(dm: DecomposedModel, clip: ClipSpace | None, preprocess: Callable, raw: torch.Tensor, device):
-    x = preprocess(raw).to(device=device, dtype=dm.dtype)  # on the host, where images are resized
-    dec = dm(x)
-    contributions = dec.contributions.detach()
-    if contributions.dim() != 3:
-        raise InputError(f"{dm.model_name}'s output is not one vector per image (contributions "
-                         f"{list(contributions.shape)}); decompose a model returning [B, D] features, e.g. "
-                         "fxdecomp.align.representation(model)")
-    emb = clip.embed_preprocessed(clip.preprocess(raw).to(device)).detach() if clip is not None else None
-    return contributions, emb, dec.output.detach()
-
-
-def _device_of(dm: DecomposedModel, device) -> torch.device:
-    return torch.device(device) if device is not None else dm.device
-
-
-class Stream:
-    """Re-iterable (contributions [B, C, D], CLIP embeddings [B, d_clip]) batches computed on the fly.
-
-    For training an aligner on more images than fit in memory. With ``shuffle_seed``
-    each pass reads the images in a new (seeded) order; contributions and CLIP
-    embeddings still come from the very same images.
-    """
-
-    def __init__(self, dm: DecomposedModel, data, *, preprocess: Callable, clip: ClipSpace, batch_size: int = 32,
-                 device=None, shuffle_seed: int | None = None):
-        whole_number("batch_size", batch_size)
-        self.dm, self.clip, self.preprocess = dm, clip, preprocess
-        self.source = _Source(data)
-        self.batch_size = batch_size
-        self.device = _device_of(dm, device)
-        self.shuffle_seed = shuffle_seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return self.source.n_batches(self.batch_size)
-
-    @property
-    def components(self) -> ComponentTable:
-        return self.dm.components
-
-    def __iter__(self):
-        order = None
-        if self.shuffle_seed is not None:
-            order = np.random.default_rng([self.shuffle_seed, self.epoch]).permutation(len(self.source))
-        self.epoch += 1
-        for raw in self.source.batches(self.batch_size, order):
-            with torch.no_grad():  # not around the yield: that would switch gradients off for the caller
-                c, e, _ = _run_batch(self.dm, self.clip, self.preprocess, raw, self.device)
-            yield c, e
+def materialise(batches: Batches, *, progress: bool = False, desc: str | None = None) -> Features:
+    """Every image of ``batches`` (either backend) in memory, in dataset order, as ``Features`` with the
+    model's outputs: contributions, CLIP embeddings and outputs as float32 on the CPU."""
+    contribs, embs, outputs = [], [], []
+    bar = tqdm(batches.blocks(), total=len(batches), disable=None if progress else True,
+               desc=desc or f"decompose {batches.meta.get('model')}", unit="batch", leave=False)
+    with torch.no_grad():
+        for c, e, y in bar:
+            contribs.append(c.float().cpu())
+            outputs.append(y.float().cpu())
+            if e is not None:
+                embs.append(e.float().cpu())
+    return Features(torch.cat(contribs), torch.cat(embs) if embs else None, batches.components, batches.meta,
+                    output=torch.cat(outputs))
 
 
 @torch.no_grad()
@@ -190,40 +96,30 @@ def collect(dm: DecomposedModel, data, *, preprocess: Callable, clip: ClipSpace 
     Returns contributions as float32 on the CPU.
     """
     whole_number("batch_size", batch_size)
-    source = _Source(data)
-    if len(source) == 0:
+    dev = torch.device(device) if device is not None else dm.device
+    batches = ImageBatches(dm, data, preprocess=preprocess, clip=clip, batch_size=batch_size, device=dev)
+    if len(batches.source) == 0:
         raise InputError("no images to collect")
-    dev = _device_of(dm, device)
     dm.to(dev)
     if clip is not None:
         clip.to(dev)
     path = full_key = None
     if cache is not None:
-        full_key = _cache_key(dm, clip, source, preprocess, key)
+        full_key = _cache_key(dm, clip, batches, preprocess, key)
         digest = json_digest(full_key)[:20]
-        path = Path(cache) / f"{safe_name(dm.model_name)}-{dm.granularity}-{len(source)}-{digest}.safetensors"
+        path = Path(cache) / f"{safe_name(dm.model_name)}-{dm.granularity}-{len(batches.source)}-{digest}.safetensors"
         hit = _read_cache(path, full_key, dm.components)
         if hit is not None:
             return hit
-    contribs, embs, outputs = [], [], []
-    bar = tqdm(source.batches(batch_size), total=source.n_batches(batch_size), disable=None if progress else True,
-               desc=desc or f"decompose {dm.model_name}", unit="batch", leave=False)
-    for raw in bar:
-        c, e, y = _run_batch(dm, clip, preprocess, raw, dev)
-        contribs.append(c.float().cpu())
-        outputs.append(y.float().cpu())
-        if e is not None:
-            embs.append(e.float().cpu())
-    out = Features(torch.cat(contribs), torch.cat(embs) if embs else None, dm.components,
-                   {"model": dm.model_name, "granularity": dm.granularity, "clip": clip.name if clip else None},
-                   output=torch.cat(outputs))
+    out = materialise(batches, progress=progress, desc=desc or f"decompose {dm.model_name}")
     if path is not None:
         _write_cache(path, full_key, out)
     return out
 
 
 # -- caching ----------------------------------------------------------------------------------------
-def _cache_key(dm: DecomposedModel, clip: ClipSpace | None, source: _Source, preprocess, key) -> dict:
+def _cache_key(dm: DecomposedModel, clip: ClipSpace | None, batches: ImageBatches, preprocess, key) -> dict:
+    source = batches.source
     data = source.data
     if isinstance(data, (np.ndarray, torch.Tensor)):
         data_id = "array:" + tensors_digest([("images", torch.as_tensor(np.asarray(data)))])

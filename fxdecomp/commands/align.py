@@ -45,8 +45,8 @@ def add(sub) -> None:
 def run(args) -> int:
     from ..align import ClipSpace
     from ..align.clip_space import check_spec
+    from ..align.train_run import align_run, check_same_clip, refuse_replacing
     from ..store import open_run
-    from ..store.align import align_run, check_same_clip, refuse_replacing
 
     device = device_of(args.device)
     check_spec(args.clip, args.clip_checkpoint)

@@ -39,6 +39,7 @@ def add(sub) -> None:
 def run(args) -> int:
     import numpy as np
 
+    from ..align.runs import run_shared_aligner
     from ..errors import InputError
     from ..report.build import aligned_space
     from ..report.vocabulary import properties_for
@@ -59,7 +60,7 @@ def run(args) -> int:
     aligner, clip = aligned_space(r, args.clip_checkpoint)
     if aligner is None:
         raise InputError(f"retrieval reads components in CLIP space: run fxdecomp align {r.path} first")
-    ranking = r.shared_aligner()  # components are chosen through the shared map (refuses a run without one)
+    ranking = run_shared_aligner(r)  # components are chosen through the shared map (refuses a run without one)
     data = r.data()
     if args.image is not None:
         props = properties_for(r, args.properties)

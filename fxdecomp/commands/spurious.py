@@ -29,13 +29,14 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
+    from ..align.runs import run_clip_space
     from ..store import open_run
     from ..store.files import publish, tmp_path, write_json
     from ..store.lock import RunLock
     from ..spurious.over_run import from_run
 
     r = open_run(args.run)
-    clip = r.clip_space(args.clip_checkpoint)
+    clip = run_clip_space(r, args.clip_checkpoint)
     if clip is None:
         from ..errors import InputError
 

@@ -131,11 +131,11 @@ class ComponentSpec:
     """A component as found by the expand pass's walk (labels are added by the labels pass)."""
 
     id: int
-    role: str                       # embed | bias | branch | collapsed
+    category: str                   # embed | bias | branch | collapsed
     node: fx.Node                   # where it was found (leaf, or op adding the constant)
     leaf: fx.Node | None = None
-    mixing: fx.Node | None = None   # the attention-weighted sum that defines its split
-    split: dict = field(default_factory=dict)
+    mixing: fx.Node | None = None   # the attention-weighted sum that defines its slicing
+    slicing: dict = field(default_factory=dict)  # the slicing atoms: {head, window, token, neuron: atoms}
     label: str | None = None
     order: int = 0
 
@@ -158,7 +158,7 @@ class Group:
 
     spec: ComponentSpec
     label: BaseLabel
-    split: tuple
+    slicing: tuple                  # the slicing atoms chosen at this granularity (of ``spec.slicing``)
     start: int
     count: int
 
@@ -166,7 +166,7 @@ class Group:
 @dataclass
 class Target:
     """Where one group's pieces are written (pass 13, grouping): ``count`` slots from ``start``, one
-    per index of ``keep`` (the group's split atoms that stay free); its ``summed`` split atoms are
+    per index of ``keep`` (the group's slicing atoms that stay free); its ``summed`` slicing atoms are
     summed at compile time. ``index``: when those slots are not consecutive, the slot of each index
     of ``keep`` (row-major), the group's pieces then being added there."""
 
@@ -183,7 +183,7 @@ class Readout:
 
     ``matrix`` is [M, prod(out), K]: one map shared by every component (M = 1), or one per
     component group; ``rows[g]`` says which of them group ``g`` reads: ``(m, None)`` one map,
-    ``(m, atom)`` consecutive maps from ``m``, one per index of that split atom (a head's tokens
+    ``(m, atom)`` consecutive maps from ``m``, one per index of that slicing atom (a head's tokens
     read through their head's map)."""
 
     matrix: torch.Tensor

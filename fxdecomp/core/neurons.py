@@ -72,7 +72,7 @@ def contracted_by_weight(state: CompileState, ctx: RuleContext, node: fx.Node, i
 
 def neuron_axis(state: CompileState, spec: ComponentSpec, terms: list, ctx: RuleContext) -> NeuronAxis:
     """The hidden-unit atoms of one branch, checked to be free in every one of its terms."""
-    if spec.role != "branch" or spec.leaf is None:
+    if spec.category != "branch" or spec.leaf is None:
         return NeuronAxis(why="it is not a branch")
     nodes = tail(state, spec)
     inside = set(nodes)

@@ -171,7 +171,7 @@ class Term:
     factors: tuple
     coef: float = 1.0
     #: atoms renamed after the component's split was fixed (original -> current): a later
-    #: op may reuse a split atom for its output (a cat placing a class token's row on the
+    #: op may reuse a slicing atom for its output (a cat placing a class token's row on the
     #: token axis its keys came from), so the term's key index was given an alias
     renamed: dict = field(default_factory=dict, repr=False, compare=False)
     _atoms: frozenset | None = field(default=None, repr=False, compare=False)

@@ -94,7 +94,7 @@ class CodeGen:
         out_axes = self.axes.of(self.out_node)  # batch first: the batch pass checked it
         rest_axes = tuple(tuple(axis) for axis in out_axes[1:])
         rest_atoms = tuple(a for axis in rest_axes for a in axis)
-        targets = targets or [Target(g.start, g.count, tuple(g.split)) for g in groups]
+        targets = targets or [Target(g.start, g.count, tuple(g.slicing)) for g in groups]
         needed_stats = self._needed_stats(terms_by_spec)
         g = self.graph
         for node in self.gm.graph.nodes:
@@ -438,7 +438,7 @@ class _Buffer(Source):
 
 
 def _summed_over(term: Term, summed: tuple) -> Term:
-    """``term`` scaled for the summed split atoms it does not carry: its value is the same for
+    """``term`` scaled for the summed slicing atoms it does not carry: its value is the same for
     every index of such an atom (the slot broadcast it), so their sum is that many times it."""
     n = 1
     for a in summed:

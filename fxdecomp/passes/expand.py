@@ -141,10 +141,10 @@ class Expander:
         """The note for the unread stream node ``h`` (position ``i``); the leaves of its segment
         that are not attention-weighted sums (a nonlinear op carrying the stream on) become
         'collapsed' components: they hold what the stream held."""
-        leaves = [c for c in self.components if c.role == "branch" and self.stream.segment.get(c.node) == i]
+        leaves = [c for c in self.components if c.category == "branch" and self.stream.segment.get(c.node) == i]
         for c in leaves:
             if c.mixing is None:
-                c.role = "collapsed"
+                c.category = "collapsed"
         names = ", ".join(dict.fromkeys(self._leaf_name(c.node) for c in leaves)) or "later branches"
         note = (f"the residual stream at {describe(h)} reaches the output only through {names}, computed from "
                 "its actual values with no skip path around them: every component before it is inside them "
@@ -169,7 +169,7 @@ class Expander:
         """A component with more than ``MAX_TERMS`` terms at a stream node continues as one term:
         their sum at this node, materialised (``PartialSum``). Without it, parallel linear
         paths on the stream multiply the terms — and their planning — at every block. A
-        component that may be split by head or token keeps its terms (their split atoms
+        component that may be split by head or token keeps its terms (their slicing atoms
         must stay free)."""
         by_comp: dict = {}
         for t in terms:
@@ -180,7 +180,7 @@ class Expander:
         axes = tuple(self.ctx.axes(node))
         for ts in by_comp.values():
             comp = ts[0].component
-            if len(ts) <= MAX_TERMS or comp.split:
+            if len(ts) <= MAX_TERMS or comp.slicing:
                 out.extend(ts)
             else:
                 out.append(Term(comp, (Factor(PartialSum(node, tuple(ts)), axes),)))
@@ -310,7 +310,7 @@ class Expander:
             if piece.arg is carried:
                 term, rename = self._apply(self._leaf_term(comp, carried), piece, self.ctx.atoms(carried), node)
                 if piece.split:
-                    comp.split = {k: tuple(resolve_in((v,), rename)[0]) for k, v in piece.split.items()}
+                    comp.slicing = {k: tuple(resolve_in((v,), rename)[0]) for k, v in piece.split.items()}
                 term.renamed = {}  # the split is named after this rename
                 out.append(term)
             elif piece.arg is None:
@@ -340,8 +340,8 @@ class Expander:
     def _leaf_term(self, comp: ComponentSpec, node: fx.Node) -> Term:
         return Term(comp, (Factor(NodeValue(node), tuple(self.ctx.axes(node))),))
 
-    def _new(self, role: str, node: fx.Node, leaf=None, mixing=None, label=None) -> ComponentSpec:
-        c = ComponentSpec(id=len(self.components), role=role, node=node, leaf=leaf, mixing=mixing, label=label,
+    def _new(self, category: str, node: fx.Node, leaf=None, mixing=None, label=None) -> ComponentSpec:
+        c = ComponentSpec(id=len(self.components), category=category, node=node, leaf=leaf, mixing=mixing, label=label,
                           order=self.order[mixing or leaf or node])
         self.components.append(c)
         return c

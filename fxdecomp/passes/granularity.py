@@ -42,7 +42,7 @@ def run(state: CompileState) -> CompileState:
 
 
 def find_neurons(state: CompileState) -> None:
-    """Names each non-attention branch's hidden-unit atoms (``split["neuron"]``) in the chosen
+    """Names each non-attention branch's hidden-unit atoms (``slicing["neuron"]``) in the chosen
     layers; refuses a model where no branch has them, naming the branches it has."""
     ctx = RuleContext(state)
     by_spec: dict = {}
@@ -51,18 +51,18 @@ def find_neurons(state: CompileState) -> None:
     branches, split_any = [], False
     for spec in state.specs:
         lab = state.labels[spec.id]
-        if spec.role not in ("branch", "collapsed"):
+        if spec.category not in ("branch", "collapsed"):
             continue
         branches.append(f"{lab.name} ({lab.kind})")
-        if spec.role != "branch" or lab.kind == "attn" or (state.layers is not None and lab.layer not in state.layers):
+        if spec.category != "branch" or lab.kind == "attn" or (state.layers is not None and lab.layer not in state.layers):
             continue
         found = neuron_axis(state, spec, by_spec.get(spec.id, []), ctx)
         if not found.atoms:
             state.split_notes.append(f"{lab.name} is not split by neuron: {found.why}; it stays one component.")
             continue
-        spec.split = dict(spec.split, neuron=found.atoms)
+        spec.slicing = dict(spec.slicing, neuron=found.atoms)
         split_any = True
-        # the codegen reads a split atom through ``renamed``; the neuron atoms are named as the
+        # the codegen reads a slicing atom through ``renamed``; the neuron atoms are named as the
         # terms hold them now (an earlier rename, as by a norm before the last layer, came before)
         for t in by_spec.get(spec.id, []):
             if any(a in t.renamed for a in found.atoms):
@@ -76,26 +76,26 @@ def find_neurons(state: CompileState) -> None:
                          "or 'token'" + (f" ({state.split_notes[0]})" if state.split_notes else ""))
 
 
-def split_atoms(spec: ComponentSpec, lab: BaseLabel, granularity: str, layers) -> tuple:
-    if spec.role != "branch" or not spec.split:
+def slicing_atoms(spec: ComponentSpec, lab: BaseLabel, granularity: str, layers) -> tuple:
+    if spec.category != "branch" or not spec.slicing:
         return ()
     g = granularity if (layers is None or lab.layer in layers) else "block"
     if g == "head":
-        return tuple(spec.split.get("head", ()))
+        return tuple(spec.slicing.get("head", ()))
     if g == "neuron":
-        return tuple(spec.split.get("neuron", ())) or tuple(spec.split.get("head", ()))
+        return tuple(spec.slicing.get("neuron", ())) or tuple(spec.slicing.get("head", ()))
     if g == "token":
-        return tuple(spec.split.get("head", ())) + tuple(spec.split.get("window", ())) + \
-            tuple(spec.split.get("token", ()))
+        return tuple(spec.slicing.get("head", ())) + tuple(spec.slicing.get("window", ())) + \
+            tuple(spec.slicing.get("token", ()))
     return ()
 
 
 def plan_groups(specs: list[ComponentSpec], labels: list[BaseLabel], granularity: str, layers) -> list[Group]:
     groups, start = [], 0
     for spec in specs:
-        split = split_atoms(spec, labels[spec.id], granularity, layers)
-        count = prod(a.size for a in split) if split else 1
-        groups.append(Group(spec, labels[spec.id], split, start, count))
+        slicing = slicing_atoms(spec, labels[spec.id], granularity, layers)
+        count = prod(a.size for a in slicing) if slicing else 1
+        groups.append(Group(spec, labels[spec.id], slicing, start, count))
         start += count
     return groups
 
@@ -104,23 +104,23 @@ def component_table(groups: list[Group], table: AtomTable) -> ComponentTable:
     comps: list[Component] = []
     for grp in groups:
         lab, spec = grp.label, grp.spec
-        if not grp.split:
+        if not grp.slicing:
             comps.append(Component(len(comps), lab.name, lab.kind, lab.module, lab.module_type, lab.layer,
                                    lab.branch))
             continue
-        if grp.split == tuple(spec.split.get("neuron", ())):
+        if grp.slicing == tuple(spec.slicing.get("neuron", ())):
             first = len(comps)
             comps.extend([Component(first + n, f"{lab.name}[n{n}]", lab.kind, lab.module, lab.module_type,
                                     lab.layer, lab.branch, neuron=n, split="neuron") for n in range(grp.count)])
             continue
-        heads = tuple(a for a in grp.split if a in spec.split.get("head", ()))
-        where = tuple(a for a in grp.split if a not in heads)
+        heads = tuple(a for a in grp.slicing if a in spec.slicing.get("head", ()))
+        where = tuple(a for a in grp.slicing if a not in heads)
         n_where = prod(a.size for a in where) if where else 1
         coords = table.coordinates(where) if where else [{}]
-        token_role = {table.find(a.alias_of or a).role for a in spec.split.get("token", ())}
+        token_role = {table.find(a.alias_of or a).role for a in spec.slicing.get("token", ())}
         meaning = ["head"] if heads else []
         if where:
-            if any(a in spec.split.get("window", ()) for a in where):
+            if any(a in spec.slicing.get("window", ()) for a in where):
                 meaning.append("window")
             meaning.append("channel" if token_role == {"channel"} else "token")
         for i in range(grp.count):

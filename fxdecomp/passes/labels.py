@@ -121,14 +121,14 @@ def label(specs: list[ComponentSpec], stream: Stream, axes: Axes, joins: frozens
     parents: dict[str, int] = {}
     by_segment = None
     for spec in specs:
-        if spec.role not in ("branch", "collapsed"):
+        if spec.category not in ("branch", "collapsed"):
             continue
         if by_segment is None:
             by_segment = segments(stream, spec.node.graph)
         tail = branch_tail(spec, stream, joins)
         nodes = branch_nodes(spec, stream, joins, by_segment, tail)
-        module = majority_module(nodes) if spec.role == "branch" else module_of(spec.node)
-        if spec.role == "branch" and module:
+        module = majority_module(nodes) if spec.category == "branch" else module_of(spec.node)
+        if spec.category == "branch" and module:
             if not _holds(module, tail):  # the module in front of the branch (its norm), not the branch's
                 module = majority_module(tail) or module
         types = _module_types(nodes)
@@ -145,7 +145,7 @@ def label(specs: list[ComponentSpec], stream: Stream, axes: Axes, joins: frozens
         if labels[spec.id] is not None:
             continue
         module = module_of(spec.node)
-        if spec.role == "embed":
+        if spec.category == "embed":
             users = [u for u in spec.node.users if u in stream.graph]
             module = module_of(users[0]) if users else ""
             module = module.rsplit(".", 1)[0] if "." in module else module
@@ -164,9 +164,9 @@ def label(specs: list[ComponentSpec], stream: Stream, axes: Axes, joins: frozens
 
 
 def _component_kind(spec: ComponentSpec, nodes, axes: Axes) -> str:
-    if spec.role == "collapsed":
+    if spec.category == "collapsed":
         return "collapsed"
-    if spec.mixing is not None and spec.split.get("token"):
+    if spec.mixing is not None and spec.slicing.get("token"):
         return "attn"
     if any(axes.mixes(n) for n in nodes):
         return "conv"

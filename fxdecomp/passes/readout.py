@@ -47,7 +47,7 @@ def per_group(maps: Mapping, groups: list[Group], out_shape: tuple) -> tuple[lis
     mats, rows, missing, used = [], [], [], set()
     for grp in groups:
         name = grp.label.name
-        heads = tuple(a for a in grp.split if a in grp.spec.split.get("head", ()))
+        heads = tuple(a for a in grp.slicing if a in grp.spec.slicing.get("head", ()))
         if name in checked:
             rows.append((len(mats), None))
             mats.append(checked[name])

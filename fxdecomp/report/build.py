@@ -17,6 +17,7 @@ import torch
 
 from ..align.aligned import Aligned
 from ..align.describe import describe
+from ..align.runs import run_aligner, run_clip_space, run_shared_aligner
 from ..components import ComponentTable
 from ..errors import InputError
 from ..heatmaps.heatmap import token_maps
@@ -38,7 +39,7 @@ def aligned_space(run: Run, checkpoint=None):
     """(the run's aligner, its CLIP space), or (None, None) before ``fxdecomp align``."""
     if not run.aligner_path().is_file():
         return None, None
-    return run.aligner(), run.clip_space(checkpoint)
+    return run_aligner(run), run_clip_space(run, checkpoint)
 
 
 class _Pictures:
@@ -73,7 +74,7 @@ def write_report(run, out, *, top: int = 12, images: int = 400, per_component: i
     pictures = _Pictures(data)  # decoded on first use: the page shows a few dozen of the images read
     token = run.granularity == "token"
     aligner, clip = aligned_space(run, clip_checkpoint)
-    shared = run.shared_aligner() if aligner is not None else None  # refuses a run aligned without one
+    shared = run_shared_aligner(run) if aligner is not None else None  # refuses a run aligned without one
     mapped = dec.map(aligner) if aligner is not None else None  # descriptions: each token by its head's map
     ranked = dec.map(shared) if shared is not None else None  # scores and rankings: the shared map
     summary = dec.group("head") if token else dec  # summaries per head: tokens (mapped or not) summed

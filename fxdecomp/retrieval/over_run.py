@@ -7,7 +7,7 @@ shard at a time: memory holds one shard and its mapped contributions [n, C, d_cl
 [C, r] per component, and the chosen sum [N, d_clip] — never the run's [N, C, d]. Each shard is
 read twice, once to choose and once to sum what was chosen. The results are those of the
 in-memory functions (``property_scores(method="share")``, ``description_components``,
-``component_sum`` on ``aligner.map(run.features())``) up to rounding (tested).
+``component_sum`` on ``aligner.map(run_features(run))``) up to rounding (tested).
 
 ``run`` is anything with ``shards()`` (start, stop, contributions [n, C, d_model]) and
 ``components``, as ``fxdecomp.store.open_run`` gives.

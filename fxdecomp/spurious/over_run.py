@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..align.runs import run_shared_aligner
 from ..errors import InputError
 from .ranking import ranked, readout_ranking, spurious_scores
 from .removal import Removal, Split, remove_spurious
@@ -51,7 +52,7 @@ def from_run(run, *, clip, spurious_words: Sequence[str], label_words: Sequence[
     if empty:
         raise InputError(f"{run.path} has no images in split(s) {empty}; metadata.csv must list train (0), "
                          "validation (1) and test (2) images")
-    shared = run.shared_aligner()  # rankings read the shared map (docs/ALIGN.md); refuses a run without one
+    shared = run_shared_aligner(run)  # rankings read the shared map (docs/ALIGN.md); refuses a run without one
     train_c = run.images(idx["train"])
     feats = _features(train_c, run.components)
     candidates = varying(feats)

@@ -2,15 +2,13 @@
 
 ``decompose_to_store(model, data, out)`` writes a run (resumable, one or many processes, one writer
 per folder); ``open_run(path)`` reads it: ``run.component(name)``, ``run.images(idx)``,
-``run.shards()``, ``run.stream(clip)`` for CompAlign; ``property_scores_over(run, properties)`` ranks
-its components through the run's shared map; ``verify_run(path)`` (``fxdecomp verify``) checks every
-file against the manifest. See ``fxdecomp decompose --help`` and docs/RELIABILITY.md.
+``run.shards()``; ``verify_run(path)`` (``fxdecomp verify``) checks every file against the manifest.
+What reads a run in CLIP space (its aligners, batches for CompAlign, rankings through its shared map)
+is in ``fxdecomp.align``, above the store. See ``fxdecomp decompose --help`` and docs/RELIABILITY.md.
 """
 from .build import DTYPES, Progress, classifier_of, decompose_to_store
 from .manifest import differences
-from .run import Run, RunStream, open_run
-from .scores import property_scores_over, shared_aligned
+from .run import Run, open_run
 from .verify import verify_run
 
-__all__ = ["DTYPES", "Progress", "Run", "RunStream", "classifier_of", "decompose_to_store", "differences", "open_run",
-           "property_scores_over", "shared_aligned", "verify_run"]
+__all__ = ["DTYPES", "Progress", "Run", "classifier_of", "decompose_to_store", "differences", "open_run", "verify_run"]

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from ..checks import whole_number
 from ..components import Component, ComponentTable
 from ..data.identity import CheckedData
 from ..data.registry import reopen
@@ -280,22 +279,20 @@ class Run:
         for info in self._shards:
             yield info["start"], info["stop"], self._whole(info, "contributions").float()
 
+    def shard_ranges(self) -> list[tuple[int, int]]:
+        """(start, stop) of each shard, in order: which images ``shard(k)`` holds."""
+        return [(info["start"], info["stop"]) for info in self._shards]
+
+    def shard(self, k: int) -> torch.Tensor:
+        """[stop - start, C, D] contributions of the ``k``-th shard alone (for reading shards in another order)."""
+        return self._whole(self._shards[k], "contributions").float()
+
     def decompositions(self) -> Iterator[tuple[int, int, Decomposition]]:
         """(start, stop, the shard's images as a ``Decomposition`` with their stored outputs), shard by shard."""
         for info in self._shards:
             yield (info["start"], info["stop"],
                    Decomposition(self._whole(info, "contributions").float(), self.components,
                                  self._whole(info, "output").float()))
-
-    def features(self, clip: str | None = None):
-        """Everything in memory as ``fxdecomp.align.Features`` (with the CLIP embeddings named ``clip``)."""
-        from ..align.features import Features
-
-        contributions = torch.cat([c for _, _, c in self.shards()])
-        emb = self.clip_embeddings(clip) if clip is not None else None
-        return Features(contributions, emb, self.components, {"model": self.model_name,
-                                                              "granularity": self.granularity, "clip": clip},
-                        output=self.outputs())
 
     # -- what later commands add ------------------------------------------------------------------------
     def clip_folder(self, clip: str) -> Path:
@@ -336,75 +333,21 @@ class Run:
             raise InputError(f"{path} is damaged ({problem}); {fix}")
         self._files_ok.add(path)
 
+    def aligner_record(self, shared: bool = False) -> dict:
+        """What ``fxdecomp align`` recorded of the per-component maps (or of the ``shared`` map): its CLIP,
+        settings, size and SHA-256; {} where the run holds no record."""
+        path = self.path / (SHARED_RECORD if shared else ALIGNER_RECORD)
+        return self._record(path) if path.is_file() else {}
+
+    def check_recorded(self, path: Path, rec: dict, fix: str) -> None:
+        """Refuse ``path`` when its size or SHA-256 differ from ``rec`` (checked once per ``Run``), naming ``fix``."""
+        self._check_file(path, rec, fix)
+
     def aligner_path(self) -> Path:
         return self.path / ALIGNER
 
-    def aligner(self):
-        """The CompAlign ``fxdecomp align`` trained for this run."""
-        from ..align.compalign import CompAlign
-
-        if not self.aligner_path().is_file():
-            raise InputError(f"{self.path} has no aligner yet: run fxdecomp align {self.path} --clip ...")
-        fix = f"run fxdecomp align {self.path} --clip ... --overwrite to train it again"
-        if (self.path / ALIGNER_RECORD).is_file():
-            self._check_file(self.aligner_path(), self._record(self.path / ALIGNER_RECORD), fix)
-        try:
-            return CompAlign.load(self.aligner_path(), components=self.components, d_model=self.d_model)
-        except InputError:
-            raise
-        except Exception as err:  # noqa: BLE001 - safetensors' own error types
-            raise InputError(f"{self.aligner_path()} cannot be read ({type(err).__name__}: {err}); {fix}") from None
-
     def shared_aligner_path(self) -> Path:
         return self.path / SHARED
-
-    def shared_aligner(self):
-        """The shared map (one map for every component, λ = 0) ``fxdecomp align`` trained beside the
-        per-component maps: what every ranking of the run's components reads (docs/ALIGN.md). A run
-        aligned before ``align`` trained it has none, and is refused: ranking by the per-component
-        maps instead would be silently unsound."""
-        from ..align.compalign import CompAlign
-
-        path = self.shared_aligner_path()
-        clip = "..."
-        if (self.path / ALIGNER_RECORD).is_file():
-            clip = self._record(self.path / ALIGNER_RECORD).get("clip", clip)
-        if not path.is_file():
-            if not self.aligner_path().is_file():
-                raise InputError(f"{self.path} has no aligner yet: run fxdecomp align {self.path} --clip ...")
-            raise InputError(f"{self.path} has no shared map, which rankings of its components read (runs aligned "
-                             f"before fxdecomp align trained one have none): run fxdecomp align {self.path} --clip "
-                             f"{clip} --shared-only to add it (the per-component maps stay), or --overwrite to "
-                             "train both again")
-        fix = f"run fxdecomp align {self.path} --clip {clip} --shared-only --overwrite to train it again"
-        rec = self._record(self.path / SHARED_RECORD) if (self.path / SHARED_RECORD).is_file() else {}
-        if rec:
-            self._check_file(path, rec, fix)
-        try:
-            shared = CompAlign.load(path, components=self.components, d_model=self.d_model)
-        except InputError:
-            raise
-        except Exception as err:  # noqa: BLE001 - safetensors' own error types
-            raise InputError(f"{path} cannot be read ({type(err).__name__}: {err}); {fix}") from None
-        if shared.variant != "shared":
-            raise InputError(f"{path} holds {shared.variant} maps, not the shared map; {fix}")
-        if rec.get("clip") is not None and clip != "..." and rec["clip"] != clip:
-            raise InputError(f"{path} maps into CLIP {rec['clip']!r} but the run's aligner into {clip!r}; {fix}")
-        return shared
-
-    def clip_space(self, checkpoint=None):
-        """The CLIP space the run's aligner maps into (None before ``fxdecomp align``); ``checkpoint``
-        overrides the local weights file recorded when it was aligned."""
-        from ..align.clip_space import ClipSpace
-
-        info = self.path / ALIGNER_RECORD
-        if not info.is_file():
-            return None
-        rec = self._record(info)
-        if not isinstance(rec.get("clip"), str):
-            raise DamagedFile(f"{info} is damaged (it names no CLIP); run fxdecomp align {self.path} --clip ... "
-                              "--overwrite to write it again")
-        return ClipSpace.by_name(rec["clip"], checkpoint=checkpoint or rec.get("checkpoint"))
 
     def head(self) -> torch.nn.Linear | None:
         """The model's linear classifier, if it had one (logits = head(representation))."""
@@ -424,11 +367,6 @@ class Run:
         except Exception as err:  # noqa: BLE001 - safetensors' and torch's own error types
             raise InputError(f"{path} cannot be read as a linear classifier ({type(err).__name__}); {fix}") from None
         return lin.eval()
-
-    def stream(self, clip: str, batch_size: int = 32, shuffle_seed: int | None = 0) -> "RunStream":
-        """Re-iterable (contributions, CLIP targets) batches for training CompAlign in bounded memory."""
-        whole_number("batch_size", batch_size)
-        return RunStream(self, clip, batch_size, shuffle_seed)
 
 
 def _with_grids(components: ComponentTable) -> ComponentTable:
@@ -451,30 +389,3 @@ def _tensor(path: Path, name: str, fix: str) -> torch.Tensor:
             return f.get_tensor(name)
     except Exception as err:  # noqa: BLE001 - safetensors' own error types
         raise InputError(f"{path} cannot be read ({type(err).__name__}: {err}); {fix}") from None
-
-
-class RunStream:
-    """Batches for ``train_aligner``: shards in a seeded order, images shuffled inside each shard,
-    so memory holds one shard, not the run."""
-
-    def __init__(self, run: Run, clip: str, batch_size: int, shuffle_seed: int | None):
-        self.run, self.batch_size, self.seed = run, batch_size, shuffle_seed
-        self.targets = run.clip_embeddings(clip)
-        self.components = run.components
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return sum(-(-(s["stop"] - s["start"]) // self.batch_size) for s in self.run._shards)
-
-    def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.epoch]) if self.seed is not None else None
-        self.epoch += 1
-        order = rng.permutation(len(self.run._shards)) if rng is not None else range(len(self.run._shards))
-        for k in order:
-            info = self.run._shards[int(k)]
-            block = self.run._whole(info, "contributions").float()
-            start = info["start"]
-            inner = rng.permutation(len(block)) if rng is not None else np.arange(len(block))
-            for s in range(0, len(block), self.batch_size):
-                sel = torch.as_tensor(inner[s:s + self.batch_size])
-                yield block[sel], self.targets[start + sel]

@@ -16,14 +16,15 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..align.clip_space import ClipSpace
-from ..align.compalign import CompAlign, check_training
 from ..errors import InputError
-from .files import ALIGNER_RECORD, SHARED_RECORD, publish, read_json, sha256, tmp_path, write_json
-from .loader import loader
-from .lock import RunLock
-from .run import CLIP_EMBEDDINGS, CLIP_RECORD, Run
-from .shards import ShardPlan
+from ..store.files import ALIGNER_RECORD, SHARED_RECORD, publish, read_json, sha256, tmp_path, write_json
+from ..store.loader import loader
+from ..store.lock import RunLock
+from ..store.run import CLIP_EMBEDDINGS, CLIP_RECORD, Run
+from ..store.shards import ShardPlan
+from .clip_space import ClipSpace
+from .compalign import CompAlign, check_training
+from .runs import run_batches
 
 
 @torch.no_grad()
@@ -94,7 +95,7 @@ def align_run(run: Run, clip: ClipSpace, *, lam: float = 1.0, epochs: int = 10, 
     for variant, weight in variants:
         aligner = CompAlign(run.components, run.d_model, emb.shape[1], variant=variant, lam=weight, seed=seed,
                             clip_name=clip.name, model_name=run.model_name)
-        history = aligner.fit(run.stream(clip.name, batch_size, shuffle_seed=seed), epochs=epochs, lr=lr,
+        history = aligner.fit(run_batches(run, clip.name, batch_size, shuffle_seed=seed), epochs=epochs, lr=lr,
                               device=device, progress=progress)
         aligner.cpu()
         path, record = ((run.shared_aligner_path(), SHARED_RECORD) if variant == "shared"
