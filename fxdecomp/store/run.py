@@ -21,6 +21,7 @@ from ..hashing import json_digest, safe_name
 from ..preprocessing import EvalTransform, ModelView
 from .files import (ALIGNER, ALIGNER_RECORD, HEAD, MANIFEST, RUN, SHARED, SHARED_RECORD, DamagedFile, read_json,
                     sha256)
+from .readouts import describe, refuse_readout_run, width_of
 from .verify import check_manifest, file_problem, repair, settings_of, shard_problem
 
 CLIP_EMBEDDINGS = "embeddings.safetensors"
@@ -61,6 +62,10 @@ class Run:
                               f"{self.repair()} to write it again") from None
         self.n = int(self.manifest["data"]["n"])
         self.d_model = int(self.manifest["d_model"])
+        #: the readout every contribution was read through (its record: spec, k, sha256, names), or None
+        self.readout = self.manifest.get("readout")
+        #: what the shards hold per component: K for a readout run, else d_model
+        self.width = width_of(self.manifest)
         self._shards = self.manifest["shards"]
         self._opened: set[int] = set()  # shards whose header was checked
         self._hashed: set[int] = set()  # shards whose SHA-256 was checked
@@ -122,7 +127,35 @@ class Run:
     def __repr__(self) -> str:
         m = self.manifest
         return (f"Run({str(self.path)!r}: {m['model']['name']} at {m['granularity']} granularity, {self.n} images, "
-                f"{len(self.components)} components, d_model={self.d_model})")
+                f"{len(self.components)} components, d_model={self.d_model}"
+                + (f", read through {describe(self.readout)}" if self.readout is not None else "") + ")")
+
+    def column(self, column=None, text: str | None = None) -> int:
+        """The index of one of a readout run's K columns: ``column`` (a number), or the column whose
+        name is ``text``."""
+        if self.readout is None:
+            raise InputError(f"{self.path} is a full run (no readout): it has no readout columns to choose; "
+                             "choose a component, a text or a direction instead")
+        k, names = self.readout["k"], self.readout.get("names")
+        if text is not None:
+            if not names or text not in names:
+                known = f"its columns are named {names[:8]}" if names else "its columns have no names"
+                raise InputError(f"no readout column of {self.path} is named {text!r} ({known}); give one of "
+                                 "those names, or --column K")
+            return names.index(text)
+        if column is None:
+            if k == 1:
+                return 0
+            raise InputError(f"{self.path} reads {k} columns: choose one with --column 0..{k - 1}"
+                             + (" or --text NAME" if names else ""))
+        if isinstance(column, bool) or not isinstance(column, int) or not 0 <= column < k:
+            raise InputError(f"column {column!r} is out of range: the run's readout has K = {k} columns "
+                             f"(0..{k - 1})")
+        return column
+
+    def require_full(self, what: str) -> None:
+        """Refuse a readout run for ``what``, which needs the contributions at the output's width."""
+        refuse_readout_run(self, what)
 
     @property
     def names(self) -> list[str]:
@@ -258,13 +291,13 @@ class Run:
 
     def images(self, indices: Sequence[int]) -> torch.Tensor:
         """[k, C, D] every component's contributions for the images ``indices`` (in that order)."""
-        return self._gather(self._indices(indices), "contributions", (len(self.components), self.d_model))
+        return self._gather(self._indices(indices), "contributions", (len(self.components), self.width))
 
     def outputs(self, indices: Sequence[int] | None = None) -> torch.Tensor:
         """[N, D] the model's own output for every image (or [k, D] for the images ``indices``)."""
         if indices is None:
             return torch.cat([self._whole(info, "output").float() for info in self._shards])
-        return self._gather(self._indices(indices), "output", (self.d_model,))
+        return self._gather(self._indices(indices), "output", (self.width,))
 
     def decomposition(self, indices: Sequence[int] | None = None) -> Decomposition:
         """The images ``indices`` (default: all) as a ``Decomposition`` whose ``output`` is the model's own
@@ -272,8 +305,8 @@ class Run:
         if indices is None:
             indices = range(self.n)
         idx = self._indices(indices)
-        return Decomposition(self._gather(idx, "contributions", (len(self.components), self.d_model)),
-                             self.components, self._gather(idx, "output", (self.d_model,)))
+        return Decomposition(self._gather(idx, "contributions", (len(self.components), self.width)),
+                             self.components, self._gather(idx, "output", (self.width,)))
 
     def shards(self) -> Iterator[tuple[int, int, torch.Tensor]]:
         """(start, stop, contributions [stop - start, C, D]) for each shard in order, one in memory at a time."""
@@ -291,6 +324,7 @@ class Run:
         """Everything in memory as ``fxdecomp.align.Features`` (with the CLIP embeddings named ``clip``)."""
         from ..align.features import Features
 
+        self.require_full("Run.features() (CompAlign's training data)")
         contributions = torch.cat([c for _, _, c in self.shards()])
         emb = self.clip_embeddings(clip) if clip is not None else None
         return Features(contributions, emb, self.components, {"model": self.model_name,
@@ -343,6 +377,7 @@ class Run:
         """The CompAlign ``fxdecomp align`` trained for this run."""
         from ..align.compalign import CompAlign
 
+        self.require_full("an aligner (CompAlign maps contributions of the output's width)")
         if not self.aligner_path().is_file():
             raise InputError(f"{self.path} has no aligner yet: run fxdecomp align {self.path} --clip ...")
         fix = f"run fxdecomp align {self.path} --clip ... --overwrite to train it again"
@@ -365,6 +400,7 @@ class Run:
         maps instead would be silently unsound."""
         from ..align.compalign import CompAlign
 
+        self.require_full("the shared map (CompAlign maps contributions of the output's width)")
         path = self.shared_aligner_path()
         clip = "..."
         if (self.path / ALIGNER_RECORD).is_file():
@@ -428,6 +464,7 @@ class Run:
     def stream(self, clip: str, batch_size: int = 32, shuffle_seed: int | None = 0) -> "RunStream":
         """Re-iterable (contributions, CLIP targets) batches for training CompAlign in bounded memory."""
         whole_number("batch_size", batch_size)
+        self.require_full("training CompAlign (Run.stream)")
         return RunStream(self, clip, batch_size, shuffle_seed)
 
 

@@ -1,0 +1,145 @@
+"""Runs read through a readout: [N, C, K] shards equal to a full run's contributions @ R, recorded in
+the manifest, refused on a rerun with another readout, and refused by everything that needs the
+output's width."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fxdecomp.data import open_data
+from fxdecomp.errors import InputError
+from fxdecomp.hashing import tensors_digest
+from fxdecomp.models_registry import load
+from fxdecomp.store import decompose_to_store, open_run
+from fxdecomp.store.verify import verify_run
+
+DATA = "world:12:5"
+
+
+def _r(d: int, k: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.randn(d, k, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """(a full token run, a token run of the same images read through R, R), both stored in float64."""
+    root = tmp_path_factory.mktemp("readout-runs")
+    model = load("world-vit")
+    kw = dict(model_name="world-vit", granularity="token", batch=4, dtype="float64", shard_mb=1, progress=False)
+    decompose_to_store(model, open_data(DATA), root / "full", **kw)
+    full = open_run(root / "full")
+    r = _r(full.d_model)
+    decompose_to_store(model, open_data(DATA), root / "read", readout=r, readout_spec="R.pt",
+                       readout_names=["a", "b", "c"], **kw)
+    return full, open_run(root / "read"), r
+
+
+def test_a_readout_run_is_the_full_run_read_through_r(runs):
+    full, read, r = runs
+    assert full.readout is None and full.width == full.d_model
+    assert read.width == 3 and read.d_model == full.d_model and read.names == full.names
+    a, b = full.decomposition(), read.decomposition()
+    assert b.contributions.shape == (12, len(full.components), 3)
+    want = a.contributions.double() @ r
+    scale = float(want.abs().max())
+    assert float((b.contributions.double() - want).abs().max()) <= 1e-6 * scale
+    # each image's sum is the model's output read through R (the outputs the full run stored)
+    out = full.outputs().double() @ r
+    assert float((b.contributions.double().sum(1) - out).abs().max()) <= 1e-6 * float(out.abs().max())
+    assert float((b.output.double() - out).abs().max()) <= 1e-6 * float(out.abs().max())
+    assert read.error() < 1e-5  # the recorded reconstruction error (summed in float32, as readers sum)
+    # the shards hold K numbers per component, not the output's width
+    assert sum(s["bytes"] for s in read.manifest["shards"]) * 30 < sum(s["bytes"] for s in full.manifest["shards"])
+
+
+def test_the_manifest_records_the_readout(runs):
+    _, read, r = runs
+    rec = read.manifest["readout"]
+    assert rec == {"spec": "R.pt", "k": 3, "sha256": tensors_digest([("R", r)]), "names": ["a", "b", "c"],
+                   "per_component": False}
+    assert read.column(text="b") == 1 and read.column(2) == 2
+    with pytest.raises(InputError, match="--column 0..2"):
+        read.column()
+    with pytest.raises(InputError, match="no readout column .* named 'z'"):
+        read.column(text="z")
+    with pytest.raises(InputError, match="out of range"):
+        read.column(3)
+
+
+def test_verify_checks_a_readout_run(runs, tmp_path):
+    import shutil
+
+    _, read, _ = runs
+    checked, problems = verify_run(read.path)
+    assert problems == [] and [s["file"] for s in read.manifest["shards"]] == checked[:len(read.manifest["shards"])]
+    copy = tmp_path / "copy"
+    shutil.copytree(read.path, copy)
+    shard = copy / read.manifest["shards"][0]["file"]
+    data = bytearray(shard.read_bytes())
+    data[-5] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    _, problems = verify_run(copy)
+    assert [p.file for p in problems] == [read.manifest["shards"][0]["file"]]
+
+
+def test_a_rerun_with_another_readout_is_refused_naming_both(runs):
+    full, read, r = runs
+    model = load("world-vit")
+    kw = dict(model_name="world-vit", granularity="token", batch=4, dtype="float64", shard_mb=1, progress=False)
+    again = decompose_to_store(model, open_data(DATA), read.path, readout=r, readout_spec="R.pt",
+                               readout_names=["a", "b", "c"], **kw)
+    assert again.written == 0 and again.skipped == len(read.manifest["shards"])
+    with pytest.raises(InputError, match=r"'R.pt' \(K = 3.*'other.pt' \(K = 3.*another --out"):
+        decompose_to_store(model, open_data(DATA), read.path, readout=_r(full.d_model, seed=1),
+                           readout_spec="other.pt", **kw)
+    with pytest.raises(InputError, match=r"'R.pt'.*no readout.*another --out"):
+        decompose_to_store(model, open_data(DATA), read.path, **kw)
+    with pytest.raises(InputError, match=r"no readout.*'R.pt'.*another --out"):
+        decompose_to_store(model, open_data(DATA), full.path, readout=r, readout_spec="R.pt", **kw)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda d: torch.randn(d + 1, 2), "shape"),
+    (lambda d: torch.full((d, 2), float("nan")), "non-finite"),
+    (lambda d: torch.ones(d, 2, dtype=torch.int64), "floating-point"),
+])
+def test_a_bad_readout_is_refused(tmp_path, bad, match):
+    with pytest.raises(InputError, match=match):
+        decompose_to_store(load("world-vit"), open_data("world:2"), tmp_path / "x", model_name="world-vit",
+                           readout=bad(128), progress=False)
+
+
+def test_readout_names_of_the_wrong_length_are_refused(tmp_path):
+    with pytest.raises(InputError, match="one name per column"):
+        decompose_to_store(load("world-vit"), open_data("world:2"), tmp_path / "x", model_name="world-vit",
+                           readout=torch.randn(128, 2), readout_names=["a"], progress=False)
+
+
+def _everything_that_needs_the_full_width(run):
+    from fxdecomp.report.build import write_report
+    from fxdecomp.retrieval.over_run import component_sum_of_run, variance_shares
+    from fxdecomp.spurious.over_run import from_run, logit_contributions
+    from fxdecomp.store.align import align_run
+    from fxdecomp.store.scores import shared_aligned
+
+    return {
+        "features": lambda: run.features(),
+        "stream": lambda: run.stream("world-clip"),
+        "aligner": lambda: run.aligner(),
+        "shared_aligner": lambda: run.shared_aligner(),
+        "align_run": lambda: align_run(run, clip=None),
+        "scores": lambda: shared_aligned(run),
+        "retrieval shares": lambda: variance_shares(run, None, {"p": torch.eye(4)[:, :1]}),
+        "retrieval sum": lambda: component_sum_of_run(run, None, run.names[:1]),
+        "spurious": lambda: from_run(run, clip=None, spurious_words=["x"]),
+        "logits": lambda: logit_contributions(run, torch.nn.Linear(run.d_model, 2), np.arange(2)),
+        "report": lambda: write_report(run, run.path / "report"),
+    }
+
+
+@pytest.mark.parametrize("what", list(_everything_that_needs_the_full_width(None)))
+def test_a_readout_run_is_refused_where_the_full_width_is_needed(runs, what):
+    _, read, _ = runs
+    with pytest.raises(InputError, match="is a readout run.*without --readout into another --out"):
+        _everything_that_needs_the_full_width(read)[what]()
