@@ -143,3 +143,111 @@ def test_a_readout_run_is_refused_where_the_full_width_is_needed(runs, what):
     _, read, _ = runs
     with pytest.raises(InputError, match="is a readout run.*without --readout into another --out"):
         _everything_that_needs_the_full_width(read)[what]()
+
+
+# -- the command line -----------------------------------------------------------------------------------
+def _cli(capsys, *args):
+    from conftest import cli
+
+    return cli(capsys, *args)
+
+
+def test_decompose_reads_a_matrix_file(runs, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    full, _, r = runs
+    path = tmp_path / "R.safetensors"
+    save_file({"R": r.float().contiguous()}, str(path))
+    code, out, err = _cli(capsys, "decompose", "world-vit", DATA, "--granularity", "token", "--readout", path,
+                          "--out", tmp_path / "run", "--batch", "4", "--workers", "0")
+    assert code == 0, err
+    got = open_run(tmp_path / "run")
+    assert got.readout["spec"] == str(path.resolve()) and got.readout["k"] == 3 and got.readout["names"] is None
+    assert "--readout" in got.manifest["command"] and str(path.resolve()) in got.manifest["command"]
+    want = full.decomposition().contributions.double() @ r.float().double()
+    scale = float(want.abs().max())
+    assert float((got.decomposition().contributions.double() - want).abs().max()) <= 1e-5 * scale
+    # the same command resumes; another readout into the folder is refused, naming both
+    other = tmp_path / "other.pt"
+    torch.save(torch.randn(128, 3), other)
+    code, _, err = _cli(capsys, "decompose", "world-vit", DATA, "--granularity", "token", "--readout", other,
+                        "--out", tmp_path / "run", "--batch", "4", "--workers", "0")
+    assert code == 2 and "R.safetensors" in err and "other.pt" in err and "another --out" in err
+
+
+def test_decompose_reads_the_models_classifier_rows(tmp_path, capsys):
+    base = ["decompose", "world-vit", "world:6:3", "--batch", "3", "--workers", "0", "--dtype", "float32"]
+    assert _cli(capsys, *base, "--out", tmp_path / "full")[0] == 0
+    code, _, err = _cli(capsys, *base, "--readout", "classes", "--out", tmp_path / "cls")
+    assert code == 0, err
+    full, cls = open_run(tmp_path / "full"), open_run(tmp_path / "cls")
+    head = full.head()
+    assert cls.readout["k"] == head.out_features and cls.readout["spec"] == "classes"
+    assert cls.readout["names"][:2] == ["shape=circle", "shape=square"]
+    want = full.decomposition().contributions.double() @ head.weight.detach().double().T
+    got = cls.decomposition()
+    assert float((got.contributions.double() - want).abs().max()) <= 1e-5 * float(want.abs().max())
+    # each image's sum is its logits without the classifier's bias
+    logits = (head(full.outputs()) - head.bias).detach().double()
+    assert float((got.contributions.double().sum(1) - logits).abs().max()) <= 1e-4 * float(logits.abs().max())
+
+
+def test_decompose_reads_texts_through_an_aligned_runs_maps(tmp_path, capsys):
+    from fxdecomp.align.clip_space import ClipSpace
+
+    base = ["decompose", "world-vit", "world:8:2", "--batch", "4", "--workers", "0"]
+    assert _cli(capsys, *base, "--out", tmp_path / "heads")[0] == 0
+    assert _cli(capsys, "align", tmp_path / "heads", "--clip", "world-clip", "--epochs", "1", "--workers", "0")[0] == 0
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a red circle\n\na blue square\n")
+    code, _, err = _cli(capsys, *base, "--granularity", "token", "--readout", f"texts:{texts}", "--clip", "world-clip",
+                        "--aligner", tmp_path / "heads", "--out", tmp_path / "tokens")
+    assert code == 0, err
+    assert _cli(capsys, *base, "--granularity", "token", "--out", tmp_path / "full")[0] == 0
+    got, full, heads = open_run(tmp_path / "tokens"), open_run(tmp_path / "full"), open_run(tmp_path / "heads")
+    assert got.readout["names"] == ["a red circle", "a blue square"] and got.readout["per_component"]
+    aligner = heads.aligner()
+    t = torch.nn.functional.normalize(ClipSpace.by_name("world-clip").encode_texts(["a red circle", "a blue square"])
+                                      .double(), dim=1)
+    c = full.decomposition().contributions.double()
+    w = aligner.weight.detach().double()
+    maps = w[aligner.maps_for(full.components)]  # each token read through its head's map
+    want = torch.einsum("ncd,cde,ke->nck", c, maps, t)
+    assert float((got.decomposition().contributions.double() - want).abs().max()) <= 1e-4 * float(want.abs().max())
+    # an aligner made from another model is refused, naming both
+    code, _, err = _cli(capsys, "decompose", "world-ssl", "world:2", "--readout", f"texts:{texts}", "--clip",
+                        "world-clip", "--aligner", tmp_path / "heads", "--out", tmp_path / "ssl", "--workers", "0")
+    assert code == 2 and "was decomposed from world-vit, not world-ssl" in err
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--readout", "R.npy"], "is not a readout"),
+    (["--readout", "missing.safetensors"], "no such file"),
+    (["--readout", "texts:missing.txt"], "no file"),
+    (["--clip", "world-clip"], "--clip and --aligner go with --readout texts:FILE"),
+])
+def test_bad_readout_specs_get_one_line(tmp_path, capsys, args, match):
+    from conftest import one_line
+
+    code, _, err = _cli(capsys, "decompose", "world-vit", "world:2", "--out", tmp_path / "x", *args)
+    assert code == 2 and match in one_line(err)
+
+
+def test_classes_of_a_model_without_a_classifier_and_texts_without_clip_are_refused(tmp_path, capsys):
+    from conftest import one_line
+
+    code, _, err = _cli(capsys, "decompose", "world-ssl", "world:2", "--readout", "classes", "--out", tmp_path / "x",
+                        "--workers", "0")
+    assert code == 2 and "has no linear classifier" in one_line(err)
+    texts = tmp_path / "t.txt"
+    texts.write_text("a circle\n")
+    code, _, err = _cli(capsys, "decompose", "world-vit", "world:2", "--readout", f"texts:{texts}", "--out",
+                        tmp_path / "y")
+    assert code == 2 and "needs --clip NAME" in one_line(err)
+    several = tmp_path / "two.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.ones(128, 1), "b": torch.ones(128, 1)}, str(several))
+    code, _, err = _cli(capsys, "decompose", "world-vit", "world:2", "--readout", several, "--out", tmp_path / "z",
+                        "--workers", "0")
+    assert code == 2 and "name the readout 'R'" in one_line(err)
