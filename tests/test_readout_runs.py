@@ -251,3 +251,84 @@ def test_classes_of_a_model_without_a_classifier_and_texts_without_clip_are_refu
     code, _, err = _cli(capsys, "decompose", "world-vit", "world:2", "--readout", several, "--out", tmp_path / "z",
                         "--workers", "0")
     assert code == 2 and "name the readout 'R'" in one_line(err)
+
+
+# -- heatmaps and segmentation -------------------------------------------------------------------------
+def _drawn(monkeypatch) -> list:
+    import fxdecomp.heatmaps
+
+    made, real = [], fxdecomp.heatmaps.heatmap
+
+    def spy(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(fxdecomp.heatmaps, "heatmap", spy)
+    return made
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """The images of DATA as PNG files, in the same order."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    data = open_data(DATA)
+    for i in range(len(data)):
+        Image.fromarray(data[i]["image"].permute(1, 2, 0).numpy()).save(root / f"{i:03d}.png")
+    return root
+
+
+def test_a_heatmap_of_a_readout_column_is_the_full_runs_along_it(runs, tmp_path, capsys, monkeypatch, folder):
+    from fxdecomp.heatmaps import heatmap
+
+    full, read, r = runs
+    picture = full.data()[2]["image"].permute(1, 2, 0).numpy()
+    want = heatmap(full.decomposition([2]), picture, direction=r[:, 1]).array
+    drawn = _drawn(monkeypatch)
+    code, _, err = _cli(capsys, "heatmap", read.path, "--image", "2", "--column", "1", "--out", tmp_path / "c1.png")
+    assert code == 0, err
+    code, _, err = _cli(capsys, "heatmap", read.path, "--image", "2", "--text", "b", "--out", tmp_path / "b.png")
+    assert code == 0, err
+    scale = float(np.abs(want).max())
+    for shown in drawn:
+        np.testing.assert_allclose(shown.array, want, rtol=0, atol=1e-6 * scale)
+    assert (tmp_path / "c1.png").is_file() and "'b'" in drawn[1].title
+    # from the images directly, through the compiled readout: the same map, with no stored token run
+    path = tmp_path / "R.pt"
+    torch.save(r.float(), path)
+    code, _, err = _cli(capsys, "heatmap", "--model", "world-vit", "--images", folder, "--image", "2", "--readout",
+                        path, "--column", "1", "--out", tmp_path / "direct.png")
+    assert code == 0, err
+    np.testing.assert_allclose(drawn[-1].array, want, rtol=0, atol=1e-5 * scale)
+    # a component's tokens alone
+    code, _, err = _cli(capsys, "heatmap", read.path, "--image", "2", "--column", "0", "--component",
+                        "blocks.5.attn[h1]", "--out", tmp_path / "h1.png")
+    assert code == 0, err
+    want = heatmap(full.decomposition([2]), picture, direction=r[:, 0], component="blocks.5.attn[h1]").array
+    np.testing.assert_allclose(drawn[-1].array, want, rtol=0, atol=1e-6 * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--image", "0", "--out", "x.png"], "--column 0..2"),
+    (["--image", "0", "--column", "5", "--out", "x.png"], "out of range"),
+    (["--image", "0", "--text", "zz", "--out", "x.png"], "named 'zz'"),
+    (["--image", "0", "--column", "0", "--model", "world-vit", "--out", "x.png"], "not both"),
+])
+def test_bad_heatmap_arguments_on_a_readout_run(runs, tmp_path, capsys, args, match):
+    from conftest import one_line
+
+    _, read, _ = runs
+    args = [tmp_path / a if a == "x.png" else a for a in args]
+    code, _, err = _cli(capsys, "heatmap", read.path, *args)
+    assert code == 2 and match in one_line(err)
+
+
+def test_heatmap_from_images_needs_a_readout_or_a_text(folder, tmp_path, capsys):
+    from conftest import one_line
+
+    code, _, err = _cli(capsys, "heatmap", "--model", "world-vit", "--images", folder, "--image", "0", "--out",
+                        tmp_path / "x.png")
+    assert code == 2 and "through a compiled readout" in one_line(err)
+    code, _, err = _cli(capsys, "heatmap", "--images", folder, "--image", "0", "--out", tmp_path / "x.png")
+    assert code == 2 and "--model and --images go together" in one_line(err)
