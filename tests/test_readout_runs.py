@@ -332,3 +332,91 @@ def test_heatmap_from_images_needs_a_readout_or_a_text(folder, tmp_path, capsys)
     assert code == 2 and "through a compiled readout" in one_line(err)
     code, _, err = _cli(capsys, "heatmap", "--images", folder, "--image", "0", "--out", tmp_path / "x.png")
     assert code == 2 and "--model and --images go together" in one_line(err)
+
+
+def _maps(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "maps.safetensors"))["maps"].double()
+
+
+def _close(got, want, tol=1e-5):
+    assert got.shape == want.shape
+    assert float((got - want).abs().max()) <= tol * float(want.abs().max())
+
+
+def test_segment_reads_a_readout_column_as_the_full_run_along_it(runs, tmp_path, capsys):
+    from fxdecomp.segment import position_maps
+
+    full, read, r = runs
+    size = tuple(full.data()[0]["image"].shape[-2:])
+    fd = full.decomposition()
+    code, out, err = _cli(capsys, "segment", read.path, "--column", "1", "--out", tmp_path / "c1")
+    assert code == 0, err
+    _close(_maps(tmp_path / "c1"), position_maps(fd, size=size, direction=r[:, 1], reduce="signed"))
+    assert "pixel accuracy" in out  # world images: scored against their masks
+    code, _, err = _cli(capsys, "segment", read.path, "--text", "c", "--reduce", "abs", "--out", tmp_path / "c")
+    assert code == 0, err
+    _close(_maps(tmp_path / "c"), position_maps(fd, size=size, direction=r[:, 2], reduce="abs"))
+    # without a column: the size of the K readings, the full run's maps of its contributions @ R
+    from fxdecomp.decomposition import Decomposition
+
+    code, _, err = _cli(capsys, "segment", read.path)
+    assert code == 0, err
+    _close(_maps(read.path / "segment"), position_maps(Decomposition(fd.contributions.double() @ r, fd.components),
+                                                       size=size))
+
+
+def test_segment_reads_each_image_along_its_own_column(runs):
+    from fxdecomp.commands.segment import readout_maps
+    from fxdecomp.segment import position_maps
+
+    full, read, r = runs
+    size = (64, 64)
+    cols = np.arange(12) % 3
+    got = readout_maps(read.decomposition(), size, columns=cols, reduce=None)
+    _close(got.double(), position_maps(full.decomposition(), size=size, direction=r[:, cols].T, reduce="signed"))
+
+
+def test_segment_from_images_is_the_full_token_runs(runs, tmp_path, capsys):
+    from fxdecomp.segment import position_maps
+
+    full, _, r = runs
+    size = tuple(full.data()[0]["image"].shape[-2:])
+    fd = full.decomposition()
+    code, _, err = _cli(capsys, "segment", "--model", "world-vit", "--images", DATA, "--out", tmp_path / "pos",
+                        "--batch", "5")
+    assert code == 0, err
+    _close(_maps(tmp_path / "pos"), position_maps(fd, size=size))
+    path = tmp_path / "R.pt"
+    torch.save({"R": r.float()}, path)
+    code, _, err = _cli(capsys, "segment", "--model", "world-vit", "--images", DATA, "--readout", path, "--column", "1",
+                        "--out", tmp_path / "ro")
+    assert code == 0, err
+    _close(_maps(tmp_path / "ro"), position_maps(fd, size=size, direction=r[:, 1].float().double(), reduce="signed"))
+    assert (tmp_path / "ro" / "examples.png").is_file()
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--reduce", "signed"], "reads one column"),
+    (["--column", "1", "--reduce", "norm"], "use --reduce abs"),
+    (["--column", "1", "--text", "a"], "give one"),
+    (["--column-by", "nothing"], "no label 'nothing'"),
+    (["--column", "7"], "out of range"),
+])
+def test_bad_segment_arguments_on_a_readout_run(runs, tmp_path, capsys, args, match):
+    from conftest import one_line
+
+    _, read, _ = runs
+    code, _, err = _cli(capsys, "segment", read.path, *args, "--out", tmp_path / "x")
+    assert code == 2 and match in one_line(err)
+
+
+def test_segment_of_a_full_run_refuses_columns_and_images_need_out(runs, tmp_path, capsys):
+    from conftest import one_line
+
+    full, _, _ = runs
+    code, _, err = _cli(capsys, "segment", full.path, "--column", "0")
+    assert code == 2 and "is a full run" in one_line(err)
+    code, _, err = _cli(capsys, "segment", "--model", "world-vit", "--images", DATA)
+    assert code == 2 and "give --out FOLDER" in one_line(err)

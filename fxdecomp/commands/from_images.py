@@ -67,7 +67,18 @@ class Source:
 
     @property
     def ids(self) -> list[str]:
-        return list(self.data.ids())
+        return self._described()["ids"]
+
+    @property
+    def labels(self) -> dict:
+        return self._described()["labels"]
+
+    def _described(self) -> dict:
+        if not hasattr(self, "_description"):
+            from ..data.source import describe_source
+
+            self._description = describe_source(self.data)
+        return self._description
 
     def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """(model input [B, 3, H, W], the images as the model sees them, uint8 [B, 3, H, W])."""
