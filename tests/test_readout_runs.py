@@ -420,3 +420,20 @@ def test_segment_of_a_full_run_refuses_columns_and_images_need_out(runs, tmp_pat
     assert code == 2 and "is a full run" in one_line(err)
     code, _, err = _cli(capsys, "segment", "--model", "world-vit", "--images", DATA)
     assert code == 2 and "give --out FOLDER" in one_line(err)
+
+
+@pytest.mark.parametrize("args", [
+    ["align", "{run}", "--clip", "world-clip"],
+    ["retrieve", "{run}", "--text", "sea", "--out", "{tmp}/x.png"],
+    ["spurious", "{run}", "--spurious-words", "water"],
+    ["explain", "{run}", "--out", "{tmp}/report"],
+])
+def test_commands_that_need_the_full_width_refuse_a_readout_run(runs, tmp_path, capsys, args):
+    from conftest import one_line
+
+    _, read, _ = runs
+    args = [a.format(run=read.path, tmp=tmp_path) for a in args]
+    code, _, err = _cli(capsys, *args)
+    assert code == 2
+    line = one_line(err)
+    assert "is a readout run" in line and "without --readout into another --out" in line
