@@ -437,3 +437,16 @@ def test_commands_that_need_the_full_width_refuse_a_readout_run(runs, tmp_path, 
     assert code == 2
     line = one_line(err)
     assert "is a readout run" in line and "without --readout into another --out" in line
+
+
+def test_a_neuron_readout_run_is_the_full_neuron_run_read_through_r(tmp_path):
+    model = load("world-vit")
+    kw = dict(model_name="world-vit", granularity="neuron", batch=3, dtype="float64", progress=False)
+    decompose_to_store(model, open_data("world:3:1"), tmp_path / "full", **kw)
+    full = open_run(tmp_path / "full")
+    r = _r(full.d_model, k=2, seed=4)
+    decompose_to_store(model, open_data("world:3:1"), tmp_path / "read", readout=r, readout_spec="R", **kw)
+    read = open_run(tmp_path / "read")
+    assert read.names == full.names and sum(c.kind == "mlp" and "[n" in c.name for c in read.components) > 100
+    want = full.decomposition().contributions.double() @ r
+    assert float((read.decomposition().contributions.double() - want).abs().max()) <= 1e-6 * float(want.abs().max())
