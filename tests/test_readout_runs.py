@@ -450,3 +450,12 @@ def test_a_neuron_readout_run_is_the_full_neuron_run_read_through_r(tmp_path):
     assert read.names == full.names and sum(c.kind == "mlp" and "[n" in c.name for c in read.components) > 100
     want = full.decomposition().contributions.double() @ r
     assert float((read.decomposition().contributions.double() - want).abs().max()) <= 1e-6 * float(want.abs().max())
+
+
+def test_a_low_precision_readout_run_is_checked_on_the_float32_forward_read_through_r(tmp_path):
+    model = load("world-vit")
+    r = _r(128, k=4, seed=2).float()
+    decompose_to_store(model, open_data("world:4"), tmp_path / "bf16", model_name="world-vit", dtype="bfloat16",
+                       readout=r, progress=False)
+    rec = open_run(tmp_path / "bf16").manifest["reconstruction"]
+    assert rec["max_relative_error_vs_float32"] is not None and 1e-4 < rec["max_relative_error_vs_float32"] < 0.1

@@ -8,7 +8,7 @@ import argparse
 import torch
 
 from ..errors import InputError
-from .common import add_model_args
+from .common import add_model_args, positive
 
 
 def add(p: argparse.ArgumentParser) -> None:
@@ -16,7 +16,7 @@ def add(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("from images (instead of a RUN)")
     g.add_argument("--model", help="the model to decompose (as fxdecomp decompose names it), with --images")
     g.add_argument("--images", metavar="FOLDER", help="image folder (or world:N[:SEED]) read with --model")
-    g.add_argument("--size", type=int, default=None, help="folders: first bring images to this square size")
+    g.add_argument("--size", type=positive(), default=None, help="folders: first bring images to this square size")
     g.add_argument("--readout", metavar="SPEC",
                    help="with --model: read every token through this readout (as fxdecomp decompose takes it: "
                         "FILE.safetensors, FILE.pt, classes, or texts:FILE with --clip and --aligner)")
@@ -37,8 +37,10 @@ def chosen(args) -> bool:
     if images and (args.model is None or args.images is None):
         raise InputError("--model and --images go together: the model to decompose and the images it reads")
     if not images:
-        used = [o for o, v in (("--readout", args.readout), ("--clip", args.clip), ("--aligner", args.aligner))
-                if v is not None]
+        used = [o for o, v in (("--readout", args.readout), ("--clip", args.clip), ("--aligner", args.aligner),
+                               ("--checkpoint", args.checkpoint), ("--num-classes", args.num_classes),
+                               ("--size", args.size), ("--pretrained", args.pretrained or None),
+                               ("--random-weights", args.random_weights or None)) if v is not None]
         if used:
             raise InputError(f"{', '.join(used)} go with --model and --images; a run already holds what it read")
     return images

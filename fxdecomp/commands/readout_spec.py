@@ -34,6 +34,9 @@ class Readout:
 def check_spec(spec: str | None, args) -> None:
     """What can be checked before the model is loaded: the spec's form, its file, --clip and --aligner."""
     clip, aligner = getattr(args, "clip", None), getattr(args, "aligner", None)
+    if getattr(args, "clip_checkpoint", None) is not None and clip is None:
+        raise InputError("--clip-checkpoint gives the weights of --clip: add --clip NAME (with --readout texts:FILE), "
+                         "or drop it")
     if spec is None:
         if clip is not None or aligner is not None:
             raise InputError("--clip and --aligner go with --readout texts:FILE (they embed and map its texts); "

@@ -40,7 +40,7 @@ def add(sub) -> None:
                         "readout's column)")
     p.add_argument("--out", help="the folder to write maps.safetensors and examples.png in (default: RUN/segment; "
                                  "needed with --model)")
-    p.add_argument("--batch", type=positive(), default=16, help="with --model: images per batch (default: 16)")
+    p.add_argument("--batch", type=positive(), default=None, help="with --model: images per batch (default: 16)")
     from . import from_images
 
     from_images.add(p)
@@ -107,8 +107,14 @@ def run(args) -> int:
     from ..errors import InputError
     from . import from_images
 
+    if args.out is not None:  # checked before any work
+        from .common import writable_folder
+
+        writable_folder(args.out)
     if from_images.chosen(args):
         return _from_images(args)
+    if args.batch is not None:
+        raise InputError("--batch goes with --model and --images (a run is read shard by shard); drop it")
     from ..store import open_run
 
     r = open_run(args.run)
@@ -177,8 +183,9 @@ def _from_images(args) -> int:
 
         dm, columns = position_decomposition(src.rep, layers=args.layers), None
     maps, size = [], None
-    for s in range(0, len(src), args.batch):
-        idx = list(range(s, min(len(src), s + args.batch)))
+    batch = args.batch or 16
+    for s in range(0, len(src), batch):
+        idx = list(range(s, min(len(src), s + batch)))
         x, raw = src.batch(idx)
         size = tuple(raw.shape[-2:])
         with torch.no_grad():
