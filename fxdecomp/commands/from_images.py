@@ -91,20 +91,10 @@ class Source:
 def column_of(readout, names, column, text, spec: str) -> tuple[object, int]:
     """(the readout's one column ``column`` or the one named ``text``, as a [D, 1] matrix or one per
     component; its index)."""
+    from ..store.readouts import column_index
+
     k = next(iter(readout.values())).shape[-1] if isinstance(readout, dict) else readout.shape[-1]
-    if text is not None:
-        if not names or text not in names:
-            raise InputError(f"no column of --readout {spec} is named {text!r} "
-                             + (f"(its columns: {names[:8]})" if names else "(its columns have no names)")
-                             + "; give one of those names, or --column K")
-        column = names.index(text)
-    if column is None:
-        if k != 1:
-            raise InputError(f"--readout {spec} has {k} columns: choose one with --column 0..{k - 1}"
-                             + (" or --text NAME" if names else ""))
-        column = 0
-    if not 0 <= column < k:
-        raise InputError(f"--column {column} is out of range: --readout {spec} has {k} columns (0..{k - 1})")
+    column = column_index(k, names, column, text, where=f"--readout {spec}")
     if isinstance(readout, dict):
         return {n: r[..., column:column + 1] for n, r in readout.items()}, column
     return readout[..., column:column + 1], column

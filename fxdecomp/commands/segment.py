@@ -91,16 +91,11 @@ def columns_of(args, names, k: int, labels: dict, where: str):
             raise InputError(f"label {args.column_by!r} must number the readout's {k} columns (0..{k - 1}), got "
                              f"values {sorted(set(values.tolist()))[:6]}")
         return values
-    if args.text is not None:
-        if not names or args.text not in names:
-            raise InputError(f"no readout column of {where} is named {args.text!r} "
-                             + (f"(its columns: {names[:8]})" if names else "(its columns have no names)"))
-        return names.index(args.text)
-    if args.column is not None:
-        if args.column >= k:
-            raise InputError(f"--column {args.column} is out of range: the readout has {k} columns (0..{k - 1})")
-        return args.column
-    return 0 if k == 1 else None
+    if args.text is None and args.column is None:
+        return 0 if k == 1 else None  # several columns, none chosen: the size of every reading
+    from ..store.readouts import column_index
+
+    return column_index(k, names, args.column, args.text, where=where)
 
 
 def run(args) -> int:

@@ -76,6 +76,26 @@ def width_of(manifest: dict) -> int:
     return int(r["k"]) if isinstance(r, dict) else int(manifest["d_model"])
 
 
+def column_index(k: int, names, column: int | None = None, text: str | None = None, where: str = "the readout") -> int:
+    """Which of a readout's ``k`` columns to read: ``column``, or the one named ``text``, or the only one."""
+    if column is not None and text is not None:
+        raise InputError("--column and --text each choose the column: give one")
+    if text is not None:
+        if not names or text not in names:
+            known = f"its columns are named {list(names)[:8]}" if names else "its columns have no names"
+            raise InputError(f"no readout column of {where} is named {text!r} ({known}); give one of those names, "
+                             "or --column K")
+        return list(names).index(text)
+    if column is None:
+        if k == 1:
+            return 0
+        raise InputError(f"{where} reads {k} columns: choose one with --column 0..{k - 1}"
+                         + (" or --text NAME" if names else ""))
+    if isinstance(column, bool) or not isinstance(column, int) or not 0 <= column < k:
+        raise InputError(f"column {column!r} is out of range: {where} has K = {k} columns (0..{k - 1})")
+    return column
+
+
 def refuse_readout_run(run, what: str) -> None:
     """Raise ``InputError`` when ``run`` (anything with ``readout`` and ``path``) is a readout run:
     ``what`` needs the contributions at the output's width."""

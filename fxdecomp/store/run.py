@@ -21,7 +21,7 @@ from ..hashing import json_digest, safe_name
 from ..preprocessing import EvalTransform, ModelView
 from .files import (ALIGNER, ALIGNER_RECORD, HEAD, MANIFEST, RUN, SHARED, SHARED_RECORD, DamagedFile, read_json,
                     sha256)
-from .readouts import describe, refuse_readout_run, width_of
+from .readouts import column_index, describe, refuse_readout_run, width_of
 from .verify import check_manifest, file_problem, repair, settings_of, shard_problem
 
 CLIP_EMBEDDINGS = "embeddings.safetensors"
@@ -136,22 +136,7 @@ class Run:
         if self.readout is None:
             raise InputError(f"{self.path} is a full run (no readout): it has no readout columns to choose; "
                              "choose a component, a text or a direction instead")
-        k, names = self.readout["k"], self.readout.get("names")
-        if text is not None:
-            if not names or text not in names:
-                known = f"its columns are named {names[:8]}" if names else "its columns have no names"
-                raise InputError(f"no readout column of {self.path} is named {text!r} ({known}); give one of "
-                                 "those names, or --column K")
-            return names.index(text)
-        if column is None:
-            if k == 1:
-                return 0
-            raise InputError(f"{self.path} reads {k} columns: choose one with --column 0..{k - 1}"
-                             + (" or --text NAME" if names else ""))
-        if isinstance(column, bool) or not isinstance(column, int) or not 0 <= column < k:
-            raise InputError(f"column {column!r} is out of range: the run's readout has K = {k} columns "
-                             f"(0..{k - 1})")
-        return column
+        return column_index(self.readout["k"], self.readout.get("names"), column, text, where=str(self.path))
 
     def require_full(self, what: str) -> None:
         """Refuse a readout run for ``what``, which needs the contributions at the output's width."""
