@@ -4,7 +4,10 @@
 per folder); ``open_run(path)`` reads it: ``run.component(name)``, ``run.images(idx)``,
 ``run.shards()``, ``run.stream(clip)`` for CompAlign; ``property_scores_over(run, properties)`` ranks
 its components through the run's shared map; ``verify_run(path)`` (``fxdecomp verify``) checks every
-file against the manifest. See ``fxdecomp decompose --help`` and docs/RELIABILITY.md.
+file against the manifest. ``decompose_to_store(..., readout=R)`` stores every contribution read
+through ``R`` ([N, C, K]); such a run records its readout (``run.readout``) and is refused by what
+needs the output's width (docs/READOUTS.md, Runs). See ``fxdecomp decompose --help`` and
+docs/RELIABILITY.md.
 """
 from .build import DTYPES, Progress, classifier_of, decompose_to_store
 from .manifest import differences
