@@ -134,6 +134,7 @@ OTHERS = {
     ("heatmap", "--out", "{read_only}/h.png"): "cannot write in",
     ("heatmap", "--out", "{new}/h.txt"): "must end in one of",
     ("heatmap", "--clip-checkpoint", "{junk} --text sea"): "takes no --clip-checkpoint",
+    ("decompose", "--group", "atom"): "invalid choice",
     ("decompose", "--readout", "R.npy"): "is not a readout",
     ("decompose", "--readout", "{missing}.safetensors"): "no such file",
     ("decompose", "--readout", "texts:{missing}"): "no file",

@@ -459,3 +459,32 @@ def test_a_low_precision_readout_run_is_checked_on_the_float32_forward_read_thro
                        readout=r, progress=False)
     rec = open_run(tmp_path / "bf16").manifest["reconstruction"]
     assert rec["max_relative_error_vs_float32"] is not None and 1e-4 < rec["max_relative_error_vs_float32"] < 0.1
+
+
+def test_a_run_of_positions_segments_as_the_full_token_run(runs, tmp_path, capsys):
+    from fxdecomp.segment import position_maps
+
+    full, _, r = runs
+    base = ["decompose", "world-vit", DATA, "--granularity", "token", "--batch", "4", "--workers", "0"]
+    code, _, err = _cli(capsys, *base, "--group", "token", "--out", tmp_path / "pos")
+    assert code == 0, err
+    pos = open_run(tmp_path / "pos")
+    assert pos.manifest["group"] == "token" and "--group" in pos.manifest["command"]
+    assert len(pos.components) < len(full.components) / 5 and all(c.layer is None for c in pos.components
+                                                                    if c.token is not None)
+    size = tuple(full.data()[0]["image"].shape[-2:])
+    code, _, err = _cli(capsys, "segment", pos.path)
+    assert code == 0, err
+    _close(_maps(pos.path / "segment"), position_maps(full.decomposition(), size=size))
+    # the same folder without the grouping is another run: refused
+    code, _, err = _cli(capsys, *base, "--out", tmp_path / "pos")
+    assert code == 2 and "group" in err and "new --out" in err
+    # positions and a readout together: each position read through R
+    path = tmp_path / "R.pt"
+    torch.save(r.float(), path)
+    code, _, err = _cli(capsys, *base, "--group", "token", "--readout", path, "--out", tmp_path / "pos-r")
+    assert code == 0, err
+    code, _, err = _cli(capsys, "segment", tmp_path / "pos-r", "--column", "2")
+    assert code == 0, err
+    _close(_maps(tmp_path / "pos-r" / "segment"),
+           position_maps(full.decomposition(), size=size, direction=r[:, 2].float().double(), reduce="signed"))

@@ -5,6 +5,8 @@ import os
 
 import torch
 
+from ..groups import GROUPINGS
+
 from .common import add_model_args, at_least, check_num_classes, check_weights, device_of, formatter, load_model, positive, \
     renamed, writable_folder
 
@@ -37,7 +39,9 @@ without a classifier); texts:FILE (one description per line) with --clip and --a
 aligned head-granularity run of the same model: each component read through its CompAlign map
 and the texts' embeddings). The run records the readout and its hash; resuming it with another
 readout is refused. fxdecomp heatmap, segment and verify read such runs; align, retrieve,
-spurious and explain need the full width and refuse them."""
+spurious and explain need the full width and refuse them. --group token sums the components at
+compile time into one per image position (what fxdecomp segment reads); it combines with
+--readout."""
 
 
 def add(sub) -> None:
@@ -60,6 +64,9 @@ def add(sub) -> None:
     p.add_argument("--size", type=positive(), default=None,
                    help="folders: first bring images to this square size (short side, bicubic, centre crop), "
                         "before the model's own resize and crop (default: none, the files as they are)")
+    p.add_argument("--group", choices=GROUPINGS,
+                   help="sum the components at compile time, one per group (token: one per image position, what "
+                        "fxdecomp segment reads; default: none)")
     p.add_argument("--readout", metavar="SPEC",
                    help="store every contribution read through a readout, [N, C, K] instead of the output's width: "
                         "FILE.safetensors or FILE.pt (a [D, K] matrix), classes (the model's classifier rows), or "
@@ -100,7 +107,7 @@ def run(args) -> int:
         done = decompose_to_store(model, data, args.out, model_name=args.model, checkpoint=args.checkpoint,
                                   granularity=args.granularity, layers=args.fine_layers, batch=args.batch, device=device,
                                   dtype=args.dtype, shard_mb=args.shard_mb, workers=args.workers,
-                                  command=recorded_command(args),
+                                  command=recorded_command(args), group=args.group,
                                   readout=None if readout is None else readout.matrix,
                                   readout_spec=None if readout is None else readout.spec,
                                   readout_names=None if readout is None else readout.names)
@@ -142,6 +149,8 @@ def recorded_command(args) -> list[str]:
         cmd += ["--num-classes", str(args.num_classes)]
     if args.random_weights:
         cmd.append("--random-weights")
+    if args.group is not None:
+        cmd += ["--group", args.group]
     if args.readout is not None:
         spec = args.readout
         if spec.startswith("texts:"):
