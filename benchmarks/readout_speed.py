@@ -2,6 +2,7 @@
 
     python benchmarks/readout_speed.py                       # DeiT-B batch 8 + ViT-L/14 batch 2, CPU
     python benchmarks/readout_speed.py --only deit --json readout.json --seed 0
+    python benchmarks/readout_speed.py --only deit --granularity neuron   # the neuron case alone
 
 For each case (model, granularity, readout width K or full width, group=) it times the model's
 own forward and the decomposing forward alternately in one run (median of --repeats), and
@@ -104,7 +105,7 @@ def cases(only):
     if only in (None, "deit"):
         out += [(deit, "token", 16, None), (deit, "token", None, None), (deit, "token", 16, "token")]
         out += [(deit, g, kk, None) for g in ("head", "block") for kk in (16, None)]
-        out += [(deit, "token", None, "token")]
+        out += [(deit, "token", None, "token"), (deit, "neuron", 16, None)]
     if only in (None, "vitl"):
         out += [("ViT-L-14", "token", 16, None), ("ViT-L-14", "token", 16, "token"), ("ViT-L-14", "head", 16, None),
                 ("ViT-L-14", "head", None, None), ("ViT-L-14", "block", 16, None), ("ViT-L-14", "block", None, None)]
@@ -115,6 +116,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--only", choices=["deit", "vitl"], default=None, help="one model's cases only")
+    p.add_argument("--granularity", choices=["block", "head", "token", "neuron"], default=None,
+                   help="only the cases of this granularity")
     p.add_argument("--first", type=int, default=None, help="only the first N of the cases (targets' cases first)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=0, help="random weights and input images")
@@ -130,7 +133,8 @@ def main(argv=None) -> int:
     print(head + "\n" + "-" * len(head))
     rows = []
     spawn = multiprocessing.get_context("spawn")
-    for name, g, k, group in cases(args.only)[:args.first]:
+    chosen = [c for c in cases(args.only) if args.granularity in (None, c[1])]
+    for name, g, k, group in chosen[:args.first]:
         batch = MODELS[name][1]
         with spawn.Pool(1) as pool:  # a fresh process: its peak memory is its own
             r = pool.apply(bench, (name, args.device, batch, g, k, group, args.repeats, args.seed))

@@ -176,6 +176,7 @@ class RunBatches(Batches):
 
     def __init__(self, run: Run, clip: str | None, batch_size: int = 32, shuffle_seed: int | None = 0):
         whole_number("batch_size", batch_size)
+        run.require_full("CompAlign's training data (a run's batches)")
         self.run, self.batch_size, self.seed = run, batch_size, shuffle_seed
         self.clip = clip
         self.targets = run.clip_embeddings(clip) if clip is not None else None

@@ -22,6 +22,7 @@ def run_features(run: Run, clip: str | None = None) -> Features:
 
 def run_aligner(run: Run) -> CompAlign:
     """The per-component maps ``fxdecomp align`` trained for ``run`` (what descriptions read)."""
+    run.require_full("an aligner (CompAlign maps contributions of the output's width)")
     if not run.aligner_path().is_file():
         raise InputError(f"{run.path} has no aligner yet: run fxdecomp align {run.path} --clip ...")
     fix = f"run fxdecomp align {run.path} --clip ... --overwrite to train it again"
@@ -40,6 +41,7 @@ def run_shared_aligner(run: Run) -> CompAlign:
     per-component maps: what every ranking of the run's components reads (docs/ALIGN.md). A run
     aligned before ``align`` trained it has none, and is refused: ranking by the per-component
     maps instead would be silently unsound."""
+    run.require_full("the shared map (CompAlign maps contributions of the output's width)")
     path = run.shared_aligner_path()
     clip = "..."
     if (run.path / ALIGNER_RECORD).is_file():

@@ -84,6 +84,7 @@ def align_run(run: Run, clip: ClipSpace, *, lam: float = 1.0, epochs: int = 10, 
     A run keeps what it has unless ``overwrite``; training whose loss goes non-finite raises
     ``InputError`` and writes nothing (neither map)."""
     check_training(lam=lam, epochs=epochs, batch_size=batch_size, lr=lr)
+    run.require_full("CompAlign (fxdecomp align)")
     refuse_replacing(run, overwrite, shared_only)
     if shared_only:
         check_same_clip(run, clip.spec)

@@ -51,6 +51,7 @@ def run(args) -> int:
     device = device_of(args.device)
     check_spec(args.clip, args.clip_checkpoint)
     run_ = open_run(args.run)
+    run_.require_full("CompAlign (fxdecomp align)")
     refuse_replacing(run_, args.overwrite, args.shared_only)
     if args.shared_only:
         check_same_clip(run_, args.clip)

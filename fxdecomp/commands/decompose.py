@@ -5,6 +5,8 @@ import os
 
 import torch
 
+from ..groups import GROUPINGS
+
 from .common import add_model_args, at_least, check_num_classes, check_weights, device_of, formatter, load_model, positive, \
     renamed, writable_folder
 
@@ -15,6 +17,9 @@ EPILOG = """examples:
   fxdecomp decompose timm:vit_base_patch16_224 ~/waterbirds --checkpoint wb.pth --num-classes 2 --out runs/wb
   fxdecomp decompose hf:~/models/dinov2-small ~/images --out runs/dinov2
   torchrun --nproc-per-node 8 -m fxdecomp decompose timm:deit_base_patch16_224 ~/imagenet/val --pretrained --out runs/deit
+  fxdecomp decompose world-vit world:1000 --granularity token --readout classes --out runs/vit-class-tokens
+  fxdecomp decompose timm:deit_base_patch16_224 ~/images --pretrained --granularity token --readout R.safetensors --out runs/deit-r
+  fxdecomp decompose world-vit world:500 --granularity token --readout texts:classes.txt --clip world-clip --aligner runs/vit --out runs/vit-texts
 
 MODEL: a preset (world-vit, world-swin, world-ssl, world-clip, world-spurious, ...), timm:NAME,
 open_clip:NAME[:TAG] or hf:FOLDER (a Hugging Face save_pretrained folder). Images are resized and
@@ -24,7 +29,19 @@ folder (metadata.csv), or world:N[:SEED]. Killed runs continue where they stoppe
 command is run again (shards are checked against their checksums, images against their contents);
 a different model, granularity or preprocessing into the same folder is refused, and a second
 process writing the same folder waits for the first. The same command also recomputes the shards
-fxdecomp verify finds damaged or missing."""
+fxdecomp verify finds damaged or missing.
+
+--readout SPEC stores every contribution read through a [D, K] readout: K numbers per component
+instead of the output's width (a DeiT-B token run: 16 instead of 768), exactly the full run's
+contributions @ R. SPEC: FILE.safetensors (one tensor, or the key R) or FILE.pt holding R;
+classes (the model's own classifier rows, columns named by class when known; refused for a model
+without a classifier); texts:FILE (one description per line) with --clip and --aligner RUN (an
+aligned head-granularity run of the same model: each component read through its CompAlign map
+and the texts' embeddings). The run records the readout and its hash; resuming it with another
+readout is refused. fxdecomp heatmap, segment and verify read such runs; align, retrieve,
+spurious and explain need the full width and refuse them. --group token sums the components at
+compile time into one per image position (what fxdecomp segment reads); it combines with
+--readout."""
 
 
 def add(sub) -> None:
@@ -47,6 +64,18 @@ def add(sub) -> None:
     p.add_argument("--size", type=positive(), default=None,
                    help="folders: first bring images to this square size (short side, bicubic, centre crop), "
                         "before the model's own resize and crop (default: none, the files as they are)")
+    p.add_argument("--group", choices=GROUPINGS,
+                   help="sum the components at compile time, one per group (token: one per image position, what "
+                        "fxdecomp segment reads; default: none)")
+    p.add_argument("--readout", metavar="SPEC",
+                   help="store every contribution read through a readout, [N, C, K] instead of the output's width: "
+                        "FILE.safetensors or FILE.pt (a [D, K] matrix), classes (the model's classifier rows), or "
+                        "texts:FILE (one description per line, with --clip and --aligner)")
+    p.add_argument("--clip", help="with --readout texts:FILE: the CLIP that embeds the texts (the aligner's)")
+    p.add_argument("--clip-checkpoint", help="with --clip: local weights of that CLIP")
+    p.add_argument("--aligner", metavar="RUN",
+                   help="with --readout texts:FILE: an aligned head-granularity run of the same model, whose "
+                        "CompAlign maps read the texts")
     add_model_args(p)
     p.set_defaults(handler=run)
 
@@ -57,6 +86,7 @@ def run(args) -> int:
     from ..store import decompose_to_store
     from ..store.build import check_options
     from .distributed import process_group
+    from .readout_spec import check_spec as check_readout, resolve
 
     # everything that can be checked without the model, before it is loaded and compiled
     if args.fine_layers is not None and args.granularity == "block":
@@ -65,6 +95,7 @@ def run(args) -> int:
     if args.num_classes is not None:
         check_num_classes(args.model)
     check_weights(args.model, args)
+    check_readout(args.readout, args)
     check_options(dtype=args.dtype, batch=args.batch, shard_mb=args.shard_mb, workers=args.workers)
     writable_folder(args.out)
     device = device_of(args.device)
@@ -72,10 +103,14 @@ def run(args) -> int:
         model = load_model(args.model, args)
         data = open_data(args.data, size=args.size)  # the model's own resize and crop comes once, in the loader
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        readout = resolve(args.readout, model, args.model, args) if args.readout is not None else None
         done = decompose_to_store(model, data, args.out, model_name=args.model, checkpoint=args.checkpoint,
                                   granularity=args.granularity, layers=args.fine_layers, batch=args.batch, device=device,
                                   dtype=args.dtype, shard_mb=args.shard_mb, workers=args.workers,
-                                  command=recorded_command(args))
+                                  command=recorded_command(args), group=args.group,
+                                  readout=None if readout is None else readout.matrix,
+                                  readout_spec=None if readout is None else readout.spec,
+                                  readout_names=None if readout is None else readout.names)
         if rank == 0:
             from ..store import open_run
 
@@ -114,4 +149,17 @@ def recorded_command(args) -> list[str]:
         cmd += ["--num-classes", str(args.num_classes)]
     if args.random_weights:
         cmd.append("--random-weights")
+    if args.group is not None:
+        cmd += ["--group", args.group]
+    if args.readout is not None:
+        spec = args.readout
+        if spec.startswith("texts:"):
+            spec = "texts:" + str(Path(spec[len("texts:"):]).resolve())
+        elif spec != "classes":
+            spec = str(Path(spec).resolve())
+        cmd += ["--readout", spec]
+        if args.clip is not None:
+            cmd += ["--clip", args.clip, "--aligner", str(Path(args.aligner).resolve())]
+        if args.clip_checkpoint is not None:
+            cmd += ["--clip-checkpoint", str(Path(args.clip_checkpoint).resolve())]
     return cmd

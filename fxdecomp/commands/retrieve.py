@@ -57,6 +57,7 @@ def run(args) -> int:
         raise InputError("--properties goes with --image (the property to match on); a --text query reads none")
     writable_file(args.out, suffixes=figure_suffixes())
     r = open_run(args.run)
+    r.require_full("retrieval (fxdecomp retrieve maps every component through CompAlign)")
     aligner, clip = aligned_space(r, args.clip_checkpoint)
     if aligner is None:
         raise InputError(f"retrieval reads components in CLIP space: run fxdecomp align {r.path} first")

@@ -36,6 +36,7 @@ def run(args) -> int:
     from ..spurious.over_run import from_run
 
     r = open_run(args.run)
+    r.require_full("the spurious-feature experiment (fxdecomp spurious)")
     clip = run_clip_space(r, args.clip_checkpoint)
     if clip is None:
         from ..errors import InputError

@@ -65,6 +65,7 @@ def write_report(run, out, *, top: int = 12, images: int = 400, per_component: i
                  clip_checkpoint=None) -> Path:
     """Write ``out/index.html`` for ``run`` (a path or a ``Run``); returns the page's path."""
     run = run if isinstance(run, Run) else open_run(run)
+    run.require_full("the report (fxdecomp explain)")
     if top < 1 or images < 2:
         raise InputError("the report needs --top >= 1 and --images >= 2")
     n = min(run.n, images)

@@ -21,6 +21,7 @@ import torch
 from ..align.scores import text_basis
 from ..align.text import text_matrix
 from ..errors import InputError
+from ..store.readouts import refuse_readout_run
 from .choose import property_components
 from .search import by_text, nearest
 
@@ -80,6 +81,7 @@ def _aligner_order(run, aligner) -> list[int] | None:
 
 def mapped_shards(run, aligner) -> Iterator[tuple[int, int, torch.Tensor]]:
     """(start, stop, mapped [n, C, d_clip]) for each shard, components in the aligner's order."""
+    refuse_readout_run(run, "retrieval (it maps every component through CompAlign)")
     order = _aligner_order(run, aligner)
     for start, stop, block in run.shards():
         yield start, stop, aligner.map(block if order is None else block[:, order]).mapped
@@ -135,6 +137,7 @@ def component_sum_of_run(run, aligner, names: Sequence[str]) -> torch.Tensor:
     unknown = [n for n in names if n not in table]
     if unknown:
         raise InputError(f"no component {unknown[0]!r} in the run")
+    refuse_readout_run(run, "retrieval (it maps every component through CompAlign)")
     idx = torch.tensor([table[n][0] for n in names])
     components = [table[n][1] for n in names]
     parts = []

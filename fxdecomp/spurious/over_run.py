@@ -13,6 +13,7 @@ import torch
 
 from ..align.runs import run_shared_aligner
 from ..errors import InputError
+from ..store.readouts import refuse_readout_run
 from .ranking import ranked, readout_ranking, spurious_scores
 from .removal import Removal, Split, remove_spurious
 from .pipeline import varying
@@ -22,6 +23,7 @@ SPLITS = {"train": 0, "validation": 1, "test": 2}
 
 def logit_contributions(run, head: torch.nn.Linear, indices: np.ndarray) -> torch.Tensor:
     """[n, C + 1, classes]: every component through the classifier's weights, and its bias last."""
+    refuse_readout_run(run, "the classifier's logit contributions (the head reads the output's width)")
     w = head.weight.detach().float()
     parts = []
     for start, stop, block in run.shards():
@@ -37,6 +39,7 @@ def from_run(run, *, clip, spurious_words: Sequence[str], label_words: Sequence[
              random_draws: int = 20, seed: int = 0) -> tuple[Removal, list[str], list[str]]:
     """(removal, ranking, oracle) for a run of a Waterbirds-layout folder decomposed whole, aligned first;
     components are ranked through the run's shared map."""
+    refuse_readout_run(run, "the spurious-feature experiment")
     labels = run.labels
     missing = [k for k in ("target", "place", "group", "split") if k not in labels]
     if missing:

@@ -25,6 +25,7 @@ from ..compiler import decompose
 from ..reconstruction import max_relative_error
 from ..data.source import describe_source
 from ..errors import InputError
+from ..groups import GROUPINGS
 from ..preprocessing import transform_for
 from ..data.identity import changed_image, digest_of
 from ..hashing import json_digest, module_digest
@@ -32,6 +33,7 @@ from .files import HEAD, LOCK, MANIFEST, RUN, clean_partials, read_json, sha256,
 from .loader import loader
 from .lock import RunLock
 from .manifest import FORMAT, check_same, versions
+from .readouts import check_same_readout, readout_record
 from .shards import SHARDS, ShardPlan, ShardWriter, complete, images_per_shard, sidecar
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -69,7 +71,8 @@ def classifier_of(model: torch.nn.Module):
 
 
 def settings(model_name: str, checkpoint, rep, dm, width: int, data, granularity, layers, dtype_name, shard_images,
-             batch, preprocess, command: list[str] | None = None) -> dict:
+             batch, preprocess, command: list[str] | None = None, readout: dict | None = None,
+             group: str | None = None) -> dict:
     """What ``run.json`` records: the identity settings first (``manifest.IDENTITY``), then the description.
     ``preprocess`` is what is done to every image (``EvalTransform.describe``): the library, its
     config and the resize and crop steps; ``source_size`` the square a data source made first, if any."""
@@ -85,6 +88,10 @@ def settings(model_name: str, checkpoint, rep, dm, width: int, data, granularity
                  "labels": json_digest(source["labels"])},
         "components": json_digest(dm.components.names),
         "shard_images": shard_images, "batch": batch,
+        # what every contribution is read through (None: stored at the output's width, d_model)
+        "readout": readout,
+        # the grouping summed at compile time (decompose(group=...)), or None
+        "group": group,
         # description (not compared): where the images are, what each one is, what the components are
         "source": {k: v for k, v in source.items() if k not in ("ids", "labels")},
         "images": {"ids": source["ids"], "labels": source["labels"]},
@@ -99,13 +106,26 @@ def decompose_to_store(model: torch.nn.Module, data, out, *, model_name: str, ch
                        granularity: str = "head", layers=None, batch: int = 64, device="cpu",
                        dtype: str = "float32", shard_mb: float = 256, workers: int = 0,
                        progress: bool = True, command: list[str] | None = None,
-                       lock_timeout: float | None = None) -> Progress:
+                       lock_timeout: float | None = None, readout=None, readout_spec: str | None = None,
+                       readout_names=None, group: str | None = None) -> Progress:
     """Decompose every image of ``data`` with ``model``'s representation and store it in ``out``.
+
+    ``readout``: store every contribution read through ``R`` (a [D, K] tensor, or a mapping from
+    component names to one each, as ``decompose(readout=)`` takes): [N, C, K] shards, the outputs
+    [N, K]; ``readout_spec`` says how it was given (recorded, with K, the matrix's hash and
+    ``readout_names``, the columns' names), and a rerun must give the same readout. ``group``: one of
+    ``fxdecomp.groups.GROUPINGS``, summed at compile time (``group="token"``: one component per image
+    position, what segmentation reads: 236 components instead of 28,407 for a DeiT-B token run).
 
     ``command``: the command line that does this, as arguments, with ``"{run}"`` for ``out`` (recorded, and
     named to repair the run); ``lock_timeout``:
     seconds to wait for another process writing ``out`` (None: as long as it takes, 0: refuse at once)."""
     check_options(dtype=dtype, batch=batch, shard_mb=shard_mb, workers=workers)
+    record = readout_record(readout, readout_spec, readout_names) if readout is not None else None
+    if record is None and (readout_spec is not None or readout_names is not None):
+        raise InputError("readout_spec and readout_names describe a readout: give readout= too")
+    if group is not None and group not in GROUPINGS:
+        raise InputError(f"group={group!r} is not a grouping a run can record: use one of {GROUPINGS}")
     if len(data) == 0:
         raise InputError("the data set has no images")
     out = Path(out)
@@ -118,7 +138,7 @@ def decompose_to_store(model: torch.nn.Module, data, out, *, model_name: str, ch
         return _decompose(model, data, out, model_name=model_name, checkpoint=checkpoint, granularity=granularity,
                           layers=layers, batch=batch, device=device, dtype=dtype, shard_mb=shard_mb,
                           workers=workers, progress=progress, command=command, rank=rank, world=world,
-                          barrier=barrier)
+                          barrier=barrier, readout=readout, record=record, group=group)
 
 
 def check_options(*, dtype: str, batch: int, shard_mb: float, workers: int) -> None:
@@ -154,25 +174,28 @@ def _blocking_file(out: Path) -> Path:
 
 
 def _decompose(model, data, out: Path, *, model_name, checkpoint, granularity, layers, batch, device, dtype,
-               shard_mb, workers, progress, command, rank, world, barrier) -> Progress:
+               shard_mb, workers, progress, command, rank, world, barrier, readout=None, record=None,
+               group=None) -> Progress:
     if rank == 0 and not (out / RUN).is_file() and _holds_other_files(out):
         raise InputError(f"{out} is not empty and holds no run; choose a new --out folder")
-    if rank == 0 and (out / RUN).is_file():  # a damaged one is refused before anything is compiled
-        read_json(out / RUN, fix=f"delete {out} and decompose into it again")
+    if rank == 0 and (out / RUN).is_file():  # a damaged one, or another readout, is refused before compiling
+        old = read_json(out / RUN, fix=f"delete {out} and decompose into it again")
+        check_same_readout(old.get("readout"), record, out)
     rep = representation(model).eval()
     head = classifier_of(model)
     low = DTYPES[dtype] in (torch.bfloat16, torch.float16)
     ref32 = _copy(rep).float().to(device) if low else None  # the float32 forward a low-precision run is checked on
     rep = rep.to(device=device, dtype=DTYPES[dtype])
-    dm = decompose(rep, granularity, layers=layers)
+    dm = decompose(rep, granularity, layers=layers, readout=_as_dtype(readout, DTYPES[dtype], device), group=group)
     preprocess = transform_for(rep)
     probe = next(iter(loader(data, ShardPlan(len(data), 1), [0], 1, transform=preprocess.resize_crop))).images
     with torch.no_grad():
         width = int(rep(preprocess.normalize(probe.to(device)).to(DTYPES[dtype])).shape[-1])
-    bytes_per_image = len(dm.components) * width * torch.finfo(DTYPES[dtype]).bits // 8
+    stored = width if record is None else record["k"]
+    bytes_per_image = len(dm.components) * stored * torch.finfo(DTYPES[dtype]).bits // 8
     plan = ShardPlan(len(data), images_per_shard(bytes_per_image, shard_mb, batch, len(data)))
     config = settings(model_name, checkpoint, rep, dm, width, data, granularity, layers, dtype, plan.size, batch,
-                      preprocess, command)
+                      preprocess, command, record, group)
 
     if rank == 0:
         if (out / RUN).is_file():
@@ -197,7 +220,9 @@ def _decompose(model, data, out: Path, *, model_name, checkpoint, granularity, l
     start_time, images = time.perf_counter(), 0
     if todo:
         (out / MANIFEST).unlink(missing_ok=True)  # the run is incomplete until its shards are whole again
-        images = _run(dm, ref32, preprocess, data, plan, todo, out, width=width, batch=batch, device=device,
+        if ref32 is not None and readout is not None:  # the float32 forward, read through the same readout
+            ref32 = _read_through(ref32, readout)
+        images = _run(dm, ref32, preprocess, data, plan, todo, out, width=stored, batch=batch, device=device,
                       dtype=DTYPES[dtype], workers=workers, progress=progress and rank == 0)
     seconds = time.perf_counter() - start_time
     barrier()
@@ -228,6 +253,29 @@ def _check_same_images(data, done: dict, ids: list[str], *, progress: bool) -> N
                             fix="decompose into a new --out folder (a run cannot mix images from before and after)")
         if err is not None:
             raise err
+
+
+def _as_dtype(readout, dtype: torch.dtype, device):
+    """The readout in the run's dtype and on its device (each matrix, for a per-component one)."""
+    if readout is None:
+        return None
+    if isinstance(readout, dict):
+        return {n: _as_dtype(r, dtype, device) for n, r in readout.items()}
+    return readout.detach().to(device=device, dtype=dtype) if isinstance(readout, torch.Tensor) else readout
+
+
+def _read_through(ref32: torch.nn.Module, readout):
+    """What a low-precision readout run is checked on: the float32 forward read through ``R``; None for a
+    per-component readout, whose output (the sum of the readings) is no map of the model's output."""
+    if isinstance(readout, dict):
+        return None
+    r = readout.detach().float().to(next(iter(ref32.parameters())).device)
+
+    def forward(x):
+        y = ref32(x)
+        return y.reshape(len(y), -1) @ r.reshape(-1, r.shape[-1])
+
+    return forward
 
 
 def _copy(module: torch.nn.Module) -> torch.nn.Module:

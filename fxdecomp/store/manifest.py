@@ -17,7 +17,7 @@ from ..errors import InputError
 FORMAT = "fxdecomp.run/2"
 #: Keys of the settings whose change makes a different run (everything else is description).
 IDENTITY = ("format", "model", "granularity", "layers", "dtype", "preprocess", "data", "components", "shard_images",
-            "batch")
+            "batch", "readout", "group")
 
 
 def versions() -> dict:

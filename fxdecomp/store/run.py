@@ -20,6 +20,7 @@ from ..hashing import json_digest, safe_name
 from ..preprocessing import EvalTransform, ModelView
 from .files import (ALIGNER, ALIGNER_RECORD, HEAD, MANIFEST, RUN, SHARED, SHARED_RECORD, DamagedFile, read_json,
                     sha256)
+from .readouts import column_index, describe, refuse_readout_run, width_of
 from .verify import check_manifest, file_problem, repair, settings_of, shard_problem
 
 CLIP_EMBEDDINGS = "embeddings.safetensors"
@@ -60,6 +61,10 @@ class Run:
                               f"{self.repair()} to write it again") from None
         self.n = int(self.manifest["data"]["n"])
         self.d_model = int(self.manifest["d_model"])
+        #: the readout every contribution was read through (its record: spec, k, sha256, names), or None
+        self.readout = self.manifest.get("readout")
+        #: what the shards hold per component: K for a readout run, else d_model
+        self.width = width_of(self.manifest)
         self._shards = self.manifest["shards"]
         self._opened: set[int] = set()  # shards whose header was checked
         self._hashed: set[int] = set()  # shards whose SHA-256 was checked
@@ -121,7 +126,20 @@ class Run:
     def __repr__(self) -> str:
         m = self.manifest
         return (f"Run({str(self.path)!r}: {m['model']['name']} at {m['granularity']} granularity, {self.n} images, "
-                f"{len(self.components)} components, d_model={self.d_model})")
+                f"{len(self.components)} components, d_model={self.d_model}"
+                + (f", read through {describe(self.readout)}" if self.readout is not None else "") + ")")
+
+    def column(self, column=None, text: str | None = None) -> int:
+        """The index of one of a readout run's K columns: ``column`` (a number), or the column whose
+        name is ``text``."""
+        if self.readout is None:
+            raise InputError(f"{self.path} is a full run (no readout): it has no readout columns to choose; "
+                             "choose a component, a text or a direction instead")
+        return column_index(self.readout["k"], self.readout.get("names"), column, text, where=str(self.path))
+
+    def require_full(self, what: str) -> None:
+        """Refuse a readout run for ``what``, which needs the contributions at the output's width."""
+        refuse_readout_run(self, what)
 
     @property
     def names(self) -> list[str]:
@@ -257,13 +275,13 @@ class Run:
 
     def images(self, indices: Sequence[int]) -> torch.Tensor:
         """[k, C, D] every component's contributions for the images ``indices`` (in that order)."""
-        return self._gather(self._indices(indices), "contributions", (len(self.components), self.d_model))
+        return self._gather(self._indices(indices), "contributions", (len(self.components), self.width))
 
     def outputs(self, indices: Sequence[int] | None = None) -> torch.Tensor:
         """[N, D] the model's own output for every image (or [k, D] for the images ``indices``)."""
         if indices is None:
             return torch.cat([self._whole(info, "output").float() for info in self._shards])
-        return self._gather(self._indices(indices), "output", (self.d_model,))
+        return self._gather(self._indices(indices), "output", (self.width,))
 
     def decomposition(self, indices: Sequence[int] | None = None) -> Decomposition:
         """The images ``indices`` (default: all) as a ``Decomposition`` whose ``output`` is the model's own
@@ -271,8 +289,8 @@ class Run:
         if indices is None:
             indices = range(self.n)
         idx = self._indices(indices)
-        return Decomposition(self._gather(idx, "contributions", (len(self.components), self.d_model)),
-                             self.components, self._gather(idx, "output", (self.d_model,)))
+        return Decomposition(self._gather(idx, "contributions", (len(self.components), self.width)),
+                             self.components, self._gather(idx, "output", (self.width,)))
 
     def shards(self) -> Iterator[tuple[int, int, torch.Tensor]]:
         """(start, stop, contributions [stop - start, C, D]) for each shard in order, one in memory at a time."""

@@ -81,12 +81,22 @@ def check_manifest(m: dict, folder: Path) -> None:
         start = s["stop"]
     if start != n:
         bad(f"its shards cover images 0..{start - 1}, not 0..{n - 1}")
+    readout = m.get("readout")
+    if readout is not None:
+        k = readout.get("k") if isinstance(readout, dict) else None
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            bad(f"its readout record has K = {k!r}, not a positive whole number")
+        names = readout.get("names")
+        if names is not None and (not isinstance(names, list) or len(names) != k):
+            bad(f"its readout record does not name its {k} columns one by one")
 
 
 def expected_tensors(m: dict, info: dict) -> dict[str, tuple[str, list[int]]]:
     """What a shard file must hold: name -> (safetensors dtype, shape)."""
-    k, dt = info["stop"] - info["start"], SAFETENSORS_DTYPES[m["dtype"]]
-    return {"contributions": (dt, [k, len(m["component_table"]), m["d_model"]]), "output": (dt, [k, m["d_model"]]),
+    from .readouts import width_of
+
+    k, dt, w = info["stop"] - info["start"], SAFETENSORS_DTYPES[m["dtype"]], width_of(m)
+    return {"contributions": (dt, [k, len(m["component_table"]), w]), "output": (dt, [k, w]),
             "index": ("I64", [k])}
 
 
