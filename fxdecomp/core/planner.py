@@ -120,7 +120,7 @@ def plan(operands: Sequence[tuple[Hashable, tuple]], output: tuple, size: dict,
     chain: object = Leaf(0)
     for i in range(1, n):
         chain = Pair(chain, Leaf(i), ())
-    greedy = _greedy(atom_sets, keys, out, total, known, size, canon, set(gathers), fixed)
+    greedy = _greedy(atom_sets, keys, out, total, known, size, canon)
     costed = [_costed(t, atom_sets, keys, out, total, known, size, gathers, fixed, canon) for t in (greedy, chain)]
     return min(costed, key=lambda ct: ct[0])[1]
 
@@ -176,19 +176,12 @@ def _costed(tree, atom_sets, keys, out, total, known, size, gathers, fixed, cano
     return cost, filled
 
 
-def _greedy(atom_sets, keys, out, total, known, size, canon, gathers=frozenset(), fixed=frozenset()):
+def _greedy(atom_sets, keys, out, total, known, size, canon):
     """Repeatedly contract the pair that shrinks the network most (pairs sharing an atom
     the output does not keep first: sharing the batch reduces nothing). A pair's score
     depends only on which operands it holds, so each is scored once; only pairs sharing
-    such an atom are scored, unless none is left. A convolution's taps (``gathers``) meet
-    weights alone last: their product with the kernel is a dense map over the grid, no
-    longer an index, where the taps applied to the input first cost an unfold."""
+    such an atom are scored, unless none is left."""
     n = len(atom_sets)
-    fixed_mask = sum(1 << i for i in range(n) if i in fixed)
-    gather_masks = {1 << i for i in gathers}
-
-    def taps_on_weights(mi, mj):
-        return any(a in gather_masks and b & ~fixed_mask == 0 for a, b in ((mi, mj), (mj, mi)))
     state = {}  # mask -> (tree, atom counts inside, operand keys, result atoms, their size)
     holders: dict = {}  # atom -> masks whose result holds it
     for i in range(n):
@@ -206,8 +199,7 @@ def _greedy(atom_sets, keys, out, total, known, size, canon, gathers=frozenset()
         # contracted away already: those are in neither result)
         merged = [a for a in union if a in out or total[a] > ii.get(a, 0) + ij.get(a, 0)]
         gain = 0 if (ki | kj, frozenset(merged)) in known else prod(size[a] for a in merged) - si - sj
-        return (not (ri & rj) - out, taps_on_weights(mi, mj), gain, prod(size[a] for a in union), min(mi, mj),
-                max(mi, mj))
+        return (not (ri & rj) - out, gain, prod(size[a] for a in union), min(mi, mj), max(mi, mj))
 
     heap, seen = [], set()
 
