@@ -108,7 +108,8 @@ def cases(only):
         out += [(deit, "token", None, "token"), (deit, "neuron", 16, None)]
     if only in (None, "vitl"):
         out += [("ViT-L-14", "token", 16, None), ("ViT-L-14", "token", 16, "token"), ("ViT-L-14", "head", 16, None),
-                ("ViT-L-14", "head", None, None), ("ViT-L-14", "block", 16, None), ("ViT-L-14", "block", None, None)]
+                ("ViT-L-14", "head", None, None), ("ViT-L-14", "block", 16, None), ("ViT-L-14", "block", None, None),
+                ("ViT-L-14", "neuron", 16, None)]
     return out
 
 
