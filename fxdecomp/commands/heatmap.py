@@ -151,8 +151,11 @@ class _Listed:
 def _save(hm, out) -> int:
     from pathlib import Path
 
+    from ..figure import pyplot
+
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     hm.figure.savefig(out, dpi=150, bbox_inches="tight")
+    pyplot().close(hm.figure)  # written; a command run in a long process (a notebook, the tests) keeps no figure
     print(f"wrote {out}")
     return 0
 

@@ -212,6 +212,7 @@ def _write(maps, size, folder, pictures, world, examples: int, model_name: str, 
     import torch
     from safetensors.torch import save_file
 
+    from ..figure import pyplot
     from ..segment import segmentation_figure, segmentation_scores
     from ..segment.metrics import foreground
     from ..store.files import publish, tmp_path
@@ -229,8 +230,9 @@ def _write(maps, size, folder, pictures, world, examples: int, model_name: str, 
         publish(tmp, path)
         figure = folder / "examples.png"
         tmp = tmp_path(figure, keep_suffix=True)
-        segmentation_figure(shown, truth, {"decompose": maps[:n]}, n=n, path=tmp,
-                            title=f"{model_name}: position maps and their foreground")
+        fig = segmentation_figure(shown, truth, {"decompose": maps[:n]}, n=n, path=tmp,
+                                  title=f"{model_name}: position maps and their foreground")
+        pyplot().close(fig)  # written; a command run in a long process (a notebook, the tests) keeps no figure
         publish(tmp, figure)
     print(f"wrote {path} ({len(maps)} maps and masks) and {folder / 'examples.png'}")
     if world is not None:
