@@ -102,6 +102,52 @@ def tap_gather(x, dim, n_out, k, stride, pad, dilation):
     return x.index_select(dim, idx.reshape(-1)).unflatten(dim, (n_out, k))
 
 
+def conv_weight(w, perm, groups, out_per_group, in_per_group, n_taps):
+    """A term's kernel laid out for ``conv_apply``: ``perm`` orders its one dim per atom as
+    (groups, outputs, summed inputs, taps), or (outputs, groups, ...) for a split depthwise
+    convolution, reshaped to [groups·outputs, inputs, *taps]."""
+    w = w.permute(perm)
+    return w.reshape(groups * out_per_group, in_per_group, *w.shape[w.dim() - n_taps:])
+
+
+_CONV = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}
+
+
+def conv_apply(x, w, perm, n_lead, groups, geometry, kept, split=1):
+    """A term through a convolution, at the model's own cost per term: ``perm`` orders ``x``'s
+    dims as (lead, groups, summed inputs, input positions); the lead dims (the batch and every
+    atom the kernel does not hold) are one batch, the result [*lead, *kept, *outputs] (``kept``:
+    the sizes of the group and output atoms). ``geometry``: per spatial axis (n_out, k, n_in,
+    stride, pad, dilation), the taps' own; padding past the input's end is added where the
+    taps read further than a symmetric padding reaches, and outputs past ``n_out`` dropped.
+    ``split``: a depthwise convolution with that many outputs per channel runs as that many
+    one-output ones (``w`` ordered outputs first), which oneDNN computes several times faster."""
+    x = x.permute(perm)
+    nsp = len(geometry)
+    lead = x.shape[:n_lead]
+    x = x.reshape(-1, w.shape[1] * groups, *x.shape[x.dim() - nsp:])
+    lo = [g[4] for g in geometry]
+    hi = [max(0, (n_out - 1) * s + d * (k - 1) + 1 - p - n_in) for n_out, k, n_in, s, p, d in geometry]
+    padding = lo
+    if any(h > p for h, p in zip(hi, lo)):
+        pads = []
+        for a, b in zip(reversed(lo), reversed(hi)):
+            pads += [a, b]
+        x = torch.nn.functional.pad(x, pads)
+        padding = [0] * nsp
+    conv = _CONV[nsp]
+    stride, dilation = [g[3] for g in geometry], [g[5] for g in geometry]
+    if split > 1:
+        y = torch.stack([conv(x, part, None, stride, padding, dilation, groups) for part in w.chunk(split)], 2)
+        y = y.flatten(1, 2)
+    else:
+        y = conv(x, w, None, stride, padding, dilation, groups)
+    for i, g in enumerate(geometry):
+        if y.shape[2 + i] != g[0]:
+            y = y.narrow(2 + i, 0, g[0])
+    return y.reshape(*lead, *kept, *y.shape[2:])
+
+
 def _slot(out, start, count, view_shape):
     """The slice of the component-major contributions a group owns, one dim per atom."""
     shape = [out.shape[1] if d == -1 else d for d in view_shape]

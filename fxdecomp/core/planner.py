@@ -9,7 +9,10 @@ hoist pass), so it costs only the memory of its result. Small networks
 (the usual case) are planned exactly by dynamic programming over subsets;
 larger ones (a component carried through many layers) take the cheaper of a
 greedy order and the order the walk met the factors in. Intermediates other
-terms already computed cost nothing; a convolution's taps cost an index.
+terms already computed cost nothing; a convolution's taps cost an index. A convolution
+whose kernel and taps are one operand (``convs``) is applied as the convolution itself: it may
+only meet the whole of what holds its input positions, and costs the convolution's
+multiplications, never a dense map over the grid.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from math import prod
 from typing import Container, Hashable, Sequence
 
 EXACT_LIMIT = 10
+INFEASIBLE = float("inf")
 
 
 @dataclass(frozen=True)
@@ -39,24 +43,46 @@ class Pair:
         return leaves_of(self.left) + leaves_of(self.right)
 
 
+@dataclass(frozen=True)
+class Conv:
+    """A convolution operand's planning facts: the input atoms its taps read (summed where it
+    is applied) and the product of its kernel's tap sizes (multiplications per output)."""
+
+    ins: frozenset
+    taps: int
+
+
+def conv_cost(conv: Conv, other: frozenset, result: frozenset, union: frozenset, size: dict) -> float:
+    """Multiplications of a convolution operand applied to a product holding ``other`` atoms;
+    INFEASIBLE unless that product holds every input atom and nothing beyond still needs one."""
+    if not conv.ins <= other or conv.ins & result:
+        return INFEASIBLE
+    return prod(size[a] for a in union - conv.ins) * conv.taps
+
+
 def plan(operands: Sequence[tuple[Hashable, tuple]], output: tuple, size: dict,
-         known: Container = frozenset(), gathers: dict | None = None, fixed: Container[int] = frozenset()):
-    """Return a contraction tree over ``operands`` producing the ``output`` atoms.
+         known: Container = frozenset(), gathers: dict | None = None, fixed: Container[int] = frozenset(),
+         convs: dict | None = None):
+    """Return a contraction tree over ``operands`` producing the ``output`` atoms, or None when
+    ``convs`` leave no order in which every convolution meets its whole input.
 
     ``operands`` are (key, atoms) pairs; ``known`` holds keys (see
     :func:`subset_key`) of intermediates that are free to reuse. ``gathers`` maps
     an operand's index to the atom it selects from (a convolution's taps): meeting
     such an operand costs an index, not a product over that atom. ``fixed`` holds the
     indices of operands that do not depend on the images: a product of those alone is
-    made once, so it costs the size of its result instead of its multiplications.
+    made once, so it costs the size of its result instead of its multiplications. ``convs``
+    maps an operand's index to its :class:`Conv`: that operand is applied only as a whole
+    convolution (see :func:`conv_cost`).
     """
     n = len(operands)
     atom_sets = [frozenset(a) for _, a in operands]
     canon = _canonical_order(operands, output)
     out = frozenset(output)
     gathers = gathers or {}
+    convs = convs or {}
     if n == 1:
-        return Leaf(0)
+        return None if convs else Leaf(0)
     full = (1 << n) - 1
     fixed_mask = sum(1 << i for i in range(n) if i in fixed)
 
@@ -77,7 +103,16 @@ def plan(operands: Sequence[tuple[Hashable, tuple]], output: tuple, size: dict,
     def key(mask):
         return subset_key([operands[i][0] for i in range(n) if mask >> i & 1], result_atoms(mask))
 
+    def single(m):
+        return m.bit_length() - 1 if m & (m - 1) == 0 else None
+
     def cost_of(m1, m2, r1, r2):
+        c1, c2 = convs.get(single(m1)), convs.get(single(m2))
+        if c1 is not None or c2 is not None:
+            if c1 is not None and c2 is not None:
+                return INFEASIBLE
+            conv, other = (c1, r2) if c1 is not None else (c2, r1)
+            return conv_cost(conv, other, result_atoms(m1 | m2), r1 | r2, size)
         if (m1 | m2) & ~fixed_mask == 0:
             return prod(size[a] for a in result_atoms(m1 | m2))
         union = r1 | r2
@@ -110,7 +145,7 @@ def plan(operands: Sequence[tuple[Hashable, tuple]], output: tuple, size: dict,
             if key(m) in known:
                 choice = (0.0, choice[1])
             best[m] = choice
-        return best[full][1]
+        return None if best[full][0] == INFEASIBLE else best[full][1]
 
     # Long chains (a component walked through many layers): the greedy tree, or the
     # factors applied in the order the walk met them (a forward pass), whichever is cheaper.
@@ -120,9 +155,11 @@ def plan(operands: Sequence[tuple[Hashable, tuple]], output: tuple, size: dict,
     chain: object = Leaf(0)
     for i in range(1, n):
         chain = Pair(chain, Leaf(i), ())
-    greedy = _greedy(atom_sets, keys, out, total, known, size, canon)
-    costed = [_costed(t, atom_sets, keys, out, total, known, size, gathers, fixed, canon) for t in (greedy, chain)]
-    return min(costed, key=lambda ct: ct[0])[1]
+    greedy = _greedy(atom_sets, keys, out, total, known, size, canon, convs)
+    costed = [_costed(t, atom_sets, keys, out, total, known, size, gathers, fixed, canon, convs)
+              for t in (greedy, chain)]
+    cost, tree = min(costed, key=lambda ct: ct[0])
+    return None if cost == INFEASIBLE else tree
 
 
 def _canonical_order(operands, output):
@@ -148,7 +185,7 @@ def _result(inside: Counter, out: frozenset, total: Counter) -> frozenset:
     return frozenset(a for a, c in inside.items() if a in out or total[a] > c)
 
 
-def _costed(tree, atom_sets, keys, out, total, known, size, gathers, fixed, canon) -> tuple[float, object]:
+def _costed(tree, atom_sets, keys, out, total, known, size, gathers, fixed, canon, convs) -> tuple[float, object]:
     """(cost, the same tree with each pair's result atoms filled in)."""
 
     def walk(t):
@@ -164,7 +201,13 @@ def _costed(tree, atom_sets, keys, out, total, known, size, gathers, fixed, cano
             g = gathers.get(side.index) if isinstance(side, Leaf) else None
             if g is not None and g not in res:
                 union = union - {g}
-        if (ks, res) in known:
+        conv = [(convs[side.index], other) for side, other in ((tl, rr), (tr, rl))
+                if isinstance(side, Leaf) and side.index in convs]
+        if len(conv) == 2:
+            here = INFEASIBLE
+        elif conv:
+            here = cl + cr + conv_cost(conv[0][0], conv[0][1], res, rl | rr, size)
+        elif (ks, res) in known:
             here = 0.0
         elif fl and fr:  # made once: its memory, not its multiplications
             here = cl + cr + prod(size[a] for a in res)
@@ -176,9 +219,10 @@ def _costed(tree, atom_sets, keys, out, total, known, size, gathers, fixed, cano
     return cost, filled
 
 
-def _greedy(atom_sets, keys, out, total, known, size, canon):
+def _greedy(atom_sets, keys, out, total, known, size, canon, convs):
     """Repeatedly contract the pair that shrinks the network most (pairs sharing an atom
-    the output does not keep first: sharing the batch reduces nothing). A pair's score
+    the output does not keep first: sharing the batch reduces nothing; a convolution
+    operand only with the whole of its input, where it can). A pair's score
     depends only on which operands it holds, so each is scored once; only pairs sharing
     such an atom are scored, unless none is left."""
     n = len(atom_sets)
@@ -199,7 +243,12 @@ def _greedy(atom_sets, keys, out, total, known, size, canon):
         # contracted away already: those are in neither result)
         merged = [a for a in union if a in out or total[a] > ii.get(a, 0) + ij.get(a, 0)]
         gain = 0 if (ki | kj, frozenset(merged)) in known else prod(size[a] for a in merged) - si - sj
-        return (not (ri & rj) - out, gain, prod(size[a] for a in union), min(mi, mj), max(mi, mj))
+        blocked = False
+        for m, other in ((mi, rj), (mj, ri)):
+            if m & (m - 1) == 0 and (m.bit_length() - 1) in convs:
+                conv = convs[m.bit_length() - 1]
+                blocked = blocked or conv_cost(conv, other, frozenset(merged), union, size) == INFEASIBLE
+        return (blocked, not (ri & rj) - out, gain, prod(size[a] for a in union), min(mi, mj), max(mi, mj))
 
     heap, seen = [], set()
 

@@ -2,7 +2,8 @@
 
 The generated forward is the traced forward (so every frozen value is the
 actual one, computed once) followed by, for each component, the einsums that
-contract its terms' factors in the planned order, written into one
+contract its terms' factors in the planned order (a convolution's kernel and taps
+applied as the convolution itself, ``core/conv_operands.py``), written into one
 [B, C, *out] tensor ([B, C, K] with a readout, whose matrix is one more factor of
 every term; groups summed at compile time add their pieces into shared slots). LayerNorms whose statistics are needed are swapped for
 ``native_layer_norm``, which returns them for free (``kernels.layer_norm_rstd`` gives
@@ -15,6 +16,7 @@ import operator
 import re
 import string
 from dataclasses import dataclass
+from math import prod
 
 import torch
 import torch.fx as fx
@@ -22,6 +24,7 @@ from torch.utils._pytree import tree_map
 
 from .. import kernels
 from ..core.ir import Axes, Group, Readout, Target
+from ..core.conv_operands import ConvOperand, fuse_convolutions
 from ..core.planner import Leaf, Pair, leaves_of, plan, subset_key
 from ..core.shape import dtype_of
 from ..core.state import CompileState
@@ -82,6 +85,7 @@ class CodeGen:
         self.buffers: dict = {}
         self.folded: dict = {}  # constants reshaped/indexed at compile time
         self.plans: dict = {}  # contraction trees by the atoms of a term's operands
+        self.dense_convs: dict = {}  # a convolution's dense map, where that is the cheaper one
         self.model_nodes: set[fx.Node] = set()  # the model's own forward in the generated graph
 
     # -- graph -----------------------------------------------------------------------------------
@@ -305,17 +309,23 @@ class CodeGen:
         sizes = {a: (self.nominal_batch if a is self.table.batch else a.size) for _, atoms in ops for a in atoms}
         present = tuple(a for a in want if a in sizes)
         mask = tuple(a in sizes for a in want)
-        keys = [(s, a) for s, a in ops]
+        fused, convs = fuse_convolutions(ops, set(present), self.table.batch)
+        tree = self._plan(fused, convs, present, sizes) if convs else None
+        if tree is None:  # no convolution to apply whole, or no order in which each meets its input
+            fused, convs = ops, {}
+            tree = self._plan(ops, convs, present, sizes)
+        return list(fused), tree, present, mask
+
+    def _plan(self, keys, convs: dict, present: tuple, sizes: dict):
         gathers = {i: a[-1] for i, (s, a) in enumerate(keys) if _gatherable(s, a)}
         # Terms of one head's source tokens differ only in which token they select: same atoms,
         # same plan (its token-free products are shared through the memo).
-        shape = (tuple(a for _, a in keys), present, tuple(gathers))
-        tree = self.plans.get(shape)
-        if tree is None:
+        shape = (tuple(a for _, a in keys), present, tuple(gathers), tuple(convs))
+        if shape not in self.plans:
             fixed = {i for i, (_, a) in enumerate(keys) if self.table.batch not in a}  # weights, constants
-            tree = self.plans[shape] = plan([(k, k[1]) for k in keys], present, sizes, self.memo.keys(), gathers,
-                                            fixed)
-        return keys, tree, present, mask
+            self.plans[shape] = plan([(k, k[1]) for k in keys], present, sizes, self.memo.keys(), gathers,
+                                     fixed, convs)
+        return self.plans[shape]
 
     def _partial(self, src: PartialSum) -> fx.Node:
         """A component's terms at a stream node, summed into one tensor with one axis per atom
@@ -345,7 +355,7 @@ class CodeGen:
         keys, tree, present, mask = planned
         start, count, view_shape = slot
         head = (buf, start, count, view_shape, mask)
-        if (isinstance(tree, Pair) and self._gather_side(tree, keys) is None
+        if (isinstance(tree, Pair) and self._gather_side(tree, keys) is None and self._conv_side(tree, keys) is None
                 and subset_key([keys[i] for i in leaves_of(tree)], tree.atoms) not in self.memo):
             (lnode, latoms) = self._emit_tree(tree.left, keys, slug)
             (rnode, ratoms) = self._emit_tree(tree.right, keys, slug)
@@ -366,9 +376,13 @@ class CodeGen:
         hit = self.memo.get(key)
         if hit is None:
             side = self._gather_side(tree, keys)
+            conv = self._conv_side(tree, keys)
             if side is not None:
                 taps, other = side
                 hit = self._gather(self._emit_tree(other, keys, slug), keys[taps.index], tree.atoms, slug)
+            elif conv is not None:
+                op, other = conv
+                hit = self._conv(self._emit_tree(other, keys, slug), keys[op.index], tree.atoms, slug)
             else:
                 left = self._emit_tree(tree.left, keys, slug)
                 right = self._emit_tree(tree.right, keys, slug)
@@ -386,6 +400,50 @@ class CodeGen:
                         and atoms[-1] in {a for i in leaves_of(other) for a in keys[i][1]}):
                     return taps, other
         return None
+
+    def _conv_side(self, tree, keys):
+        """(convolution leaf, other subtree) when one side of ``tree`` is a :class:`ConvOperand`."""
+        for op, other in ((tree.left, tree.right), (tree.right, tree.left)):
+            if isinstance(op, Leaf) and isinstance(keys[op.index][0], ConvOperand):
+                return op, other
+        return None
+
+    def _conv(self, operand, conv_key, out_atoms, slug):
+        """``operand`` through a convolution: its atoms the kernel does not hold are folded into
+        the batch, those it holds and keeps (a depthwise convolution's channels) are groups."""
+        node, atoms = operand
+        op, op_atoms = conv_key
+        if op.dense:
+            dense = self.dense_convs.get(op)
+            if dense is None:
+                factors = [(self.materialize(op.weight), op.weight_atoms)]
+                factors += [(self.materialize(t), t_atoms) for t, t_atoms in op.taps]
+                dense = self.dense_convs[op] = self._einsum(factors, op_atoms, slug)  # weights alone: hoisted
+            return self._einsum([(node, atoms), (dense, op_atoms)], out_atoms, slug), tuple(out_atoms)
+        taps = [t_atoms for _, t_atoms in op.taps]
+        tap_atoms = [t for _, t, _ in taps]
+        ins = [i for _, _, i in taps]
+        rest = [a for a in op.weight_atoms if a not in tap_atoms]
+        keep = set(out_atoms)
+        groups = [a for a in rest if a in atoms and a in keep]
+        summed = [a for a in rest if a in atoms and a not in keep]
+        made = [a for a in rest if a not in atoms]
+        lead = [a for a in atoms if a not in set(groups) | set(summed) | set(ins)]
+        x_perm = tuple(atoms.index(a) for a in lead + groups + summed + ins)
+        g, o, c = (prod(a.size for a in part) for part in (groups, made, summed))
+        split = o if g > 1 and o > 1 and c == 1 else 1  # depthwise, several outputs per channel
+        w_order = made + groups if split > 1 else groups + made
+        w_perm = tuple(op.weight_atoms.index(a) for a in w_order + summed + tap_atoms)
+        w = self.graph.call_function(kernels.conv_weight, (self.materialize(op.weight), w_perm, g, o, c, len(taps)),
+                                     name=f"conv_weight_{slug}")
+        geometry = tuple(t.geometry for t, _ in op.taps)
+        kept = tuple(a.size for a in groups + made)
+        y = self.graph.call_function(kernels.conv_apply, (node, w, x_perm, len(lead), g, geometry, kept, split),
+                                     name=f"conv_{slug}")
+        y_atoms = tuple(lead + groups + made + [o_ for o_, _, _ in taps])
+        if y_atoms != tuple(out_atoms):
+            y = self._einsum([(y, y_atoms)], out_atoms, slug)
+        return y, tuple(out_atoms)
 
     def _gather(self, operand, taps_key, out_atoms, slug):
         """``operand`` times a taps tensor S[out, (tap,) in], by gathering along ``in``."""
