@@ -38,6 +38,24 @@ def test_open_clip_on_cuda():
         assert rel_err(dm(x).total(), model(x)) <= 1e-5
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_linearised_convolutions_on_cuda(dtype):
+    """Convolutions on the stream run through cuDNN as the model's own do (TF32 off on both
+    sides, as a float32 bound of 1e-5 needs), depthwise widening split and small grids dense."""
+    import timm
+    from conftest import jitter_
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    model = timm.create_model("fastvit_t8", pretrained=False, num_classes=10).eval()
+    jitter_(model, seed=1)
+    model = model.to("cuda", dtype)
+    dm = fxdecomp.decompose(model, "head", input_size=(3, 64, 64), linearize=True)
+    x = torch.randn(4, 3, 64, 64, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        assert rel_err(dm(x).total(), model(x)) <= bound(dtype)
+
+
 def test_images_on_the_wrong_device_are_refused():
     dm = fxdecomp.decompose(small_vit().cuda(), "head")
     with pytest.raises(fxdecomp.InputError, match="cuda"):
