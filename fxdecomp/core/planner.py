@@ -46,7 +46,8 @@ class Pair:
 @dataclass(frozen=True)
 class Conv:
     """A convolution operand's planning facts: the input atoms its taps read (summed where it
-    is applied) and the product of its kernel's tap sizes (multiplications per output)."""
+    is applied) and its multiplications per output (its kernel's taps, or its input positions
+    where it is applied as its dense map)."""
 
     ins: frozenset
     taps: int
