@@ -78,18 +78,18 @@ def test_a_convolution_meets_the_whole_of_its_input():
            ("o",),                          # a BatchNorm scale after it
            ("d", "o", "H", "W")]            # a readout
     conv = {2: Conv(frozenset({"h", "w"}), 9)}
-    for tree in (plan(list(enumerate(ops)), ("b", "d"), size, convs=conv),):
-        assert tree is not None
+    tree = plan(list(enumerate(ops)), ("b", "d"), size, convs=conv)
+    assert tree is not None
 
-        def check(t):
-            if isinstance(t, Leaf):
-                return
-            for side, other in ((t.left, t.right), (t.right, t.left)):
-                if isinstance(side, Leaf) and side.index == 2:
-                    assert sorted(leaves_of(other)) == [0, 1], t
-            check(t.left)
-            check(t.right)
-        check(tree)
+    def check(t):
+        if isinstance(t, Leaf):
+            return
+        for side, other in ((t.left, t.right), (t.right, t.left)):
+            if isinstance(side, Leaf) and side.index == 2:
+                assert sorted(leaves_of(other)) == [0, 1], t
+        check(t.left)
+        check(t.right)
+    check(tree)
     assert plan(list(enumerate(ops)), ("b", "h", "d"), size, convs=conv) is None
     # more operands than the exact planner takes: the greedy tree or the walk's order, still whole
     long = [("b", "c", "h", "w")] * 9 + ops[2:]
@@ -160,7 +160,7 @@ def test_linearised_conv_chains_are_exact(specs, seed, dtype, granularity):
 
 class Widening(nn.Module):
     """A depthwise convolution with two outputs per channel on the stream (FastViT-MCI's
-    downsampling), between residual blocks; ``size`` sets the grid it sees."""
+    downsampling), between residual blocks; ``k`` is its kernel, the input size the grid it sees."""
 
     def __init__(self, k=3, stride=1):
         super().__init__()

@@ -50,7 +50,7 @@ class Conv:
     where it is applied as its dense map)."""
 
     ins: frozenset
-    taps: int
+    per_output: int
 
 
 def conv_cost(conv: Conv, other: frozenset, result: frozenset, union: frozenset, size: dict) -> float:
@@ -58,7 +58,20 @@ def conv_cost(conv: Conv, other: frozenset, result: frozenset, union: frozenset,
     INFEASIBLE unless that product holds every input atom and nothing beyond still needs one."""
     if not conv.ins <= other or conv.ins & result:
         return INFEASIBLE
-    return prod(size[a] for a in union - conv.ins) * conv.taps
+    return prod(size[a] for a in union - conv.ins) * conv.per_output
+
+
+def pair_conv_cost(c1: Conv | None, c2: Conv | None, r1: frozenset, r2: frozenset, result: frozenset,
+                   size: dict) -> float | None:
+    """The cost of a pair where a side is a convolution operand alone (``c1``/``c2``, None for
+    any other side; ``r1``/``r2`` the sides' atoms): None where neither is, INFEASIBLE where both
+    are (a convolution applies to a value, not to another convolution)."""
+    if c1 is None and c2 is None:
+        return None
+    if c1 is not None and c2 is not None:
+        return INFEASIBLE
+    conv, other = (c1, r2) if c1 is not None else (c2, r1)
+    return conv_cost(conv, other, result, r1 | r2, size)
 
 
 def plan(operands: Sequence[tuple[Hashable, tuple]], output: tuple, size: dict,
@@ -108,12 +121,9 @@ def plan(operands: Sequence[tuple[Hashable, tuple]], output: tuple, size: dict,
         return m.bit_length() - 1 if m & (m - 1) == 0 else None
 
     def cost_of(m1, m2, r1, r2):
-        c1, c2 = convs.get(single(m1)), convs.get(single(m2))
-        if c1 is not None or c2 is not None:
-            if c1 is not None and c2 is not None:
-                return INFEASIBLE
-            conv, other = (c1, r2) if c1 is not None else (c2, r1)
-            return conv_cost(conv, other, result_atoms(m1 | m2), r1 | r2, size)
+        c = pair_conv_cost(convs.get(single(m1)), convs.get(single(m2)), r1, r2, result_atoms(m1 | m2), size)
+        if c is not None:
+            return c
         if (m1 | m2) & ~fixed_mask == 0:
             return prod(size[a] for a in result_atoms(m1 | m2))
         union = r1 | r2
@@ -202,12 +212,10 @@ def _costed(tree, atom_sets, keys, out, total, known, size, gathers, fixed, cano
             g = gathers.get(side.index) if isinstance(side, Leaf) else None
             if g is not None and g not in res:
                 union = union - {g}
-        conv = [(convs[side.index], other) for side, other in ((tl, rr), (tr, rl))
-                if isinstance(side, Leaf) and side.index in convs]
-        if len(conv) == 2:
-            here = INFEASIBLE
-        elif conv:
-            here = cl + cr + conv_cost(conv[0][0], conv[0][1], res, rl | rr, size)
+        conv = pair_conv_cost(*(convs.get(side.index) if isinstance(side, Leaf) else None for side in (tl, tr)),
+                              rl, rr, res, size)
+        if conv is not None:
+            here = cl + cr + conv
         elif (ks, res) in known:
             here = 0.0
         elif fl and fr:  # made once: its memory, not its multiplications
@@ -244,12 +252,9 @@ def _greedy(atom_sets, keys, out, total, known, size, canon, convs):
         # contracted away already: those are in neither result)
         merged = [a for a in union if a in out or total[a] > ii.get(a, 0) + ij.get(a, 0)]
         gain = 0 if (ki | kj, frozenset(merged)) in known else prod(size[a] for a in merged) - si - sj
-        blocked = False
-        for m, other in ((mi, rj), (mj, ri)):
-            if m & (m - 1) == 0 and (m.bit_length() - 1) in convs:
-                conv = convs[m.bit_length() - 1]
-                blocked = blocked or conv_cost(conv, other, frozenset(merged), union, size) == INFEASIBLE
-        return (blocked, not (ri & rj) - out, gain, prod(size[a] for a in union), min(mi, mj), max(mi, mj))
+        conv = pair_conv_cost(*(convs.get(m.bit_length() - 1) if m & (m - 1) == 0 else None for m in (mi, mj)),
+                              ri, rj, frozenset(merged), size)
+        return (conv == INFEASIBLE, not (ri & rj) - out, gain, prod(size[a] for a in union), min(mi, mj), max(mi, mj))
 
     heap, seen = [], set()
 

@@ -314,7 +314,7 @@ class CodeGen:
         if tree is None:  # no convolution to apply whole, or no order in which each meets its input
             fused, convs = ops, {}
             tree = self._plan(ops, convs, present, sizes)
-        return list(fused), tree, present, mask
+        return fused, tree, present, mask
 
     def _plan(self, keys, convs: dict, present: tuple, sizes: dict):
         gathers = {i: a[-1] for i, (s, a) in enumerate(keys) if _gatherable(s, a)}
