@@ -15,8 +15,11 @@ from math import prod
 from .planner import Conv
 from .terms import OneHot, Source, Taps
 
-#: the largest dense map (elements) a convolution is applied through instead of as a convolution
-DENSE_CONV_LIMIT = 1 << 22
+#: the largest dense map (elements) a convolution is applied through instead of as a convolution:
+#: a per-channel map of a small grid (FastViT-MCI's last stages, where oneDNN's grouped call is
+#: slow); a full convolution's (ResNet-18's 512 -> 512 at 2x2: 4M elements) is laid out anew by
+#: each term's einsum, slower than the convolution
+DENSE_CONV_LIMIT = 1 << 16
 
 
 @dataclass(frozen=True)
