@@ -125,7 +125,7 @@ def conv_apply(x, w, perm, n_lead, groups, geometry, kept, split=1):
     x = x.permute(perm)
     nsp = len(geometry)
     lead = x.shape[:n_lead]
-    x = x.reshape(-1, w.shape[1] * groups, *x.shape[x.dim() - nsp:])
+    x = _as_conv_input(x, n_lead, w.shape[1] * groups, nsp)
     lo = [g[4] for g in geometry]
     hi = [max(0, (n_out - 1) * s + d * (k - 1) + 1 - p - n_in) for n_out, k, n_in, s, p, d in geometry]
     padding = lo
@@ -138,14 +138,37 @@ def conv_apply(x, w, perm, n_lead, groups, geometry, kept, split=1):
     conv = _CONV[nsp]
     stride, dilation = [g[3] for g in geometry], [g[5] for g in geometry]
     if split > 1:
-        y = torch.stack([conv(x, part, None, stride, padding, dilation, groups) for part in w.chunk(split)], 2)
-        y = y.flatten(1, 2)
+        y = _interleave([conv(x, part, None, stride, padding, dilation, groups) for part in w.chunk(split)])
     else:
         y = conv(x, w, None, stride, padding, dilation, groups)
     for i, g in enumerate(geometry):
         if y.shape[2 + i] != g[0]:
             y = y.narrow(2 + i, 0, g[0])
     return y.reshape(*lead, *kept, *y.shape[2:])
+
+
+def _as_conv_input(x, n_lead, channels, nsp):
+    """``x`` (lead, channel dims, positions) as [N, channels, *positions] for a convolution: a
+    view where its layout allows, else a copy laid out channels-last (the channels innermost).
+    A copy is made either way, and oneDNN computes a depthwise convolution on a channels-last
+    input several times faster (a stack of heads through MobileCLIP's last 3x3: 17 ms against
+    75 ms), while a dense one takes about as long either way."""
+    d = x.dim()
+    spatial = x.shape[d - nsp:]
+    try:
+        return x.view(-1, channels, *spatial)
+    except RuntimeError:
+        dims = tuple(range(n_lead, d - nsp))
+        last = x.movedim(dims, tuple(range(d - len(dims), d)))
+        return last.reshape(-1, *spatial, channels).movedim(-1, 1)
+
+
+def _interleave(parts):
+    """``split`` one-output convolutions' results as one [N, C·split, *positions], output
+    ``c·split + s`` from part ``s``, in the parts' own layout (channels-first or -last)."""
+    if parts[0].is_contiguous():
+        return torch.stack(parts, 2).flatten(1, 2)
+    return torch.stack([p.movedim(1, -1) for p in parts], -1).flatten(-2).movedim(-1, 1)
 
 
 def _slot(out, start, count, view_shape):

@@ -36,11 +36,16 @@ def test_gather_equals_the_dense_taps(n_in, k, stride, pad, dilation, dim):
 @settings(deadline=None)
 @given(n_in=st.integers(1, 9), k=st.integers(1, 4), stride=st.integers(1, 3), pad=st.integers(0, 3),
        dilation=st.integers(1, 2), extra=st.integers(0, 2), groups=st.integers(1, 3), outs=st.integers(1, 3),
-       ins=st.integers(1, 3), lead=st.integers(0, 2), nsp=st.integers(1, 2), seed=st.integers(0, 2**16))
-def test_conv_apply_equals_the_dense_taps(n_in, k, stride, pad, dilation, extra, groups, outs, ins, lead, nsp, seed):
+       ins=st.integers(1, 3), lead=st.integers(0, 2), nsp=st.integers(1, 2), seed=st.integers(0, 2**16),
+       split=st.booleans())
+def test_conv_apply_equals_the_dense_taps(n_in, k, stride, pad, dilation, extra, groups, outs, ins, lead, nsp, seed,
+                                          split):
     """A kernel and its taps applied as one (grouped) convolution equal the product with the
-    dense taps, whatever the dims' order, also where the taps read past a symmetric padding
-    (``extra`` more outputs than the convolution's own) and outputs lie wholly in the padding."""
+    dense taps, whatever the dims' order (a layout no view reaches is copied channels-last),
+    also where the taps read past a symmetric padding (``extra`` more outputs than the
+    convolution's own) and outputs lie wholly in the padding; a depthwise one with several
+    outputs per channel also as one call per output (``split``)."""
+    split = outs if split and ins == 1 and outs > 1 and groups > 1 else 1
     n_out = (n_in + 2 * pad - dilation * (k - 1) - 1) // stride + 1 + extra
     if n_out < 1:
         return
@@ -59,11 +64,27 @@ def test_conv_apply_equals_the_dense_taps(n_in, k, stride, pad, dilation, extra,
     w_order = torch.randperm(w.dim(), generator=g).tolist()
     xs, ws = x.permute(x_order), w.permute(w_order)
     x_perm = tuple(x_order.index(i) for i in range(x.dim()))  # back to [*lead, groups, ins, *positions]
-    w_canon = [0, 1, 2] + list(range(3, 3 + nsp))
+    w_canon = ([1, 0] if split > 1 else [0, 1]) + [2] + list(range(3, 3 + nsp))
     w_perm = tuple(w_order.index(i) for i in w_canon)
     wk = kernels.conv_weight(ws, w_perm, groups, outs, ins, nsp)
-    got = kernels.conv_apply(xs, wk, x_perm, lead, groups, (taps.geometry,) * nsp, (groups, outs))
+    got = kernels.conv_apply(xs, wk, x_perm, lead, groups, (taps.geometry,) * nsp, (groups, outs), split)
     assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_a_layout_no_view_reaches_is_copied_channels_last():
+    """Heads stacked outside the batch (MobileCLIP's last 3x3 meets them so) cannot be viewed as
+    one batch: the copy is channels-last, and a split depthwise convolution on it still equals
+    the grouped one, output ``c·split + s`` from part ``s``."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 6, 6, 4, generator=g, dtype=torch.float64).permute(1, 0, 4, 2, 3)  # [b, h, c, H, W], h outer
+    w = torch.randn(4 * 2, 1, 3, 3, generator=g, dtype=torch.float64)  # two outputs per channel
+    flat = kernels._as_conv_input(x, 2, 4, 2)
+    assert flat.shape == (6, 4, 6, 6) and flat.is_contiguous(memory_format=torch.channels_last)
+    geometry = ((6, 3, 6, 1, 1, 1),) * 2
+    want = torch.nn.functional.conv2d(x.reshape(6, 4, 6, 6), w, padding=1, groups=4).reshape(2, 3, 4, 2, 6, 6)
+    by_output = w.view(4, 2, 1, 3, 3).transpose(0, 1).reshape(8, 1, 3, 3)  # outputs first, as split wants
+    got = kernels.conv_apply(x, by_output, (0, 1, 2, 3, 4), 2, 4, geometry, (4, 2), split=2)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 

@@ -62,8 +62,14 @@ def _known_zero(f: Factor) -> bool:
     return isinstance(f.source, NodeValue) and f.source.node.target in _ZEROS
 
 
-#: terms of one component at a stream node beyond which they are summed there (``_collect``)
-MAX_TERMS = 4
+#: terms of one component at a stream node beyond which they are summed there (``_collect``).
+#: One: a component that reaches a stream node by two paths (a MobileOne block's convolution
+#: and its identity, a reparameterisable conv's large and small kernels) is summed there, so
+#: the dense maps after it are applied once, not once per path. At 4, MobileCLIP-S1's
+#: decomposed forward was 7.6x the model's (its 1x1 downsampling convolutions met every
+#: component twice); at 1, 4.0x, and no model measured got slower (ViTs, Swin, ConvNeXt,
+#: ResNet, LeViT, EfficientFormer, PoolFormer, RepViT within timing noise).
+MAX_TERMS = 1
 
 
 def run(state: CompileState) -> CompileState:
@@ -168,7 +174,8 @@ class Expander:
     def _collect(self, node: fx.Node, terms: list[Term]) -> list[Term]:
         """A component with more than ``MAX_TERMS`` terms at a stream node continues as one term:
         their sum at this node, materialised (``PartialSum``). Without it, parallel linear
-        paths on the stream multiply the terms — and their planning — at every block. A
+        paths on the stream multiply the terms — their planning, and every later op's cost —
+        at every block. A
         component that may be split by head or token keeps its terms (their slicing atoms
         must stay free)."""
         by_comp: dict = {}
