@@ -275,3 +275,41 @@ def test_every_process_compiles_the_same_code_and_computes_the_same_bits():
     assert all(len(o) == 2 for o in outs), outs
     assert len({o[0] for o in outs}) == 1, "the generated code differs between processes"
     assert len({o[1] for o in outs}) == 1, "the contributions differ between processes"
+
+
+class _Deep(nn.Module):
+    """400 residual blocks ``x + tanh(x)``: a walk one node deeper per block."""
+
+    def __init__(self, depth: int = 400):
+        super().__init__()
+        self.depth = depth
+        self.stem = nn.Conv2d(3, 4, 4, 4)
+
+    def forward(self, x):
+        x = self.stem(x).flatten(2).transpose(1, 2)
+        for _ in range(self.depth):
+            x = x + torch.tanh(x)
+        return x.mean(1)
+
+
+@pytest.mark.slow
+def test_a_model_deeper_than_the_default_recursion_limit_decomposes():
+    """The walk recurses along the stream; 400 blocks pass Python's default limit of 1,000
+    frames (a RecursionError before), and every block's component is its own ``tanh`` (token
+    mean), computed here independently."""
+    torch.manual_seed(0)
+    model = _Deep().eval()
+    x = images((3, 8, 8), batch=3)
+    dm = fxdecomp.decompose(model, "block", example=x[:2])
+    with torch.no_grad():
+        out = dm(x)
+        ref = model(x)
+        h = model.stem(x).flatten(2).transpose(1, 2)
+        want = []
+        for _ in range(model.depth):
+            t = torch.tanh(h)
+            want.append(t.mean(1))
+            h = h + t
+    assert rel_err(out.total(), ref) <= bound(torch.float32)
+    blocks = out.contributions[:, -model.depth:]
+    torch.testing.assert_close(blocks, torch.stack(want, 1), rtol=1e-5, atol=1e-6)

@@ -25,6 +25,8 @@ Constants met on the way become bias components.
 from __future__ import annotations
 
 import operator
+import sys
+from contextlib import contextmanager
 
 import networkx as nx
 import torch
@@ -82,6 +84,20 @@ def run(state: CompileState) -> CompileState:
     return state
 
 
+@contextmanager
+def _deep_enough(graph: fx.Graph):
+    """Room for the walk's recursion: it goes one node deeper per op along the stream, three
+    frames each, so a plain chain (MobileOne, linearised) or a few hundred residual blocks
+    pass Python's default limit of 1,000 frames. Python 3.11 runs these calls without growing
+    the C stack, so the limit can follow the graph's size."""
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(before, 4 * len(graph.nodes) + 1000))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(before)
+
+
 class Expander:
     """The walk: every node's terms, memoised, from the output back."""
 
@@ -101,7 +117,8 @@ class Expander:
 
     # -- public ------------------------------------------------------------------------
     def run(self) -> tuple[list[Term], list[ComponentSpec]]:
-        terms = self.terms(self.out)
+        with _deep_enough(self.gm.graph):
+            terms = self.terms(self.out)
         self.components.sort(key=lambda c: (c.order, c.id))
         for i, c in enumerate(self.components):
             c.id = i
