@@ -192,9 +192,8 @@ class Expander:
         """A component with more than ``MAX_TERMS`` terms at a stream node continues as one term:
         their sum at this node, materialised (``PartialSum``). Without it, parallel linear
         paths on the stream multiply the terms — their planning, and every later op's cost —
-        at every block. A
-        component that may be split by head or token keeps its terms (their slicing atoms
-        must stay free)."""
+        at every block. A component that may be split by head or token keeps its terms (their
+        slicing atoms must stay free)."""
         by_comp: dict = {}
         for t in terms:
             by_comp.setdefault(t.component.id, []).append(t)
