@@ -321,6 +321,11 @@ def partial_sum(like, shape, layout, *values):
     return out.expand(full) if out.shape != full else out
 
 
+def less(value, partial):
+    """A node's value less a sum of terms at that node (viewed in the value's shape)."""
+    return value - partial.reshape(value.shape)
+
+
 def as_dtype(x, like):
     """``x`` in the dtype of ``like`` (the compiled module's dtype buffer)."""
     return x if x.dtype == like.dtype else x.to(like.dtype)

@@ -13,6 +13,12 @@ from fxdecomp.models_registry import perturb_
 
 warnings.filterwarnings("ignore", message="No pretrained weights loaded")
 
+# pytest-xdist runs one worker per core (pyproject's addopts): each takes its share of the
+# cores, so the workers' thread pools do not outnumber them and wait on each other.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
 settings.register_profile(
     "fxdecomp", deadline=None, max_examples=int(os.environ.get("FXDECOMP_EXAMPLES", "10")),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], derandomize=True)

@@ -60,7 +60,7 @@ def test_products_are_made_once_and_again_after_a_weight_changes():
         model.blocks[1].attn.proj.weight.mul_(1.7)  # in place: the version counter moves
         out, ref = dm(x), model(x)
         assert len(calls) == 2 and rel_err(out.total(), ref) <= bound(torch.float32)
-        model.blocks[0].mlp.fc2.weight.data = torch.randn_like(model.blocks[0].mlp.fc2.weight)  # a new tensor
+        model.blocks[0].attn.proj.weight.data = torch.randn_like(model.blocks[0].attn.proj.weight)  # a new tensor
         out, ref = dm(x), model(x)
         assert len(calls) == 3 and rel_err(out.total(), ref) <= bound(torch.float32)
     with torch.inference_mode():

@@ -185,6 +185,8 @@ class Expander:
             hit = [] if self.demand.dead(node) else self._expand(node)
             if node in self.stream:
                 hit = self._collect(node, hit)
+            elif self._ends_branch(node):
+                hit = self._read_back(node, hit)
             self.memo[node] = hit
         return hit
 
@@ -208,6 +210,35 @@ class Expander:
             else:
                 out.append(Term(comp, (Factor(PartialSum(node, tuple(ts)), axes),)))
         return out
+
+    def _ends_branch(self, node: fx.Node) -> bool:
+        """Whether ``node`` is a branch's output where it joins the stream."""
+        return any(u in self.stream and u.target in RESIDUAL_JOINS for u in node.users)
+
+    def _read_back(self, node: fx.Node, terms: list[Term]) -> list[Term]:
+        """A branch that is one whole component at its output (an MLP, a bottleneck; not
+        split by head, token or neuron) reads its contribution there from the model's own
+        value, less the branch's bias terms, instead of recomputing its tail from the leaf:
+        the tail's last layer (an MLP's ``fc2``, a ConvFFN's second 1x1) would otherwise be
+        computed twice, once by the model and once for the component. Not with a readout:
+        there the tail's weights meet the readout's few columns first (cheap), where the
+        value read back would be a full-width tensor per branch; nor at neuron granularity,
+        whose split needs the tail's last layer in the terms."""
+        if self.state.granularity == "neuron" or self.state.readout is not None:
+            return terms
+        varying = {t.component.id: t.component for t in terms if t.component.category != "bias"}
+        if len(varying) != 1:
+            return terms
+        comp = next(iter(varying.values()))
+        own = [t for t in terms if t.component is comp]
+        if comp.slicing or comp.leaf is node or (len(own) == 1 and len(own[0].factors) == 1):
+            return terms
+        biases = tuple(t for t in terms if t.component is not comp)
+        axes = tuple(self.ctx.axes(node))
+        value = NodeValue(node)
+        if biases:
+            value = Derived(kernels.less, (value, PartialSum(node, biases)), f"less_bias_{node.name}")
+        return [Term(comp, (Factor(value, axes),))] + list(biases)
 
     # -- the walk ------------------------------------------------------------------------
     def _expand(self, node: fx.Node) -> list[Term]:
