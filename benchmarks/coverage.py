@@ -364,13 +364,16 @@ def measure(library: str, arch: str, kwargs: dict, report=lambda row: None, seed
     if kept is not None:
         row["running"] = "timing"
         report(row)
-        # a decomposed forward that took over SLOW_CALL_S on two images is timed on those two, once
+        # a decomposed forward that took over SLOW_CALL_S on two images is timed on those two, by
+        # one more call (the first, which made the weight products, was its warm-up)
         small = kept_first_s > SLOW_CALL_S
         xb = x if small else torch.randn(TIMING_BATCH, *shape, generator=torch.Generator().manual_seed(2))
         row["timing_batch"] = int(xb.shape[0])
+        if small:
+            row["first_call"] = False  # rows before this was measured so are marked "first call"
         with torch.no_grad():
             row["forward_s"] = _time(fwd, xb)
-            row["decomposed_s"] = round(kept_first_s, 2) if small else _time(kept, xb)
+            row["decomposed_s"] = _time(kept, xb, warm=False) if small else _time(kept, xb)
         del kept
     if finest is not None:
         row["running"] = "float64"
@@ -399,10 +402,12 @@ def _heads(module) -> int | None:
     return None
 
 
-def _time(fn, x, budget: float = 1.0, most: int = 20) -> float:
+def _time(fn, x, budget: float = 1.0, most: int = 20, warm: bool = True) -> float:
     """Seconds of one call: the fastest of repeated calls after a warm-up (as many as fit in
-    ``budget`` seconds, at least one, at most ``most``), so small models are not timed by noise."""
-    fn(x)
+    ``budget`` seconds, at least one, at most ``most``), so small models are not timed by noise.
+    ``warm=False``: ``fn`` has already run on ``x``'s shape."""
+    if warm:
+        fn(x)
     best, spent, n = float("inf"), 0.0, 0
     while n < 1 or (spent < budget and n < most):
         t0 = time.perf_counter()
@@ -487,7 +492,7 @@ def table(rows: list[dict]) -> str:
         rt = ratio(r)
         fwd = "-" if rt is None else f"{rt:.1f}{'!' if rt > FORWARD_TARGET else ''} ({r['forward_s']:.2g} s)"
         if rt is not None and r.get("timing_batch", TIMING_BATCH) != TIMING_BATCH:
-            fwd += f" at batch {r['timing_batch']}, first call"
+            fwd += f" at batch {r['timing_batch']}" + (", first call" if r.get("first_call", True) else "")
         blocks = "-" if r.get("uncovered") is None else f"{r['uncovered']} of {r['blocks']}"
         if r.get("uncovered"):
             blocks += " (" + ", ".join(r.get("uncovered_names", [])[:3]) + (", ..." if r["uncovered"] > 3 else "") + ")"
