@@ -322,8 +322,9 @@ def partial_sum(like, shape, layout, *values):
 
 
 def less(value, partial):
-    """A node's value less a sum of terms at that node (viewed in the value's shape)."""
-    return value - partial.reshape(value.shape)
+    """A node's value less a sum of terms at that node, with one axis per atom (the value is
+    viewed so; the sum, often broadcast, is not copied to the value's shape)."""
+    return value.reshape(partial.shape) - partial
 
 
 def as_dtype(x, like):

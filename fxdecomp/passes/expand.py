@@ -226,12 +226,11 @@ class Expander:
         whose split needs the tail's last layer in the terms."""
         if self.state.granularity == "neuron" or self.state.readout is not None:
             return terms
-        varying = {t.component.id: t.component for t in terms if t.component.category != "bias"}
-        if len(varying) != 1:
+        own = [t for t in terms if t.component.category != "bias"]
+        if len({t.component.id for t in own}) != 1:
             return terms
-        comp = next(iter(varying.values()))
-        own = [t for t in terms if t.component is comp]
-        if comp.slicing or comp.leaf is node or (len(own) == 1 and len(own[0].factors) == 1):
+        comp = own[0].component
+        if comp.slicing or (len(own) == 1 and len(own[0].factors) == 1):  # split, or already one value
             return terms
         biases = tuple(t for t in terms if t.component is not comp)
         axes = tuple(self.ctx.axes(node))
