@@ -36,6 +36,10 @@ def gate(y, x):
     keeps the quotient finite; elements below it go to :func:`gate_offset`."""
     tiny = torch.finfo(x.dtype).tiny ** 0.5
     ok = x.abs() > tiny
+    if not (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)):
+        # the quotient's inf/nan where x is tiny are never selected: one pass fewer each way
+        return torch.where(ok, y / x, 0.0)
+    # for autograd both branches must be finite: the unselected one's gradient is 0·(d/dx), not nan
     return torch.where(ok, y / torch.where(ok, x, torch.ones_like(x)), torch.zeros_like(x))
 
 
@@ -100,6 +104,20 @@ def tap_gather(x, dim, n_out, k, stride, pad, dilation):
             parts.append(x.new_zeros(shape))
         x = torch.cat(parts, dim)
     return x.index_select(dim, idx.reshape(-1)).unflatten(dim, (n_out, k))
+
+
+def window_sum(x, dim, n_out, k, scale):
+    """``x`` times a :class:`~fxdecomp.core.terms.Window` along ``dim``: each run of ``k``
+    elements summed (a trailing remainder dropped, as a pool's floor mode does), times ``scale``."""
+    dim = dim % x.dim()
+    if x.shape[dim] != n_out * k:
+        x = x.narrow(dim, 0, n_out * k)
+    taps = x.unflatten(dim, (n_out, k))
+    # k strided slices added: a reduction over a short axis is tens of times slower on the CPU
+    y = taps.select(dim + 1, 0) + taps.select(dim + 1, 1) if k > 1 else taps.select(dim + 1, 0).clone()
+    for t in range(2, k):
+        y += taps.select(dim + 1, t)
+    return y if scale == 1.0 else y.mul_(scale)
 
 
 def conv_weight(w, perm, groups, out_per_group, in_per_group, n_taps):

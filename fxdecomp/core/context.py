@@ -17,7 +17,7 @@ from .atoms import AtomTable, In, RefineError
 from .ir import is_varying
 from .shape import item_shapes, shape_of
 from .state import CompileState
-from .terms import Constant, Derived, Factor, NodeValue, NormStats, OneHot, Taps
+from .terms import Constant, Derived, Factor, NodeValue, NormStats, OneHot, Taps, Window
 from .where import module_of, param_name, unsupported
 
 
@@ -141,6 +141,9 @@ class RuleContext:
     def taps(self, n_out: int, k: int, n_in: int, stride: int, pad: int, dilation: int) -> Taps:
         geometry = (n_out, k, n_in, stride, pad, dilation)
         return self._shared(("conv_taps",) + geometry, lambda: Taps(*geometry))
+
+    def window(self, n_out: int, k: int, n_in: int, scale: float) -> Window:
+        return self._shared(("window", n_out, k, n_in, scale), lambda: Window(n_out, k, n_in, scale))
 
     def onehots(self, axis, index: int) -> list:
         out = []

@@ -117,6 +117,21 @@ class Taps(Constant):
         super().__init__(m, f"taps_k{k}s{stride}")
 
 
+class Window(Constant):
+    """An average pool's map M[out, in] along one axis whose windows neither overlap nor are
+    padded (stride = size: open_clip ResNet's and ResNet-D's shortcut pool), ``scale`` on each
+    window. Code generation applies it as a sum over each window (a reshape): as a dense product
+    it is a matrix multiplication with a tiny inner size, several times slower per term."""
+
+    def __init__(self, n_out: int, k: int, n_in: int, scale: float):
+        self.geometry = (n_out, k, n_in)
+        self.scale = scale
+        m = torch.zeros(n_out, n_in, dtype=torch.float64)
+        for o in range(n_out):
+            m[o, o * k:(o + 1) * k] = scale
+        super().__init__(m, f"window_k{k}")
+
+
 class OneHot(Constant):
     """Selects index ``index`` of one atom; applied by indexing, never multiplied."""
 

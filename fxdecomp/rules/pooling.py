@@ -77,6 +77,12 @@ class AvgPoolRule(UnaryRule):
             k, s, p, n_in, n_out = kernel[i], stride[i], padding[i], in_shape[d], out_shape[d]
             if k == 1 and s == 1 and p == 0:
                 continue
+            in_axis, out_axis = ctx.axes(x)[d], ctx.axes(node)[d]
+            dropped |= set(in_axis)
+            if k == s and p == 0 and n_out * k <= n_in:  # whole windows side by side: each k elements
+                scale = 1.0 if override is not None else 1.0 / k
+                factors.append(Factor(ctx.window(n_out, k, n_in, scale), (out_axis, tuple(In(a) for a in in_axis))))
+                continue
             key = ("avg_pool", n_in, n_out, k, s, p, include_pad, override is not None)
 
             def make(k=k, s=s, p=p, n_in=n_in, n_out=n_out):
@@ -92,10 +98,8 @@ class AvgPoolRule(UnaryRule):
                         m[o, lo:hi] = 1.0 / count
                 return m
 
-            in_axis, out_axis = ctx.axes(x)[d], ctx.axes(node)[d]
             factors.append(Factor(ctx.constant(key, make, f"avgpool_k{k}s{s}"),
                                   (out_axis, tuple(In(a) for a in in_axis))))
-            dropped |= set(in_axis)
         if override is not None:
             coef = 1.0 / float(override)
         atoms = frozenset(ctx.atoms(x)) - dropped
