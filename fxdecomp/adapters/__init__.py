@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
+from .calls import structure
 from .hf import OUTPUTS, input_size, is_hf_model, select_hf
 from .selected import Selected
 from .tuples import select_tuple
@@ -33,8 +34,7 @@ def select(model: torch.nn.Module, example: torch.Tensor, output=None) -> torch.
         return model
     if is_hf_model(model):
         return select_hf(model, example, output)
-    with torch.no_grad():
-        out = model(example)
+    out = structure(model, model, example)
     if isinstance(out, (tuple, list)):
         return select_tuple(model, tuple(out), output)
     if output is not None:
