@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 import fxdecomp
-from conftest import images, jitter_, rel_err, small_vit
+from conftest import bound, images, jitter_, rel_err, small_vit
 
 
 class PreLogits(nn.Module):
@@ -171,7 +171,21 @@ def test_a_components_gradient_is_that_of_its_frozen_formula_with_the_actual_sta
 
 
 def test_generated_code_is_readable():
-    dm = fxdecomp.decompose(small_vit(), "head")
+    dm = fxdecomp.decompose(small_vit(), "token")
     code = dm.code
     assert "def forward" in code and "einsum" in code and "attention_weights" in code
     assert "blocks_1_attn" in code
+
+
+def test_heads_are_read_from_the_attention_output_and_tokens_need_the_weights():
+    """At head granularity a head's term is the attention's own per-head output: the
+    ``[B, heads, T, T]`` weights are never formed; at token granularity they are."""
+    model, x = small_vit(), torch.randn(2, 3, 32, 32)
+    head, token = fxdecomp.decompose(model, "head"), fxdecomp.decompose(model, "token")
+    assert "attention_weights" not in head.code and "attention_weights" in token.code
+    with torch.no_grad():
+        h, t = head(x), token(x)
+        ref = model(x)
+    assert rel_err(h.total(), ref) <= bound(torch.float32)
+    # each head is the sum of its source tokens, computed the other way
+    torch.testing.assert_close(t.group("head").contributions, h.group("head").contributions, rtol=1e-4, atol=1e-6)

@@ -365,13 +365,26 @@ class Expander:
                 if piece.split:
                     comp.slicing = {k: tuple(resolve_in((v,), rename)[0]) for k, v in piece.split.items()}
                 term.renamed = {}  # the split is named after this rename
-                out.append(term)
+                out.append(self._leaf_term(comp, node) if self._reads_own_value(node, lin, comp) else term)
             elif piece.arg is None:
                 bias = self._new("bias", node, label=piece.label or self._bias_label(node))
                 out.append(self._apply(Term(bias, (piece.const,)), piece, piece.const.atoms, node)[0])
             else:
                 raise self.unsupported(node, "it is linear in more than one varying operand at once")
         return out
+
+    def _reads_own_value(self, node, lin, comp) -> bool:
+        """Whether a mixing leaf's term is the node's own value.
+
+        The frozen weights applied to the carried operand's actual value are the node's
+        value (an attention's output, per head, before its heads are merged). Unless the
+        component is split by source token (token granularity), its term is that value, and
+        the weights (a ``[B, heads, T, T]`` tensor, remade and contracted at every layer) are
+        never formed."""
+        if self.state.granularity == "token" or len(lin.pieces) != 1 or lin.pieces[0].coef != 1.0:
+            return False
+        own = set(self.ctx.atoms(node))
+        return all(a in own for k, atoms in comp.slicing.items() if k != "token" for a in atoms)
 
     def _apply(self, term: Term, piece: Piece, in_atoms, node) -> tuple[Term, dict]:
         """Apply one piece's linear map to a term, renaming atoms that would clash."""
