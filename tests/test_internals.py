@@ -80,13 +80,13 @@ def _random_network(rng: random.Random):
     return ops, out, size
 
 
-def _check_plan(ops, out, size):
+def _check_plan(ops, out, size, fixed=frozenset()):
     """The planned pairwise contraction tree computes what one einsum over all operands does."""
     letters = {a: chr(97 + i) for i, a in enumerate(sorted(size))}
     tensors = [torch.randn(*[size[a] for a in o], dtype=torch.float64) for o in ops]
     expect = torch.einsum(",".join("".join(letters[a] for a in o) for o in ops) + "->" +
                           "".join(letters[a] for a in out), *tensors)
-    tree = plan([(i, o) for i, o in enumerate(ops)], out, size)
+    tree = plan([(i, o) for i, o in enumerate(ops)], out, size, fixed=fixed)
     assert sorted(leaves_of(tree)) == list(range(len(ops)))
 
     def run(node):
@@ -100,6 +100,7 @@ def _check_plan(ops, out, size):
     got, atoms = run(tree)
     got = torch.einsum("".join(letters[a] for a in atoms) + "->" + "".join(letters[a] for a in out), got)
     torch.testing.assert_close(got, expect)
+    return tree
 
 
 @pytest.mark.parametrize("seed", range(25))
@@ -119,6 +120,23 @@ def test_long_networks_are_planned_correctly(seed):
     used = sorted({a for o in ops for a in o})
     out = tuple(a for a in used if rng.random() < 0.3)
     _check_plan(ops, out, size)
+
+
+def _subtrees(tree) -> list:
+    return [] if isinstance(tree, Leaf) else [sorted(leaves_of(tree))] + _subtrees(tree.left) + _subtrees(tree.right)
+
+
+def test_a_long_chain_meets_its_weights_multiplied_together():
+    """A component carried through a chain of linears with per-token scales between them (a
+    Swin's frozen norms and patch merges), longer than the exact planner takes: the weights
+    alone are made once, so their product meets the images once, not one map at a time."""
+    size = {"b": 8, "t": 49, "c": 512, "k": 512, "d": 256, "d2": 256, "e": 256, "e2": 256, "f": 256, "g": 64}
+    ops = [("b", "t", "c"), ("c", "k"), ("b", "t"), ("k", "d"), ("b", "t"), ("d", "d2"), ("d2", "e"),
+           ("b", "t"), ("e", "e2"), ("e2", "f"), ("t",), ("f", "g")]
+    weights = [1, 3, 5, 6, 8, 9, 11]
+    plain = _check_plan(ops, ("b", "g"), size)
+    once = _check_plan(ops, ("b", "g"), size, fixed=frozenset(weights + [10]))
+    assert weights in _subtrees(once) and weights not in _subtrees(plain)
 
 
 def test_planner_selects_before_multiplying():

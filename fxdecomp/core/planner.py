@@ -24,6 +24,8 @@ from math import prod
 from typing import Container, Hashable, Sequence
 
 EXACT_LIMIT = 10
+#: a weights-first greedy order replaces the plain one only below this share of its cost
+WEIGHTS_FIRST_MARGIN = 0.5
 INFEASIBLE = float("inf")
 
 
@@ -170,6 +172,15 @@ def plan(operands: Sequence[tuple[Hashable, tuple]], output: tuple, size: dict,
     costed = [_costed(t, atom_sets, keys, out, total, known, size, gathers, fixed, canon, convs)
               for t in (greedy, chain)]
     cost, tree = min(costed, key=lambda ct: ct[0])
+    if fixed:
+        # weights first: a norm's centring or scale meets the next linear once, not per batch
+        # (a Swin's patch merges). Taken only when clearly cheaper: a term's cost cannot see
+        # the intermediates later terms would have shared with it (a ResNet's components
+        # through the same gates), and a small margin measured worse there.
+        c, t = _costed(_greedy(atom_sets, keys, out, total, known, size, canon, convs, fixed),
+                       atom_sets, keys, out, total, known, size, gathers, fixed, canon, convs)
+        if c < WEIGHTS_FIRST_MARGIN * cost:
+            cost, tree = c, t
     return None if cost == INFEASIBLE else tree
 
 
@@ -228,13 +239,16 @@ def _costed(tree, atom_sets, keys, out, total, known, size, gathers, fixed, cano
     return cost, filled
 
 
-def _greedy(atom_sets, keys, out, total, known, size, canon, convs):
+def _greedy(atom_sets, keys, out, total, known, size, canon, convs, fixed=frozenset()):
     """Repeatedly contract the pair that shrinks the network most (pairs sharing an atom
     the output does not keep first: sharing the batch reduces nothing; a convolution
     operand only with the whole of its input, where it can). A pair's score
     depends only on which operands it holds, so each is scored once; only pairs sharing
     such an atom are scored, unless none is left."""
     n = len(atom_sets)
+    # products of weights alone, made once, not per batch (a convolution's kernel stays a leaf:
+    # applied as the convolution, it is cheaper than any product made with it)
+    made_once = {1 << i for i in fixed if convs.get(i) is None}
     state = {}  # mask -> (tree, atom counts inside, operand keys, result atoms, their size)
     holders: dict = {}  # atom -> masks whose result holds it
     for i in range(n):
@@ -254,7 +268,12 @@ def _greedy(atom_sets, keys, out, total, known, size, canon, convs):
         gain = 0 if (ki | kj, frozenset(merged)) in known else prod(size[a] for a in merged) - si - sj
         conv = pair_conv_cost(*(convs.get(m.bit_length() - 1) if m & (m - 1) == 0 else None for m in (mi, mj)),
                               ri, rj, frozenset(merged), size)
-        return (conv == INFEASIBLE, not (ri & rj) - out, gain, prod(size[a] for a in union), min(mi, mj), max(mi, mj))
+        # two weights that share a summed atom, multiplied into no more than the larger holds
+        # (a norm's centring into the next linear): made once, so first
+        once = mi in made_once and mj in made_once and bool((ri & rj) - out) and \
+            prod(size[a] for a in merged) <= max(si, sj)
+        return (conv == INFEASIBLE, not once, not (ri & rj) - out, gain, prod(size[a] for a in union),
+                min(mi, mj), max(mi, mj))
 
     heap, seen = [], set()
 
@@ -288,6 +307,8 @@ def _greedy(atom_sets, keys, out, total, known, size, canon, convs):
         inside = ii + ij
         res = _result(inside, out, total)
         merged = mi | mj
+        if mi in made_once and mj in made_once:
+            made_once.add(merged)
         state[merged] = (Pair(ti, tj, canon(res)), inside, ki | kj, res,
                          prod(size[a] for a in res))
         for a in res - out:

@@ -2,7 +2,9 @@
 
 The output is linear in the values once the softmax weights are frozen. The
 weights are not taken from the fused kernel (which never forms them) but
-recomputed on demand from q and k, for just the query rows the readout uses.
+recomputed on demand from q and k, for just the query rows the readout uses,
+and only where a component is split by source token: otherwise a head's term
+is the node's own output (``passes/expand.py``, ``_reads_own_value``).
 Heads are the shared non-batch axes of weights and values; source tokens are
 the axis the weighted sum runs over.
 """
