@@ -4,6 +4,7 @@ left with real values."""
 from __future__ import annotations
 
 import copy
+import functools
 
 import timm
 import torch
@@ -98,7 +99,24 @@ def test_a_fake_tensor_left_on_the_model_is_put_back_and_the_call_counts_as_fail
     assert not any(isinstance(v, FakeTensor) for v in m.state_dict().values())
 
 
-def test_select_reads_the_output_on_fake_tensors_and_a_caching_model_stays_real():
+@functools.lru_cache(maxsize=4)
+def _table(n: int) -> torch.Tensor:
+    """A position table kept by a function's cache, as transformers' BEiT keeps its index."""
+    return torch.arange(n, dtype=torch.float32) / n
+
+
+class _Cached(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.lin(x) + _table(x.shape[-1]), x
+
+
+def test_select_runs_the_model_for_real_on_one_image_and_a_cached_table_stays_real():
+    """What a model returns is read from a real call (a fake one would leave a fake tensor in a
+    cache no guard sees), on one image."""
     seen = []
 
     class Pair(torch.nn.Module):
@@ -107,16 +125,39 @@ def test_select_reads_the_output_on_fake_tensors_and_a_caching_model_stays_real(
             self.lin = torch.nn.Linear(4, 4)
 
         def forward(self, x):
-            seen.append(isinstance(x, FakeTensor))
+            seen.append((isinstance(x, FakeTensor), x.shape[0]))
             return self.lin(x), x
 
-    pair = Pair().eval()
-    chosen = select(pair, torch.randn(2, 4), output=0)
-    assert isinstance(chosen, Selected) and seen == [True]
+    chosen = select(Pair().eval(), torch.randn(2, 4), output=0)
+    assert isinstance(chosen, Selected) and seen == [(False, 1)]
+    _table.cache_clear()
+    model, x = _Cached().eval(), torch.randn(3, 4)
+    with torch.no_grad():
+        dm = fxdecomp.decompose(model, example=x, output=0)
+        ref = model(x)[0]  # the model still runs: its cached table is real
+        assert not isinstance(_table(4), FakeTensor)
+        assert rel_err(dm(x).total(), ref) <= bound(torch.float32)
     cache = _Cache().eval()
-    x = torch.randn(3, 4)
     with torch.no_grad():
         dm = fxdecomp.decompose(cache, example=x, output=0)
-        ref = cache(x)[0]
+        assert rel_err(dm(x).total(), cache(x)[0]) <= bound(torch.float32)
     assert isinstance(cache.table, torch.Tensor) and not isinstance(cache.table, FakeTensor)
-    assert rel_err(dm(x).total(), ref) <= bound(torch.float32)
+
+
+def test_a_dict_filled_in_place_by_a_fake_call_is_put_back():
+    """A forward that fills a dict attribute in place (LeViT's attention-bias cache)."""
+
+    class Biases(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bias = torch.nn.Parameter(torch.randn(4))
+            self.cache = {}
+
+        def forward(self, x):
+            if "b" not in self.cache:
+                self.cache["b"] = self.bias * 2
+            return x + self.cache["b"]
+
+    m = Biases()
+    ok, _ = fake_call(m, m, torch.randn(2, 4))
+    assert not ok and m.cache == {}

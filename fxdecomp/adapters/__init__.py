@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
-from .calls import structure
 from .hf import OUTPUTS, input_size, is_hf_model, select_hf
 from .selected import Selected
 from .tuples import select_tuple
@@ -34,7 +33,8 @@ def select(model: torch.nn.Module, example: torch.Tensor, output=None) -> torch.
         return model
     if is_hf_model(model):
         return select_hf(model, example, output)
-    out = structure(model, model, example)
+    with torch.no_grad():  # one image: only what it returns is read (its structure, its shapes)
+        out = model(example[:1])
     if isinstance(out, (tuple, list)):
         return select_tuple(model, tuple(out), output)
     if output is not None:

@@ -24,7 +24,6 @@ import inspect
 import torch
 
 from ..errors import InputError
-from .calls import structure
 from .selected import Selected
 
 #: What ``decompose(hf_model, output=...)`` takes, in the order the default is chosen.
@@ -144,7 +143,8 @@ def select_hf(model: torch.nn.Module, example: torch.Tensor, output: str | None)
     kind = type(model).__name__
     if output is not None and output not in OUTPUTS:
         raise InputError(f"output must be one of {OUTPUTS} for a transformers model, got {output!r}")
-    out = structure(model, lambda x: _call(model, x), example)
+    with torch.no_grad():  # one image: only what it returns is read (its keys, its shapes)
+        out = _call(model, example[:1])
     found = choices(model, out)
     name = default_output(model, found) if output is None else output
     if name not in found:

@@ -1,8 +1,11 @@
 """Run a module on fake tensors: the shapes, dtypes and structure of its result, no arithmetic.
 
-Compiling needs to know what a model returns and every node's shape, never the numbers; on a
-large tower the numbers are most of the compile time (an EVA02-L forward on two images is
-seconds on a CPU). A fake tensor carries shape, dtype and device and skips the kernels. An op
+Compiling needs every node's shape, never the numbers; on a large tower the numbers are much
+of the compile time (running an EVA02-L graph on two images is seconds on a CPU). A fake tensor
+carries shape, dtype and device and skips the kernels. Only for traced graphs (pure ATen ops):
+a model's own Python may keep what it computed where no guard can see it (a function's
+``lru_cache``, as transformers' BEiT and DINOv3 position tables do), and a fake tensor kept
+there would break the model's next real call, so models themselves are run for real. An op
 without a fake implementation, or one whose output shape depends on values (``nonzero``,
 ``.item()``), raises under fake tensors: ``fake_call`` then says so and the caller runs the
 module for real, so the result is the same, only slower. A forward that keeps a tensor it
@@ -22,7 +25,8 @@ _MISSING = object()
 def fake_call(module: torch.nn.Module, fn: Callable, *tensors: torch.Tensor) -> tuple[bool, Any]:
     """``(True, fn(*fakes))`` with ``tensors`` made fake and no autograd; ``(False, None)`` when fake
     execution fails or leaves a fake tensor on ``module`` or any of its submodules."""
-    before = {m: dict(vars(m)) for m in module.modules()}
+    before = {m: {k: (v.copy() if isinstance(v, (dict, list)) else v) for k, v in vars(m).items()}
+              for m in module.modules()}  # containers copied: a forward may fill one in place
     buffers = {m: dict(m._buffers) for m in module.modules()}
     mode = FakeTensorMode(allow_non_fake_inputs=True)  # parameters and buffers become fake as met
     try:

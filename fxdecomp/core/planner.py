@@ -8,7 +8,8 @@ operands alone (weights, constants: no batch axis) is computed once and kept (th
 hoist pass), so it costs only the memory of its result. Small networks
 (the usual case) are planned exactly by dynamic programming over subsets;
 larger ones (a component carried through many layers) take the cheaper of a
-greedy order and the order the walk met the factors in. Intermediates other
+greedy order and the order the walk met the factors in, or a greedy order that
+multiplies weights alone first where that is clearly cheaper. Intermediates other
 terms already computed cost nothing; a convolution's taps cost an index. A convolution
 whose kernel and taps are one operand (``convs``) is applied as the convolution itself: it may
 only meet the whole of what holds its input positions, and costs the convolution's
