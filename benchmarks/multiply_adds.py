@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -39,16 +38,6 @@ def _flops(fn, x) -> tuple[int, dict]:
     by_op = {str(op).split(".")[1] if "." in str(op) else str(op): n
              for op, n in count.get_flop_counts().get("Global", {}).items()}
     return count.get_total_flops(), by_op
-
-
-def _best(fn, x, n: int = 3) -> float:
-    fn(x)
-    out = float("inf")
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn(x)
-        out = min(out, time.perf_counter() - t0)
-    return out
 
 
 def measure(name: str, seed: int, timed: bool) -> dict:
@@ -83,8 +72,8 @@ def measure(name: str, seed: int, timed: bool) -> dict:
         if timed:
             torch.set_num_threads(1)
             xb = torch.randn(8, *shape, generator=torch.Generator().manual_seed(2 + 1000 * seed))
-            t_model = _best(model, xb)
-            t_dm = _best(dm, xb)
+            t_model = coverage._time(model, xb, budget=float("inf"), most=3)  # the best of three
+            t_dm = coverage._time(dm, xb, budget=float("inf"), most=3)
             row.update(model_s=round(t_model, 3), decomposed_s=round(t_dm, 3), time_ratio=round(t_dm / t_model, 2))
     row["peak_mb"] = round(peak_rss_mb())
     return row

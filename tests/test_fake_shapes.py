@@ -1,6 +1,6 @@
-"""Shapes and output structure read on fake tensors (``core.fake_run``) are those of a real run,
-a graph fake tensors cannot run falls back to a real run, and a forward that caches a tensor is
-left with real values."""
+"""Shapes read on fake tensors (``core.fake_run``) are those of a real run, a graph fake
+tensors cannot run falls back to a real run, a fake tensor left on a module is put back, and a
+model's output structure is read from a real call, so a cache it keeps stays real."""
 from __future__ import annotations
 
 import copy

@@ -1,16 +1,16 @@
-"""Run a module on fake tensors: the shapes, dtypes and structure of its result, no arithmetic.
+"""Run a traced graph on fake tensors: the shapes and dtypes of its values, no arithmetic.
 
 Compiling needs every node's shape, never the numbers; on a large tower the numbers are much
 of the compile time (running an EVA02-L graph on two images is seconds on a CPU). A fake tensor
 carries shape, dtype and device and skips the kernels. Only for traced graphs (pure ATen ops):
 a model's own Python may keep what it computed where no guard can see it (a function's
 ``lru_cache``, as transformers' BEiT and DINOv3 position tables do), and a fake tensor kept
-there would break the model's next real call, so models themselves are run for real. An op
-without a fake implementation, or one whose output shape depends on values (``nonzero``,
-``.item()``), raises under fake tensors: ``fake_call`` then says so and the caller runs the
-module for real, so the result is the same, only slower. A forward that keeps a tensor it
-computed (a cache of rotary tables, say) would keep a fake one: such attributes are put back as
-they were and the call counts as failed, so the real run fills the cache with real values.
+there would break the model's next real call, so models themselves are run for real.
+
+An op without a fake implementation, or one whose output shape depends on values (``nonzero``,
+``.item()``), raises under fake tensors: ``fake_call`` then says so and the caller runs for
+real, the same result, slower. A fake tensor left on the module (an attribute, a buffer, an
+entry of a dict or list it holds) is put back as it was, and the call counts as failed.
 """
 from __future__ import annotations
 

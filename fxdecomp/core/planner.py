@@ -173,7 +173,7 @@ def plan(operands: Sequence[tuple[Hashable, tuple]], output: tuple, size: dict,
     costed = [_costed(t, atom_sets, keys, out, total, known, size, gathers, fixed, canon, convs)
               for t in (greedy, chain)]
     cost, tree = min(costed, key=lambda ct: ct[0])
-    if fixed:
+    if _weights_meet(atom_sets, fixed, convs, out):
         # weights first: a norm's centring or scale meets the next linear once, not per batch
         # (a Swin's patch merges). Taken only when clearly cheaper: a term's cost cannot see
         # the intermediates later terms would have shared with it (a ResNet's components
@@ -238,6 +238,19 @@ def _costed(tree, atom_sets, keys, out, total, known, size, gathers, fixed, cano
 
     cost, filled, *_ = walk(tree)
     return cost, filled
+
+
+def _weights_meet(atom_sets, fixed, convs, out) -> bool:
+    """Whether two weights (fixed, not convolution kernels) share an atom the output does not
+    keep: otherwise a weights-first greedy order is the plain one, and is not tried."""
+    seen: set = set()
+    for i in fixed:
+        if convs.get(i) is None:
+            summed = atom_sets[i] - out
+            if summed & seen:
+                return True
+            seen |= summed
+    return False
 
 
 def _greedy(atom_sets, keys, out, total, known, size, canon, convs, fixed=frozenset()):
